@@ -1,0 +1,411 @@
+// INT8 Q·K^T attention with online softmax and an fp16/bf16 or fp8 P·V product.
+//
+// Per CTA: kCtaQ query rows of one (batch, head). Per key block of kCtaK keys:
+//   S = Q_int8 · K_int8^T              (mma.sync s8, int32 accumulators)
+//   s = S * q_scale[row] * k_scale[col] (base-2 logits: q_scale carries log2 e)
+//   online softmax in fp32: running max m, running sum l
+//   O = O * 2^(m_old - m_new) + P · V   (P rounded to fp16/bf16, or to e4m3 scaled by 448)
+// Each block's P·V is accumulated from zero and then folded into O with one FMA, so
+// the fp8 MMAs never add a small block product into a large running sum (their
+// accumulator keeps fewer than 24 significant bits), and the rescale by alpha is free.
+//
+// Fragment layouts (PTX ISA, mma.m16n8k*): lane = 4 * g + t. An m16n8 accumulator
+// holds rows g and g + 8, columns 2t and 2t + 1 of its tile.
+#pragma once
+#include <cuda_runtime.h>
+
+#include "attention/traits.cuh"
+#include "common/numeric.cuh"
+#include "common/ptx.cuh"
+
+namespace sage {
+
+// Copies a kRows-row tile from global memory (rows `row_stride` bytes apart) into a
+// swizzled shared tile with cp.async, 16 bytes a thread per step. Rows at and past
+// `valid_rows` are zero-filled. The source pointer advances by addition and the
+// destination by a constant, so no per-chunk address stays live in a register.
+template <class Tile, int kRows, int kThreads>
+__device__ __forceinline__ void load_tile(uint8_t* smem, const uint8_t* src, int64_t row_stride,
+                                          int valid_rows) {
+  static_assert(kThreads % Tile::kChunks == 0, "whole rows per step");
+  constexpr int kRowsPerStep = kThreads / Tile::kChunks;
+  static_assert(kRows % kRowsPerStep == 0 && kRowsPerStep % 8 == 0, "swizzle-aligned steps");
+  const int row = threadIdx.x / Tile::kChunks, chunk = threadIdx.x % Tile::kChunks;
+  const uint32_t dst = ptx::smem_addr(smem) + Tile::offset(row, chunk);
+  const uint8_t* from = src + row * row_stride + chunk * 16;
+#pragma unroll
+  for (int step = 0; step < kRows / kRowsPerStep; ++step) {
+    const bool valid = row + step * kRowsPerStep < valid_rows;
+    ptx::cp_async_16(dst + step * kRowsPerStep * Tile::kRowBytes, valid ? from : src, valid);
+    from += kRowsPerStep * row_stride;
+  }
+}
+
+template <class Tr>
+struct AttnKernel {
+  using Elem = typename Tr::Elem;
+  static constexpr int D = Tr::kHeadDim;
+  static constexpr bool kFp8 = Tr::kPV == PV::kFp8;
+  // P is scaled into e4m3's range before rounding: 448 is its largest finite value.
+  static constexpr float kPScale = kFp8 ? 448.0f : 1.0f;
+
+  struct Coord {
+    int batch, head, kv_head, q0;
+  };
+
+  __device__ static void load_k(const AttnParams& p, const Coord& c, int k0, uint8_t* sK) {
+    const int8_t* rows = p.k + ((int64_t(c.batch) * p.kv_heads + c.kv_head) * p.kv_len + k0) * D;
+    load_tile<typename Tr::QKTile, Tr::kCtaK, Tr::kThreads>(
+        sK, reinterpret_cast<const uint8_t*>(rows), D, p.kv_len - k0);
+  }
+
+  __device__ static void load_v(const AttnParams& p, const Coord& c, int k0, uint8_t* sV) {
+    if constexpr (kFp8) {
+      // [D][v_padded_len] e4m3, keys already permuted into fragment order and zero-padded.
+      const uint8_t* rows = static_cast<const uint8_t*>(p.v) +
+                            (int64_t(c.batch) * p.kv_heads + c.kv_head) * D * p.v_padded_len + k0;
+      load_tile<typename Tr::VTile, D, Tr::kThreads>(sV, rows, p.v_padded_len, D);
+    } else {
+      const Elem* rows = static_cast<const Elem*>(p.v) + c.batch * p.v_stride_b +
+                         c.kv_head * p.v_stride_h + k0 * p.v_stride_n;
+      load_tile<typename Tr::VTile, Tr::kCtaK, Tr::kThreads>(
+          sV, reinterpret_cast<const uint8_t*>(rows), p.v_stride_n * int64_t(sizeof(Elem)),
+          p.kv_len - k0);
+    }
+  }
+
+  // Per-lane shared-memory addresses of the first fragment of each operand; the
+  // fragment loops below step from them with Tile::step (see smem_layout.cuh).
+  // ldmatrix.x4: lane l supplies row l % 8 of matrix m = l / 8.
+  struct FragBases {
+    uint32_t q;  // A of Q·K^T: matrices (rows +0/+8) x (k bytes 0-15/16-31)
+    uint32_t k;  // B of Q·K^T: matrices (k bytes 0-15/16-31) x (keys +0/+8)
+    uint32_t v;  // B of P·V
+  };
+  __device__ static FragBases frag_bases(const uint8_t* sQ, const uint8_t* sK, const uint8_t* sV) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, m = lane / 8, r = lane % 8;
+    using QK = typename Tr::QKTile;
+    using V = typename Tr::VTile;
+    FragBases f;
+    f.q = ptx::smem_addr(sQ) + QK::offset(warp * Tr::kWarpQ + (m & 1) * 8 + r, m >> 1);
+    f.k = ptx::smem_addr(sK) + QK::offset((m >> 1) * 8 + r, m & 1);
+    if constexpr (kFp8)  // [d][keys]: like K, d plays the key's part
+      f.v = ptx::smem_addr(sV) + V::offset((m >> 1) * 8 + r, m & 1);
+    else  // [keys][d] read transposed: matrices (keys +0/+8) x (d +0/+8)
+      f.v = ptx::smem_addr(sV) + V::offset((m & 1) * 8 + r, m >> 1);
+    return f;
+  }
+
+  // Q's A fragments when they live in registers (kQInRegs); a 1-element dummy otherwise.
+  using QFrags = uint32_t[Tr::kQInRegs ? Tr::kMTiles : 1][Tr::kQInRegs ? Tr::kQKSteps : 1][4];
+
+  __device__ static void load_q(uint32_t q_base, int mt, int ks, uint32_t (&a)[4]) {
+    ptx::ldmatrix_x4(a, Tr::QKTile::step(q_base, mt * 16, ks));
+  }
+
+  // S = Q K^T for the warp's rows and the block's kCtaK keys.
+  __device__ static void qk(const QFrags& qf, uint32_t q_base, uint32_t k_base,
+                            int32_t (&s)[Tr::kMTiles][Tr::kSTiles][4]) {
+#pragma unroll
+    for (int mt = 0; mt < Tr::kMTiles; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < Tr::kSTiles; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0;
+#pragma unroll
+    for (int ks = 0; ks < Tr::kQKSteps; ++ks) {
+      uint32_t a[Tr::kMTiles][4];
+#pragma unroll
+      for (int mt = 0; mt < Tr::kMTiles; ++mt) {
+        if constexpr (Tr::kQInRegs) {
+#pragma unroll
+          for (int r = 0; r < 4; ++r) a[mt][r] = qf[mt][ks][r];
+        } else {
+          load_q(q_base, mt, ks, a[mt]);
+        }
+      }
+#pragma unroll
+      for (int np = 0; np < Tr::kSTiles / 2; ++np) {
+        uint32_t b[4];  // b[0..1]: n-tile 2np, b[2..3]: n-tile 2np + 1
+        ptx::ldmatrix_x4(b, Tr::QKTile::step(k_base, np * 16, ks));
+#pragma unroll
+        for (int mt = 0; mt < Tr::kMTiles; ++mt) {
+          ptx::mma_s8_16832(s[mt][2 * np], a[mt], b[0], b[1]);
+          ptx::mma_s8_16832(s[mt][2 * np + 1], a[mt], b[2], b[3]);
+        }
+      }
+    }
+  }
+
+  // P·V for the block, folded into O as O = O * alpha + P·V.
+  __device__ static void pv(const uint32_t (&pf)[Tr::kMTiles][Tr::kPVSteps][4], uint32_t v_base,
+                            const float (&alpha)[Tr::kMTiles][2],
+                            float (&o)[Tr::kMTiles][Tr::kOTiles][4]) {
+#pragma unroll
+    for (int np = 0; np < Tr::kOTiles / 2; ++np) {
+      float acc[Tr::kMTiles][2][4] = {};
+#pragma unroll
+      for (int kk = 0; kk < Tr::kPVSteps; ++kk) {
+        uint32_t b[4];  // b[0..1]: d-tile 2np, b[2..3]: d-tile 2np + 1
+        if constexpr (kFp8) {
+          ptx::ldmatrix_x4(b, Tr::VTile::step(v_base, np * 16, kk));
+        } else {
+          ptx::ldmatrix_x4_trans(b, Tr::VTile::step(v_base, kk * 16, np));
+        }
+#pragma unroll
+        for (int mt = 0; mt < Tr::kMTiles; ++mt)
+#pragma unroll
+          for (int i = 0; i < 2; ++i) {
+            if constexpr (kFp8) {
+              ptx::mma_e4m3_16832(acc[mt][i], pf[mt][kk], b[2 * i], b[2 * i + 1]);
+            } else {
+              ptx::mma_16816<Half2<Elem>::kBf16>(acc[mt][i], pf[mt][kk], b[2 * i], b[2 * i + 1]);
+            }
+          }
+      }
+#pragma unroll
+      for (int mt = 0; mt < Tr::kMTiles; ++mt)
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            o[mt][2 * np + i][e] = fmaf(o[mt][2 * np + i][e], alpha[mt][e / 2], acc[mt][i][e]);
+    }
+  }
+
+  // Packs probabilities (fp32, C-fragment order) into the A fragments of the P·V MMA.
+  __device__ static void pack_p(const float (&pr)[Tr::kMTiles][Tr::kSTiles][4],
+                                uint32_t (&pf)[Tr::kMTiles][Tr::kPVSteps][4]) {
+#pragma unroll
+    for (int mt = 0; mt < Tr::kMTiles; ++mt)
+#pragma unroll
+      for (int kk = 0; kk < Tr::kPVSteps; ++kk) {
+        if constexpr (kFp8) {
+          // k32 A fragment: a0 = row g, keys 4t..4t+3 of the step. Our lane holds keys
+          // 2t, 2t+1 of each n8 tile, so the step's four tiles are packed pairwise;
+          // quant_v_fp8 stores V's keys in the same permuted order.
+          const auto& s0 = pr[mt][4 * kk];
+          const auto& s1 = pr[mt][4 * kk + 1];
+          const auto& s2 = pr[mt][4 * kk + 2];
+          const auto& s3 = pr[mt][4 * kk + 3];
+          pf[mt][kk][0] = ptx::cvt_e4m3x2(s0[0], s0[1]) | uint32_t(ptx::cvt_e4m3x2(s1[0], s1[1])) << 16;
+          pf[mt][kk][1] = ptx::cvt_e4m3x2(s0[2], s0[3]) | uint32_t(ptx::cvt_e4m3x2(s1[2], s1[3])) << 16;
+          pf[mt][kk][2] = ptx::cvt_e4m3x2(s2[0], s2[1]) | uint32_t(ptx::cvt_e4m3x2(s3[0], s3[1])) << 16;
+          pf[mt][kk][3] = ptx::cvt_e4m3x2(s2[2], s2[3]) | uint32_t(ptx::cvt_e4m3x2(s3[2], s3[3])) << 16;
+        } else {
+          // k16 A fragment: two adjacent n8 accumulator tiles map onto it directly.
+          const auto& s0 = pr[mt][2 * kk];
+          const auto& s1 = pr[mt][2 * kk + 1];
+          pf[mt][kk][0] = pack_pair<Elem>(s0[0], s0[1]);
+          pf[mt][kk][1] = pack_pair<Elem>(s0[2], s0[3]);
+          pf[mt][kk][2] = pack_pair<Elem>(s1[0], s1[1]);
+          pf[mt][kk][3] = pack_pair<Elem>(s1[2], s1[3]);
+        }
+      }
+  }
+
+  __device__ static float quad_max(float x) {
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+  }
+  __device__ static float quad_sum(float x) {
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    return x + __shfl_xor_sync(0xffffffffu, x, 2);
+  }
+
+  // Running softmax state and output accumulators of this lane's rows:
+  // warp * 32 + mt * 16 + h * 8 + g, with h = 0/1 selecting accumulator regs 0-1/2-3.
+  struct RowState {
+    float o[Tr::kMTiles][Tr::kOTiles][4];
+    float max[Tr::kMTiles][2];  // base-2 logits
+    float sum[Tr::kMTiles][2];  // this lane's partial sums; reduced over the quad at the end
+    float q_scale[Tr::kMTiles][2];
+  };
+
+  struct Smem {
+    uint8_t* q;
+    uint8_t* k;   // [kStages][kKBytes]
+    uint8_t* v;   // [kStages][kVBytes]
+    float* k_scale;  // [kStages][kCtaK]
+  };
+
+  // One key block: S = Q K^T, mask (`masked`: the block crosses the sequence end or the
+  // causal diagonal), online softmax, O = O * alpha + P V. Prefetches block j + 1.
+  __device__ static void block(const AttnParams& p, const Coord& c, const Smem& sm,
+                               const FragBases& fb, const QFrags& qf, int j, int n_blocks,
+                               bool masked, RowState& st) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int stage = j % Tr::kStages, k0 = j * Tr::kCtaK;
+    const bool has_next = j + 1 < n_blocks;
+    ptx::cp_async_wait<1>();  // K block j landed
+    __syncthreads();          // ... for every thread; block j-1 fully consumed
+    if (has_next) load_k(p, c, k0 + Tr::kCtaK, sm.k + (1 - stage) * Tr::kKBytes);
+    ptx::cp_async_commit();
+
+    // The next block's key scales: one plain load per thread now, stored to shared
+    // memory after this block's P·V, so no register holds them across the MMAs.
+    const float* k_scales = p.k_scale + (int64_t(c.batch) * p.kv_heads + c.kv_head) * p.kv_len;
+    float next_k_scale = 0.0f;
+    if (threadIdx.x < Tr::kCtaK && k0 + Tr::kCtaK + threadIdx.x < p.kv_len)
+      next_k_scale = __ldg(k_scales + k0 + Tr::kCtaK + threadIdx.x);
+
+    int32_t s[Tr::kMTiles][Tr::kSTiles][4];
+    qk(qf, fb.q, fb.k + stage * Tr::kKBytes, s);
+
+    // Logits in units of 1/q_scale: the row's scale is applied inside exp2 below.
+    float x[Tr::kMTiles][Tr::kSTiles][4];
+    const float* ks = sm.k_scale + stage * Tr::kCtaK + 2 * t;
+#pragma unroll
+    for (int mt = 0; mt < Tr::kMTiles; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < Tr::kSTiles; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          x[mt][nt][e] = (biased_int_to_float(s[mt][nt][e]) - kMagicBias) * ks[nt * 8 + e % 2];
+          if (masked) {
+            const int row = c.q0 + warp * Tr::kWarpQ + mt * 16 + (e / 2) * 8 + g;
+            const int col = k0 + nt * 8 + 2 * t + e % 2;
+            if (col >= p.kv_len || (p.causal && col > row)) x[mt][nt][e] = -INFINITY;
+          }
+        }
+
+    float alpha[Tr::kMTiles][2];
+#pragma unroll
+    for (int mt = 0; mt < Tr::kMTiles; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int nt = 0; nt < Tr::kSTiles; ++nt)
+          mx = fmaxf(mx, fmaxf(x[mt][nt][2 * h], x[mt][nt][2 * h + 1]));
+        const float sq = st.q_scale[mt][h];
+        const float m_new = fmaxf(st.max[mt][h], quad_max(mx) * sq);
+        // A row with no visible key so far keeps m = -inf; subtract 0 instead so that
+        // its probabilities are exp2(-inf) = 0 rather than NaN.
+        const float m_sub = m_new == -INFINITY ? 0.0f : m_new;
+        alpha[mt][h] = ptx::exp2_approx(st.max[mt][h] - m_sub);
+        st.max[mt][h] = m_new;
+        float sum = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < Tr::kSTiles; ++nt)
+#pragma unroll
+          for (int i = 0; i < 2; ++i) {
+            float& v = x[mt][nt][2 * h + i];
+            v = ptx::exp2_approx(fmaf(v, sq, -m_sub));
+            sum += v;
+            v *= kPScale;
+          }
+        st.sum[mt][h] = fmaf(st.sum[mt][h], alpha[mt][h], sum);
+      }
+
+    uint32_t pf[Tr::kMTiles][Tr::kPVSteps][4];
+    pack_p(x, pf);
+
+    ptx::cp_async_wait<1>();  // V block j landed
+    __syncthreads();
+    if (has_next) load_v(p, c, k0 + Tr::kCtaK, sm.v + (1 - stage) * Tr::kVBytes);
+    ptx::cp_async_commit();
+    pv(pf, fb.v + stage * Tr::kVBytes, alpha, st.o);
+    if (threadIdx.x < Tr::kCtaK) sm.k_scale[(1 - stage) * Tr::kCtaK + threadIdx.x] = next_k_scale;
+  }
+
+  __device__ static void run(const AttnParams& p) {
+    extern __shared__ __align__(128) uint8_t smem[];
+    Smem sm;
+    sm.q = smem;
+    sm.k = sm.q + Tr::kQBytes;
+    sm.v = sm.k + Tr::kStages * Tr::kKBytes;
+    sm.k_scale = reinterpret_cast<float*>(sm.v + Tr::kStages * Tr::kVBytes);
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
+    Coord c;
+    c.q0 = (gridDim.x - 1 - blockIdx.x) * Tr::kCtaQ;  // longest causal rows first
+    c.head = blockIdx.y;
+    c.batch = blockIdx.z;
+    c.kv_head = c.head / (p.q_heads / p.kv_heads);
+    const int64_t bh = int64_t(c.batch) * p.q_heads + c.head;
+    const int64_t bkv = int64_t(c.batch) * p.kv_heads + c.kv_head;
+
+    // Prologue: Q with K block 0 in one cp.async group, V block 0 in the next.
+    const int8_t* q_rows = p.q + (bh * p.q_len + c.q0) * D;
+    load_tile<typename Tr::QKTile, Tr::kCtaQ, Tr::kThreads>(
+        sm.q, reinterpret_cast<const uint8_t*>(q_rows), D, p.q_len - c.q0);
+    load_k(p, c, 0, sm.k);
+    ptx::cp_async_commit();
+    load_v(p, c, 0, sm.v);
+    ptx::cp_async_commit();
+    if (threadIdx.x < Tr::kCtaK)  // block 0's key scales; the first barrier publishes them
+      sm.k_scale[threadIdx.x] =
+          threadIdx.x < p.kv_len ? p.k_scale[bkv * p.kv_len + threadIdx.x] : 0.0f;
+
+    RowState st;
+#pragma unroll
+    for (int mt = 0; mt < Tr::kMTiles; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int row = c.q0 + warp * Tr::kWarpQ + mt * 16 + h * 8 + g;
+        st.q_scale[mt][h] = row < p.q_len ? p.q_scale[bh * p.q_len + row] : 1.0f;
+        st.max[mt][h] = -INFINITY;
+        st.sum[mt][h] = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < Tr::kOTiles; ++nt) st.o[mt][nt][2 * h] = st.o[mt][nt][2 * h + 1] = 0.0f;
+      }
+
+    const FragBases fb = frag_bases(sm.q, sm.k, sm.v);
+    QFrags qf;
+    if constexpr (Tr::kQInRegs) {
+      ptx::cp_async_wait<1>();  // Q landed
+      __syncthreads();
+#pragma unroll
+      for (int mt = 0; mt < Tr::kMTiles; ++mt)
+#pragma unroll
+        for (int ks = 0; ks < Tr::kQKSteps; ++ks) load_q(fb.q, mt, ks, qf[mt][ks]);
+    }
+
+    // Blocks below `n_unmasked` lie inside the sequence and left of every row's diagonal.
+    const int kv_end = p.causal ? min(p.kv_len, c.q0 + Tr::kCtaQ) : p.kv_len;
+    const int n_blocks = (kv_end + Tr::kCtaK - 1) / Tr::kCtaK;
+    const int n_unmasked = min(p.kv_len, p.causal ? c.q0 + 1 : p.kv_len) / Tr::kCtaK;
+    for (int j = 0; j < n_blocks; ++j) block(p, c, sm, fb, qf, j, n_blocks, j >= n_unmasked, st);
+    ptx::cp_async_wait<0>();
+    store(p, c, bh, bkv, st);
+  }
+
+  __device__ static void store(const AttnParams& p, const Coord& c, int64_t bh, int64_t bkv,
+                               const RowState& st) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    // Per-channel V scale of the fp8 path (1 for fp16), for this lane's columns 8 nt + 2t + i.
+    float v_scale[Tr::kOTiles][2];
+#pragma unroll
+    for (int nt = 0; nt < Tr::kOTiles; ++nt)
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+        v_scale[nt][i] = kFp8 ? p.v_scale[bkv * D + nt * 8 + 2 * t + i] / kPScale : 1.0f;
+
+    Elem* out = static_cast<Elem*>(p.out) + c.batch * p.o_stride_b + c.head * p.o_stride_h;
+#pragma unroll
+    for (int mt = 0; mt < Tr::kMTiles; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int row = c.q0 + warp * Tr::kWarpQ + mt * 16 + h * 8 + g;
+        const float sum = quad_sum(st.sum[mt][h]);
+        if (row >= p.q_len) continue;
+        const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+        Elem* dst = out + row * p.o_stride_n + 2 * t;
+#pragma unroll
+        for (int nt = 0; nt < Tr::kOTiles; ++nt)
+          *reinterpret_cast<uint32_t*>(dst + nt * 8) =
+              pack_pair<Elem>(st.o[mt][nt][2 * h] * inv * v_scale[nt][0],
+                              st.o[mt][nt][2 * h + 1] * inv * v_scale[nt][1]);
+        if (p.lse != nullptr && t == 0)
+          p.lse[bh * p.q_len + row] = (st.max[mt][h] + __log2f(sum)) * 0.69314718055994531f;
+      }
+  }
+};
+
+template <class Tr>
+__global__ void __launch_bounds__(Tr::kThreads, 2) attn_kernel(const __grid_constant__ AttnParams p) {
+  AttnKernel<Tr>::run(p);
+}
+
+}  // namespace sage

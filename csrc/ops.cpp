@@ -1,0 +1,20 @@
+// Registers the CUDA implementations of the sageattention ops. The schemas (and the
+// CPU and fake implementations) are defined in sageattention/_ops.py, which imports
+// this module afterwards. No pybind11: the module exports nothing to Python, which
+// keeps it buildable against the stable ABI (one cp39-abi3 wheel per torch x CUDA).
+#include <Python.h>
+#include <torch/library.h>
+
+#include "ops.h"
+
+TORCH_LIBRARY_IMPL(sageattention, CUDA, m) {
+  m.impl("quant_int8", &sage::quant_int8);
+  m.impl("quant_v_fp8", &sage::quant_v_fp8);
+  m.impl("attn_fp16pv", &sage::attn_fp16pv);
+  m.impl("attn_fp8pv", &sage::attn_fp8pv);
+}
+
+extern "C" PyObject* PyInit__C(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "CUDA kernels of sageattention", -1, nullptr};
+  return PyModule_Create(&module);
+}

@@ -1,0 +1,31 @@
+// Host entry points of the CUDA ops. Schemas, CPU and fake implementations live in
+// sageattention/_ops.py; ops.cpp registers these as the CUDA implementations.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <tuple>
+
+namespace sage {
+
+// -> (x_int8 [B, H, N, D], scale [B, H, N]); see quant/quant_int8.cuh.
+std::tuple<at::Tensor, at::Tensor> quant_int8(const at::Tensor& x, const std::optional<at::Tensor>& mean,
+                                              int64_t tensor_layout, int64_t group_block,
+                                              int64_t group_stride, double scale_mult);
+
+// -> (v_fp8 [B, H, D, N_pad], v_scale [B, H, D]); see quant/quant_v_fp8.cuh.
+std::tuple<at::Tensor, at::Tensor> quant_v_fp8(const at::Tensor& v, int64_t tensor_layout);
+
+// -> (out in tensor_layout, lse [B, Hq, Nq] or [0]); see attention/attn_kernel.cuh.
+std::tuple<at::Tensor, at::Tensor> attn_fp16pv(const at::Tensor& q, const at::Tensor& k,
+                                               const at::Tensor& v, const at::Tensor& q_scale,
+                                               const at::Tensor& k_scale, int64_t tensor_layout,
+                                               bool is_causal, bool return_lse);
+
+std::tuple<at::Tensor, at::Tensor> attn_fp8pv(const at::Tensor& q, const at::Tensor& k,
+                                              const at::Tensor& v, const at::Tensor& q_scale,
+                                              const at::Tensor& k_scale, const at::Tensor& v_scale,
+                                              int64_t tensor_layout, at::ScalarType out_dtype,
+                                              bool is_causal, bool return_lse);
+
+}  // namespace sage

@@ -1,0 +1,121 @@
+// V to FP8 (e4m3) for the fp8 P·V kernel: per-channel scales, transposed to
+// [B, H, D, N_pad] and with keys permuted inside every aligned group of 32.
+//
+// Why the permutation: in the attention kernel a lane holds probabilities for keys
+// 2t, 2t+1 of each n8 tile (the QK^T accumulator layout), but the fp8 MMA wants keys
+// 4t..4t+3 of each k16 half in one register. Storing V's keys in the order the lane
+// packs P (slot 16h + 4t + j <- key 16h + 2t + (j & 1) + 8 (j >> 1)) makes both
+// sides agree without any shuffle of P.
+#pragma once
+#include <cuda_runtime.h>
+
+#include "common/numeric.cuh"
+#include "common/ptx.cuh"
+
+namespace sage {
+
+struct QuantVFp8Params {
+  const void* v;  // [B, H, N, D] addressed through strides (elements)
+  int64_t v_stride_b, v_stride_h, v_stride_n;
+  float* amax;      // [B, H, D], zero-initialised, filled by pass 1
+  float* scale;     // [B, H, D] = amax / 448 (1 where amax == 0)
+  uint8_t* out;     // [B, H, D, padded_len] e4m3
+  int heads, len, padded_len;
+};
+
+struct QuantVFp8Shape {
+  static constexpr int kThreads = 128;
+  static constexpr int kAmaxRows = 256;  // tokens per CTA of the amax pass
+  static constexpr int kKeys = 64;       // tokens per CTA of the transpose pass
+  static constexpr float kE4m3Max = 448.0f;
+};
+
+__host__ __device__ constexpr int permuted_key(int slot) {  // slot in 0..31 -> key in 0..31
+  return (slot & 16) + 2 * ((slot >> 2) & 3) + (slot & 1) + 8 * ((slot >> 1) & 1);
+}
+
+template <typename T, int D>
+__device__ __forceinline__ const T* v_rows(const QuantVFp8Params& p) {
+  return static_cast<const T*>(p.v) + blockIdx.z * p.v_stride_b + blockIdx.y * p.v_stride_h;
+}
+
+// Pass 1: per-channel amax over the tokens of one CTA, merged with an integer atomicMax
+// (non-negative floats order like their bit patterns).
+template <typename T, int D>
+__global__ void __launch_bounds__(QuantVFp8Shape::kThreads)
+    v_amax_kernel(const __grid_constant__ QuantVFp8Params p) {
+  constexpr int kLanesPerRow = D / 8;
+  constexpr int kRowsPerPass = QuantVFp8Shape::kThreads / kLanesPerRow;
+  __shared__ float partial[QuantVFp8Shape::kThreads][8];
+  const int lane_in_row = threadIdx.x % kLanesPerRow;
+  const int t0 = blockIdx.x * QuantVFp8Shape::kAmaxRows;
+  const int t1 = min(p.len, t0 + QuantVFp8Shape::kAmaxRows);
+  const T* rows = v_rows<T, D>(p) + lane_in_row * 8;
+
+  float amax[8] = {};
+  for (int t = t0 + threadIdx.x / kLanesPerRow; t < t1; t += kRowsPerPass) {
+    const uint4 raw = *reinterpret_cast<const uint4*>(rows + t * p.v_stride_n);
+    const auto* pairs = reinterpret_cast<const typename Half2<T>::type*>(&raw);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 f = Half2<T>::to_floats(pairs[i]);
+      amax[2 * i] = fmaxf(amax[2 * i], fabsf(f.x));
+      amax[2 * i + 1] = fmaxf(amax[2 * i + 1], fabsf(f.y));
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 8; ++i) partial[threadIdx.x][i] = amax[i];
+  __syncthreads();
+  if (threadIdx.x < D) {  // one thread per channel folds the rows of the CTA
+    const int lane = threadIdx.x / 8, i = threadIdx.x % 8;
+    float m = 0.0f;
+    for (int r = lane; r < QuantVFp8Shape::kThreads; r += kLanesPerRow) m = fmaxf(m, partial[r][i]);
+    float* dst = p.amax + (int64_t(blockIdx.z) * p.heads + blockIdx.y) * D + threadIdx.x;
+    atomicMax(reinterpret_cast<int*>(dst), __float_as_int(m));
+  }
+}
+
+// Pass 2: one CTA per 64 keys: stage them in shared memory, then write each channel's
+// 64 permuted, scaled e4m3 bytes. Keys past the sequence end are written as zeros.
+template <typename T, int D>
+__global__ void __launch_bounds__(QuantVFp8Shape::kThreads)
+    v_fp8_kernel(const __grid_constant__ QuantVFp8Params p) {
+  constexpr int kKeys = QuantVFp8Shape::kKeys;
+  constexpr int kLanesPerRow = D / 8;
+  constexpr int kRowsPerPass = QuantVFp8Shape::kThreads / kLanesPerRow;
+  __shared__ __align__(16) T tile[kKeys][D + 8];  // +8: rows start in different banks
+
+  const int k0 = blockIdx.x * kKeys;
+  const T* rows = v_rows<T, D>(p);
+  for (int r = threadIdx.x / kLanesPerRow; r < kKeys; r += kRowsPerPass) {
+    const int c = threadIdx.x % kLanesPerRow;
+    uint4 raw = make_uint4(0, 0, 0, 0);
+    if (k0 + r < p.len) raw = *reinterpret_cast<const uint4*>(rows + (k0 + r) * p.v_stride_n + c * 8);
+    *reinterpret_cast<uint4*>(&tile[r][c * 8]) = raw;
+  }
+  __syncthreads();
+
+  const int64_t bh = int64_t(blockIdx.z) * p.heads + blockIdx.y;
+  for (int d = threadIdx.x; d < D; d += QuantVFp8Shape::kThreads) {
+    const float amax = p.amax[bh * D + d];
+    const float scale = amax > 0.0f ? amax / QuantVFp8Shape::kE4m3Max : 1.0f;
+    if (blockIdx.x == 0) p.scale[bh * D + d] = scale;
+    const float inv = 1.0f / scale;
+    uint8_t* dst = p.out + (bh * D + d) * p.padded_len + k0;
+#pragma unroll
+    for (int chunk = 0; chunk < kKeys / 16; ++chunk) {
+      uint32_t words[4];
+#pragma unroll
+      for (int w = 0; w < 4; ++w) {
+        const int slot = chunk * 16 + w * 4;  // 4 slots per word, same 32-key group
+        const int base = slot & ~31;
+        auto val = [&](int s) { return to_float(tile[base + permuted_key(s & 31)][d]) * inv; };
+        words[w] = ptx::cvt_e4m3x2(val(slot), val(slot + 1)) |
+                   uint32_t(ptx::cvt_e4m3x2(val(slot + 2), val(slot + 3))) << 16;
+      }
+      *reinterpret_cast<uint4*>(dst + chunk * 16) = make_uint4(words[0], words[1], words[2], words[3]);
+    }
+  }
+}
+
+}  // namespace sage
