@@ -453,7 +453,8 @@ def _model_at(loc: tuple[Any, ...]) -> Any:
 
 
 def _from_validation_error(exc: ValidationError, file: Path, lines: _Lines) -> SagebuildError:
-    errors = exc.errors()
+    # a misspelt key shows up as "unknown key" AND "missing key": the unknown one is the cause
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
     err = errors[0]
     loc = tuple(err["loc"])
     more = f" (and {len(errors) - 1} more problem(s); fix this one first)" if len(errors) > 1 else ""
@@ -464,7 +465,7 @@ def _from_validation_error(exc: ValidationError, file: Path, lines: _Lines) -> S
         parent = _model_at(loc[:-1])
         keys = list(parent.model_fields) if parent and hasattr(parent, "model_fields") else []
         msg = f"unknown key {loc[-1]!r}"
-        allowed = ", ".join(keys) if keys else None
+        allowed = _suggest(str(loc[-1]), keys) if keys else None
     elif kind == "missing":
         msg = "required key is missing"
     elif kind == "string_type" and isinstance(err.get("input"), (int, float)):
