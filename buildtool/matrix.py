@@ -290,6 +290,20 @@ class _Lines:
                 return line
         return line
 
+    def scalar(self, path: tuple[Any, ...]) -> str | None:
+        """The scalar exactly as written in the file (``3.10``, not the float 3.1)."""
+        node = self.root
+        for elem in path:
+            if isinstance(node, yaml.MappingNode):
+                node = next((v for k, v in node.value
+                             if isinstance(k, yaml.ScalarNode) and k.value == str(elem)), None)
+            elif isinstance(node, yaml.SequenceNode) and isinstance(elem, int) \
+                    and 0 <= elem < len(node.value):
+                node = node.value[elem]
+            else:
+                return None
+        return node.value if isinstance(node, yaml.ScalarNode) else None
+
     def duplicate_key(self) -> tuple[int, str, tuple[Any, ...]] | None:
         """First mapping key that appears twice (PyYAML would silently keep the last one)."""
 
@@ -469,11 +483,11 @@ def _from_validation_error(exc: ValidationError, file: Path, lines: _Lines) -> S
     elif kind == "missing":
         msg = "required key is missing"
     elif kind == "string_type" and isinstance(err.get("input"), (int, float)):
-        msg = f"expected a string, got the number {err['input']!r}"
-        allowed = (
-            f'a quoted version such as "{err["input"]}" (unquoted, YAML reads 3.10 as the '
-            "number 3.1)"
-        )
+        written = lines.scalar(loc) or str(err["input"])
+        msg = f"expected a string, got the number {written} (YAML reads it as {err['input']!r})"
+        allowed = f'a quoted string: "{written}"'
+        if "." in written:
+            allowed += " (unquoted, YAML reads 3.10 as the number 3.1)"
     elif kind == "literal_error":
         allowed = str(err.get("ctx", {}).get("expected", ""))
     else:

@@ -124,7 +124,7 @@ BAD = [
     ("unknown-top-key", "package: sageattention", "package: sageattention\npakage: x", "pakage:",
      "pakage", "unknown key", "torch_index_url"),
     ("python-float", 'pythons: ["3.12"]\n\n', "pythons: [3.10]\n\n", "pythons: [3.10]",
-     "pythons[0]", "expected a string, got the number 3.1", 'quoted version'),
+     "pythons[0]", "expected a string, got the number 3.10", 'a quoted string: "3.10"'),
     ("wrong-type-bool", "    test: true\n", "    test: maybe\n", "test: maybe",
      "platforms.linux.test", "boolean", None),
     ("wrong-type-list", '    cuda: ["12.8.1"]\n', '    cuda: "12.8.1"\n', 'cuda: "12.8.1"',
