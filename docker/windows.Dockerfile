@@ -97,4 +97,4 @@ RUN & cmd /S /C ('call C:\BuildTools\VC\Auxiliary\Build\vcvars64.bat && ' + $env
 # export: the wheel and build-info.json (Windows has no `FROM scratch`; nanoserver is the
 # smallest base). No repair step: win_amd64 wheels need none, torch/CUDA DLLs come from torch.
 FROM ${EXPORT_BASE_IMAGE} AS export
-COPY --from=build C:\dist\ C:\wheelhouse\
+COPY --from=build C:/dist/ C:/wheelhouse/
