@@ -193,6 +193,10 @@ def render_cmd(
         console.print("up to date, nothing written", highlight=False)
 
 
+# `build` and `test` live in commands.py (issue 4); importing it registers them on `app`.
+from . import commands as _commands  # noqa: E402,F401
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
