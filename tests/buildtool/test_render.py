@@ -170,3 +170,97 @@ def test_golden_bake_prints(tmp_path, repo, docker):
     targets = json.loads(proc.stdout)["target"]
     assert targets["linux-pytorch211-cu130-abi3"]["args"]["SAGEATTENTION_ABI3"] == "1"
     assert targets["windows-pytorch28-cu129-python312"]["args"]["PYTHON"] == "C:\\Python312\\python.exe"
+
+
+# ---------------------------------------------------------------------------------------------
+# Dockerfile sanity without a Docker engine (the Windows one cannot be built here at all):
+# every variable an instruction uses is declared in its stage (ARG/ENV, or ENV inherited from
+# the parent stage), every FROM/--from names a known stage or a global ARG. Forgetting to
+# re-declare an ARG inside a stage is the classic silent Dockerfile bug: it expands to "".
+
+_KNOWN_ENV = {"PATH", "LD_LIBRARY_PATH", "HOME"}
+
+
+def _instructions(text: str) -> list[tuple[str, str]]:
+    escape = "`" if text.startswith("# escape=`") else "\\"
+    out, buf = [], ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("#") or (not line and not buf):
+            continue
+        if line.endswith(escape):
+            buf += line[:-1] + " "
+            continue
+        buf += line
+        word, _, rest = buf.strip().partition(" ")
+        out.append((word.upper(), rest.strip()))
+        buf = ""
+    return out
+
+
+def _check_dockerfile(text: str) -> list[str]:
+    import re
+
+    problems = []
+    global_args: set[str] = set()
+    stages: dict[str, set[str]] = {}  # stage -> ENV names (inherited by children)
+    declared: set[str] = set()
+    env: set[str] = set()
+    in_stage = False
+    for word, rest in _instructions(text):
+        if word == "FROM":
+            parts = rest.split()
+            image = parts[0]
+            for var in re.findall(r"\$\{(\w+)\}", image):
+                if var not in global_args:
+                    problems.append(f"FROM uses {var}, not a global ARG")
+            # FROM toolchain-${CUDA_SOURCE}: inherit what the matching stages define
+            pattern = re.sub(r"\\\$\\\{\w+\\\}", ".+", re.escape(image))
+            parents = [st for st in stages if re.fullmatch(pattern, st)]
+            env = set().union(*(stages[p] for p in parents))
+            declared = set()
+            name = parts[2] if len(parts) >= 3 and parts[1].upper() == "AS" else None
+            if name:
+                stages[name] = env
+            in_stage = True
+            current = name
+            continue
+        if word == "ARG":
+            var = rest.split("=")[0].strip()
+            (declared if in_stage else global_args).add(var)
+            continue
+        if not in_stage:
+            problems.append(f"{word} before the first FROM")
+            continue
+        m = re.search(r"--from=(\S+)", rest)
+        if m and m.group(1) not in stages:
+            problems.append(f"--from={m.group(1)} is not an earlier stage")
+        used = set(re.findall(r"\$\{(\w+)(?::?[-+][^}]*)?\}", rest))
+        used |= set(re.findall(r"\$env:(\w+)", rest))
+        used |= set(re.findall(r"%(\w+)%", rest))
+        if word == "RUN":
+            # shell-local variables (assigned in the same RUN) are fine
+            local = set(re.findall(r"(?:^|[;&|\s(])(\w+)=", rest))
+            local |= set(re.findall(r"\bfor (\w+) in\b", rest))
+            local |= {v[1:] for v in re.findall(r"\$\w+(?=\s*=)", rest)}  # PowerShell $x = ...
+            used -= local
+        for var in sorted(used - declared - env - _KNOWN_ENV):
+            problems.append(f"stage {current}: {word} uses {var}, not declared in the stage")
+        if word == "ENV":
+            for var in re.findall(r"(?:^|\s)(\w+)=", rest):
+                env.add(var)
+            if current:
+                stages[current] = env
+    return problems
+
+
+@pytest.mark.parametrize("name", ["linux.Dockerfile", "windows.Dockerfile"])
+def test_dockerfile_variables_declared(repo, name):
+    for path in (repo / "docker" / name, GOLDEN / "docker" / name):
+        assert _check_dockerfile(path.read_text(encoding="utf-8")) == [], path
+
+
+def test_dockerfile_checker_finds_missing_arg():
+    bad = "ARG BASE=x\nFROM ${BASE} AS a\nARG TORCH=1\nFROM a AS b\nRUN pip install torch==${TORCH}\n"
+    assert _check_dockerfile(bad) == ["stage b: RUN uses TORCH, not declared in the stage"]
+    assert _check_dockerfile("FROM ${NOPE}\n") == ["FROM uses NOPE, not a global ARG"]
