@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import string
 import types
 import typing
@@ -560,6 +561,9 @@ class _Validator:
         for name, p in m.platforms.items():
             if not naming.NAME_RE.match(name) or "-" in name:
                 self.fail(("platforms", name), f"invalid platform name {name!r}", "[a-z0-9_]+")
+            if name in ("all", "default", "abi3") or re.fullmatch(r"(pytorch|cu|python)\d+", name):
+                self.fail(("platforms", name), f"platform name {name!r} is a built-in group name",
+                          "a name such as linux, windows, linux_aarch64")
             self.check_template(
                 ("platforms", name, "python_exe"), p.python_exe, {"python", "python_nodot"}
             )
@@ -809,9 +813,6 @@ class _Validator:
                               _suggest(member, names + list(g)))
                 resolved += [x for x in items if x not in resolved]
             g[gname] = resolved
-        for gname in g:
-            if gname in names or gname in tests:
-                self.fail(("platforms",), f"group {gname!r} collides with a target name")
         return g
 
     def default(self, targets: list[Target]) -> str:

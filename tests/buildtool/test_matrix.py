@@ -285,3 +285,9 @@ def test_select_errors(project, kwargs, field, msg, allowed):
     assert msg in err.message
     if allowed:
         assert allowed in err.allowed
+
+
+def test_platform_name_reserved(matrix_text, write_matrix):
+    err = _error(write_matrix, matrix_text.replace("  windows:\n", "  cu128:\n", 1)
+                 .replace("platforms: [linux, windows]", "platforms: [linux, cu128]"))
+    assert err.field == "platforms.cu128" and "built-in group" in err.message
