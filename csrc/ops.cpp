@@ -10,9 +10,12 @@
 TORCH_LIBRARY_IMPL(sageattention, CUDA, m) {
   m.impl("quant_int8", &sage::quant_int8);
   m.impl("quant_v_fp8", &sage::quant_v_fp8);
+  m.impl("transpose_v", &sage::transpose_v);
   m.impl("attn_fp16pv", &sage::attn_fp16pv);
   m.impl("attn_fp8pv", &sage::attn_fp8pv);
 }
+
+// attn_sm90 registers itself from sm90/attn_sm90.cu when the build targets sm_90a.
 
 extern "C" PyObject* PyInit__C(void) {
   static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "CUDA kernels of sageattention", -1, nullptr};

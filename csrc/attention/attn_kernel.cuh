@@ -14,40 +14,21 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include "attention/softmax.cuh"
 #include "attention/traits.cuh"
 #include "common/numeric.cuh"
 #include "common/ptx.cuh"
+#include "common/tile_copy.cuh"
 
 namespace sage {
-
-// Copies a kRows-row tile from global memory (rows `row_stride` bytes apart) into a
-// swizzled shared tile with cp.async, 16 bytes a thread per step. Rows at and past
-// `valid_rows` are zero-filled. The source pointer advances by addition and the
-// destination by a constant, so no per-chunk address stays live in a register.
-template <class Tile, int kRows, int kThreads>
-__device__ __forceinline__ void load_tile(uint8_t* smem, const uint8_t* src, int64_t row_stride,
-                                          int valid_rows) {
-  static_assert(kThreads % Tile::kChunks == 0, "whole rows per step");
-  constexpr int kRowsPerStep = kThreads / Tile::kChunks;
-  static_assert(kRows % kRowsPerStep == 0 && kRowsPerStep % 8 == 0, "swizzle-aligned steps");
-  const int row = threadIdx.x / Tile::kChunks, chunk = threadIdx.x % Tile::kChunks;
-  const uint32_t dst = ptx::smem_addr(smem) + Tile::offset(row, chunk);
-  const uint8_t* from = src + row * row_stride + chunk * 16;
-#pragma unroll
-  for (int step = 0; step < kRows / kRowsPerStep; ++step) {
-    const bool valid = row + step * kRowsPerStep < valid_rows;
-    ptx::cp_async_16(dst + step * kRowsPerStep * Tile::kRowBytes, valid ? from : src, valid);
-    from += kRowsPerStep * row_stride;
-  }
-}
 
 template <class Tr>
 struct AttnKernel {
   using Elem = typename Tr::Elem;
   static constexpr int D = Tr::kHeadDim;
   static constexpr bool kFp8 = Tr::kPV == PV::kFp8;
-  // P is scaled into e4m3's range before rounding: 448 is its largest finite value.
-  static constexpr float kPScale = kFp8 ? 448.0f : 1.0f;
+
+  using Softmax = OnlineSoftmax<Tr::kMTiles, Tr::kSTiles, Tr::kPV, Elem>;
 
   struct Coord {
     int batch, head, kv_head, q0;
@@ -173,46 +154,6 @@ struct AttnKernel {
     }
   }
 
-  // Packs probabilities (fp32, C-fragment order) into the A fragments of the P·V MMA.
-  __device__ static void pack_p(const float (&pr)[Tr::kMTiles][Tr::kSTiles][4],
-                                uint32_t (&pf)[Tr::kMTiles][Tr::kPVSteps][4]) {
-#pragma unroll
-    for (int mt = 0; mt < Tr::kMTiles; ++mt)
-#pragma unroll
-      for (int kk = 0; kk < Tr::kPVSteps; ++kk) {
-        if constexpr (kFp8) {
-          // k32 A fragment: a0 = row g, keys 4t..4t+3 of the step. Our lane holds keys
-          // 2t, 2t+1 of each n8 tile, so the step's four tiles are packed pairwise;
-          // quant_v_fp8 stores V's keys in the same permuted order.
-          const auto& s0 = pr[mt][4 * kk];
-          const auto& s1 = pr[mt][4 * kk + 1];
-          const auto& s2 = pr[mt][4 * kk + 2];
-          const auto& s3 = pr[mt][4 * kk + 3];
-          pf[mt][kk][0] = ptx::cvt_e4m3x2(s0[0], s0[1]) | uint32_t(ptx::cvt_e4m3x2(s1[0], s1[1])) << 16;
-          pf[mt][kk][1] = ptx::cvt_e4m3x2(s0[2], s0[3]) | uint32_t(ptx::cvt_e4m3x2(s1[2], s1[3])) << 16;
-          pf[mt][kk][2] = ptx::cvt_e4m3x2(s2[0], s2[1]) | uint32_t(ptx::cvt_e4m3x2(s3[0], s3[1])) << 16;
-          pf[mt][kk][3] = ptx::cvt_e4m3x2(s2[2], s2[3]) | uint32_t(ptx::cvt_e4m3x2(s3[2], s3[3])) << 16;
-        } else {
-          // k16 A fragment: two adjacent n8 accumulator tiles map onto it directly.
-          const auto& s0 = pr[mt][2 * kk];
-          const auto& s1 = pr[mt][2 * kk + 1];
-          pf[mt][kk][0] = pack_pair<Elem>(s0[0], s0[1]);
-          pf[mt][kk][1] = pack_pair<Elem>(s0[2], s0[3]);
-          pf[mt][kk][2] = pack_pair<Elem>(s1[0], s1[1]);
-          pf[mt][kk][3] = pack_pair<Elem>(s1[2], s1[3]);
-        }
-      }
-  }
-
-  __device__ static float quad_max(float x) {
-    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
-  }
-  __device__ static float quad_sum(float x) {
-    x += __shfl_xor_sync(0xffffffffu, x, 1);
-    return x + __shfl_xor_sync(0xffffffffu, x, 2);
-  }
-
   // Running softmax state and output accumulators of this lane's rows:
   // warp * 32 + mt * 16 + h * 8 + g, with h = 0/1 selecting accumulator regs 0-1/2-3.
   struct RowState {
@@ -252,54 +193,13 @@ struct AttnKernel {
     int32_t s[Tr::kMTiles][Tr::kSTiles][4];
     qk(qf, fb.q, fb.k + stage * Tr::kKBytes, s);
 
-    // Logits in units of 1/q_scale: the row's scale is applied inside exp2 below.
     float x[Tr::kMTiles][Tr::kSTiles][4];
-    const float* ks = sm.k_scale + stage * Tr::kCtaK + 2 * t;
-#pragma unroll
-    for (int mt = 0; mt < Tr::kMTiles; ++mt)
-#pragma unroll
-      for (int nt = 0; nt < Tr::kSTiles; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          x[mt][nt][e] = (biased_int_to_float(s[mt][nt][e]) - kMagicBias) * ks[nt * 8 + e % 2];
-          if (masked) {
-            const int row = c.q0 + warp * Tr::kWarpQ + mt * 16 + (e / 2) * 8 + g;
-            const int col = k0 + nt * 8 + 2 * t + e % 2;
-            if (col >= p.kv_len || (p.causal && col > row)) x[mt][nt][e] = -INFINITY;
-          }
-        }
-
+    Softmax::scores(s, sm.k_scale + stage * Tr::kCtaK, c.q0 + warp * Tr::kWarpQ, k0, p.kv_len,
+                    p.causal, masked, x);
     float alpha[Tr::kMTiles][2];
-#pragma unroll
-    for (int mt = 0; mt < Tr::kMTiles; ++mt)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        float mx = -INFINITY;
-#pragma unroll
-        for (int nt = 0; nt < Tr::kSTiles; ++nt)
-          mx = fmaxf(mx, fmaxf(x[mt][nt][2 * h], x[mt][nt][2 * h + 1]));
-        const float sq = st.q_scale[mt][h];
-        const float m_new = fmaxf(st.max[mt][h], quad_max(mx) * sq);
-        // A row with no visible key so far keeps m = -inf; subtract 0 instead so that
-        // its probabilities are exp2(-inf) = 0 rather than NaN.
-        const float m_sub = m_new == -INFINITY ? 0.0f : m_new;
-        alpha[mt][h] = ptx::exp2_approx(st.max[mt][h] - m_sub);
-        st.max[mt][h] = m_new;
-        float sum = 0.0f;
-#pragma unroll
-        for (int nt = 0; nt < Tr::kSTiles; ++nt)
-#pragma unroll
-          for (int i = 0; i < 2; ++i) {
-            float& v = x[mt][nt][2 * h + i];
-            v = ptx::exp2_approx(fmaf(v, sq, -m_sub));
-            sum += v;
-            v *= kPScale;
-          }
-        st.sum[mt][h] = fmaf(st.sum[mt][h], alpha[mt][h], sum);
-      }
-
+    Softmax::update(x, st.q_scale, st.max, st.sum, alpha);
     uint32_t pf[Tr::kMTiles][Tr::kPVSteps][4];
-    pack_p(x, pf);
+    Softmax::pack(x, pf);
 
     ptx::cp_async_wait<1>();  // V block j landed
     __syncthreads();
@@ -380,7 +280,7 @@ struct AttnKernel {
     for (int nt = 0; nt < Tr::kOTiles; ++nt)
 #pragma unroll
       for (int i = 0; i < 2; ++i)
-        v_scale[nt][i] = kFp8 ? p.v_scale[bkv * D + nt * 8 + 2 * t + i] / kPScale : 1.0f;
+        v_scale[nt][i] = kFp8 ? p.v_scale[bkv * D + nt * 8 + 2 * t + i] / Softmax::kPScale : 1.0f;
 
     Elem* out = static_cast<Elem*>(p.out) + c.batch * p.o_stride_b + c.head * p.o_stride_h;
 #pragma unroll
@@ -388,7 +288,7 @@ struct AttnKernel {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int row = c.q0 + warp * Tr::kWarpQ + mt * 16 + h * 8 + g;
-        const float sum = quad_sum(st.sum[mt][h]);
+        const float sum = Softmax::quad_sum(st.sum[mt][h]);
         if (row >= p.q_len) continue;
         const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
         Elem* dst = out + row * p.o_stride_n + 2 * t;

@@ -77,7 +77,7 @@ std::tuple<at::Tensor, at::Tensor> quant_v_fp8(const at::Tensor& v_in, int64_t t
 
   QuantVFp8Params p{v.data_ptr(), s.stride_b, s.stride_h, s.stride_n,
                     amax.data_ptr<float>(), scale.data_ptr<float>(),
-                    static_cast<uint8_t*>(out.data_ptr()), int(s.h), int(s.n), int(padded)};
+                    out.data_ptr(), int(s.h), int(s.n), int(padded)};
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const int amax_blocks = std::max<int64_t>(1, (s.n + QuantVFp8Shape::kAmaxRows - 1) / QuantVFp8Shape::kAmaxRows);
   dispatch_half_hd(v.scalar_type(), s.d, [&](auto elem, auto head_dim) {
@@ -90,6 +90,26 @@ std::tuple<at::Tensor, at::Tensor> quant_v_fp8(const at::Tensor& v_in, int64_t t
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {out, scale};
+}
+
+at::Tensor transpose_v(const at::Tensor& v_in, int64_t tensor_layout) {
+  check_half(v_in, "v");
+  const at::Tensor v = aligned(v_in, tensor_layout, "v");
+  const Bhnd s = bhnd(v, tensor_layout, "v");
+  const c10::cuda::CUDAGuard guard(v.device());
+  const int64_t padded = (s.n + 127) / 128 * 128;
+  at::Tensor out = at::empty({s.b, s.h, s.d, padded}, v.options());
+  if (s.b == 0 || s.h == 0) return out;
+  QuantVFp8Params p{v.data_ptr(), s.stride_b, s.stride_h, s.stride_n, nullptr, nullptr,
+                    out.data_ptr(), int(s.h), int(s.n), int(padded)};
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  dispatch_half_hd(v.scalar_type(), s.d, [&](auto elem, auto head_dim) {
+    using T = typename decltype(elem)::type;
+    v_transpose_kernel<T, head_dim()>
+        <<<dim3(padded / QuantVFp8Shape::kKeys, s.h, s.b), QuantVFp8Shape::kThreads, 0, stream>>>(p);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
 }
 
 }  // namespace sage

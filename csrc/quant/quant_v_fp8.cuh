@@ -19,7 +19,7 @@ struct QuantVFp8Params {
   int64_t v_stride_b, v_stride_h, v_stride_n;
   float* amax;      // [B, H, D], zero-initialised, filled by pass 1
   float* scale;     // [B, H, D] = amax / 448 (1 where amax == 0)
-  uint8_t* out;     // [B, H, D, padded_len] e4m3
+  void* out;        // [B, H, D, padded_len]: e4m3 (quant_v_fp8) or T (transpose_v)
   int heads, len, padded_len;
 };
 
@@ -101,7 +101,7 @@ __global__ void __launch_bounds__(QuantVFp8Shape::kThreads)
     const float scale = amax > 0.0f ? amax / QuantVFp8Shape::kE4m3Max : 1.0f;
     if (blockIdx.x == 0) p.scale[bh * D + d] = scale;
     const float inv = 1.0f / scale;
-    uint8_t* dst = p.out + (bh * D + d) * p.padded_len + k0;
+    uint8_t* dst = static_cast<uint8_t*>(p.out) + (bh * D + d) * p.padded_len + k0;
 #pragma unroll
     for (int chunk = 0; chunk < kKeys / 16; ++chunk) {
       uint32_t words[4];
@@ -115,6 +115,37 @@ __global__ void __launch_bounds__(QuantVFp8Shape::kThreads)
       }
       *reinterpret_cast<uint4*>(dst + chunk * 16) = make_uint4(words[0], words[1], words[2], words[3]);
     }
+  }
+}
+
+// One CTA per 64 keys: V (16-bit) -> V^T [B, H, D, padded_len], keys in natural order,
+// zero past the sequence end. Feeds the sm90 kernel's fp16/bf16 P·V.
+template <typename T, int D>
+__global__ void __launch_bounds__(QuantVFp8Shape::kThreads)
+    v_transpose_kernel(const __grid_constant__ QuantVFp8Params p) {
+  constexpr int kKeys = QuantVFp8Shape::kKeys;
+  constexpr int kLanesPerRow = D / 8;
+  constexpr int kRowsPerPass = QuantVFp8Shape::kThreads / kLanesPerRow;
+  __shared__ __align__(16) T tile[kKeys][D + 8];
+  const int k0 = blockIdx.x * kKeys;
+  const T* rows = v_rows<T, D>(p);
+  for (int r = threadIdx.x / kLanesPerRow; r < kKeys; r += kRowsPerPass) {
+    const int c = threadIdx.x % kLanesPerRow;
+    uint4 raw = make_uint4(0, 0, 0, 0);
+    if (k0 + r < p.len) raw = *reinterpret_cast<const uint4*>(rows + (k0 + r) * p.v_stride_n + c * 8);
+    *reinterpret_cast<uint4*>(&tile[r][c * 8]) = raw;
+  }
+  __syncthreads();
+  // Thread -> (channel, 8-key chunk): 16-byte stores, a warp covers 4 channels' rows.
+  const int64_t bh = int64_t(blockIdx.z) * p.heads + blockIdx.y;
+  T* out = reinterpret_cast<T*>(p.out);
+  for (int i = threadIdx.x; i < D * (kKeys / 8); i += QuantVFp8Shape::kThreads) {
+    const int d = i / (kKeys / 8), chunk = i % (kKeys / 8);
+    alignas(16) T vals[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) vals[e] = tile[chunk * 8 + e][d];
+    *reinterpret_cast<uint4*>(out + (bh * D + d) * p.padded_len + k0 + chunk * 8) =
+        *reinterpret_cast<const uint4*>(vals);
   }
 }
 

@@ -1,0 +1,117 @@
+// Online softmax over one key block, shared by the sm80 (mma.sync) and sm90 (wgmma)
+// kernels: both hold S in the m16n8 accumulator layout (lane = 4g + t owns rows g and
+// g + 8 of each 16-row tile, columns 2t and 2t + 1 of each 8-column tile).
+#pragma once
+#include <cuda_runtime.h>
+
+#include "attention/traits.cuh"
+#include "common/numeric.cuh"
+#include "common/ptx.cuh"
+
+namespace sage {
+
+template <int kMTiles, int kSTiles, PV kPV, typename Elem>
+struct OnlineSoftmax {
+  static constexpr bool kFp8 = kPV == PV::kFp8;
+  // P is scaled into e4m3's range before rounding: 448 is its largest finite value.
+  static constexpr float kPScale = kFp8 ? 448.0f : 1.0f;
+  static constexpr int kPVStepKeys = kFp8 ? 32 : 16;
+  static constexpr int kPVSteps = kSTiles * 8 / kPVStepKeys;
+
+  __device__ static float quad_max(float x) {
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+  }
+  __device__ static float quad_sum(float x) {
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    return x + __shfl_xor_sync(0xffffffffu, x, 2);
+  }
+
+  // int32 Q·K^T -> logits in units of 1/q_scale (the row scale is applied inside exp2
+  // by update()), -inf where the key is past the end or right of the causal diagonal.
+  // `k_scale` points at the block's key scales in shared memory.
+  __device__ static void scores(const int32_t (&s)[kMTiles][kSTiles][4], const float* k_scale,
+                                int row_base, int k0, int kv_len, bool causal, bool masked,
+                                float (&x)[kMTiles][kSTiles][4]) {
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const float* ks = k_scale + 2 * t;
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < kSTiles; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          x[mt][nt][e] = (biased_int_to_float(s[mt][nt][e]) - kMagicBias) * ks[nt * 8 + e % 2];
+          if (masked) {
+            const int row = row_base + mt * 16 + (e / 2) * 8 + g;
+            const int col = k0 + nt * 8 + 2 * t + e % 2;
+            if (col >= kv_len || (causal && col > row)) x[mt][nt][e] = -INFINITY;
+          }
+        }
+  }
+
+  // Running max/sum update; x becomes the (P-scaled) probabilities, alpha the factor
+  // 2^(m_old - m_new) by which O must be rescaled.
+  __device__ static void update(float (&x)[kMTiles][kSTiles][4], const float (&q_scale)[kMTiles][2],
+                                float (&row_max)[kMTiles][2], float (&row_sum)[kMTiles][2],
+                                float (&alpha)[kMTiles][2]) {
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int nt = 0; nt < kSTiles; ++nt) mx = fmaxf(mx, fmaxf(x[mt][nt][2 * h], x[mt][nt][2 * h + 1]));
+        const float sq = q_scale[mt][h];
+        const float m_new = fmaxf(row_max[mt][h], quad_max(mx) * sq);
+        // A row with no visible key so far keeps m = -inf; subtract 0 instead so that
+        // its probabilities are exp2(-inf) = 0 rather than NaN.
+        const float m_sub = m_new == -INFINITY ? 0.0f : m_new;
+        alpha[mt][h] = ptx::exp2_approx(row_max[mt][h] - m_sub);
+        row_max[mt][h] = m_new;
+        float sum = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < kSTiles; ++nt)
+#pragma unroll
+          for (int i = 0; i < 2; ++i) {
+            float& v = x[mt][nt][2 * h + i];
+            v = ptx::exp2_approx(fmaf(v, sq, -m_sub));
+            sum += v;
+            v *= kPScale;
+          }
+        row_sum[mt][h] = fmaf(row_sum[mt][h], alpha[mt][h], sum);
+      }
+  }
+
+  // Probabilities (accumulator order) -> A fragments of the P·V MMA.
+  __device__ static void pack(const float (&pr)[kMTiles][kSTiles][4], uint32_t (&pf)[kMTiles][kPVSteps][4]) {
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+      for (int kk = 0; kk < kPVSteps; ++kk) {
+        if constexpr (kFp8) {
+          // k32 A fragment: a0 = row g, keys 4t..4t+3 of the step. Our lane holds keys
+          // 2t, 2t+1 of each n8 tile, so the step's four tiles are packed pairwise;
+          // quant_v_fp8 stores V's keys in the same permuted order.
+          const auto& s0 = pr[mt][4 * kk];
+          const auto& s1 = pr[mt][4 * kk + 1];
+          const auto& s2 = pr[mt][4 * kk + 2];
+          const auto& s3 = pr[mt][4 * kk + 3];
+          pf[mt][kk][0] = ptx::cvt_e4m3x2(s0[0], s0[1]) | uint32_t(ptx::cvt_e4m3x2(s1[0], s1[1])) << 16;
+          pf[mt][kk][1] = ptx::cvt_e4m3x2(s0[2], s0[3]) | uint32_t(ptx::cvt_e4m3x2(s1[2], s1[3])) << 16;
+          pf[mt][kk][2] = ptx::cvt_e4m3x2(s2[0], s2[1]) | uint32_t(ptx::cvt_e4m3x2(s3[0], s3[1])) << 16;
+          pf[mt][kk][3] = ptx::cvt_e4m3x2(s2[2], s2[3]) | uint32_t(ptx::cvt_e4m3x2(s3[2], s3[3])) << 16;
+        } else {
+          // k16 A fragment: two adjacent n8 accumulator tiles map onto it directly.
+          const auto& s0 = pr[mt][2 * kk];
+          const auto& s1 = pr[mt][2 * kk + 1];
+          pf[mt][kk][0] = pack_pair<Elem>(s0[0], s0[1]);
+          pf[mt][kk][1] = pack_pair<Elem>(s0[2], s0[3]);
+          pf[mt][kk][2] = pack_pair<Elem>(s1[0], s1[1]);
+          pf[mt][kk][3] = pack_pair<Elem>(s1[2], s1[3]);
+        }
+      }
+  }
+};
+
+}  // namespace sage

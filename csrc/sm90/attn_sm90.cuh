@@ -1,0 +1,250 @@
+// Hopper (sm_90a) INT8 Q·K^T attention with warpgroup MMAs.
+//
+// Same algorithm as attention/attn_kernel.cuh, but each warpgroup (4 warps) owns 64
+// query rows and issues wgmma: S = Q·K^T with both operands in shared memory (s8),
+// then O += P·V with P from registers (fp16/bf16, or e4m3) and V^T in shared memory.
+// V arrives pre-transposed ([D][keys], see quant/transpose_v.cuh and quant_v_fp8.cuh)
+// so every wgmma operand is K-major, the one layout all element types support.
+// Shared tiles use the 64/128-byte swizzles of smem_layout.cuh, which are the
+// hardware's; tile bases are 1024-byte aligned.
+#pragma once
+#include <cuda_runtime.h>
+
+#include "attention/softmax.cuh"
+#include "attention/traits.cuh"
+#include "common/numeric.cuh"
+#include "common/ptx.cuh"
+#include "common/smem_layout.cuh"
+#include "common/tile_copy.cuh"
+#include "sm90/wgmma.cuh"
+
+namespace sage::sm90 {
+
+template <int kHeadDim_, PV kPV_, typename Elem_>
+struct Sm90Traits {
+  using Elem = Elem_;
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr PV kPV = kPV_;
+  static_assert(kHeadDim == 64 || kHeadDim == 128, "head dims 64 and 128");
+  static constexpr bool kFp8 = kPV == PV::kFp8;
+
+  static constexpr int kWarpGroups = 2;
+  static constexpr int kWgQ = 64;  // rows per warpgroup: the wgmma M
+  static constexpr int kCtaQ = kWarpGroups * kWgQ;
+  static constexpr int kCtaK = 64;
+  static constexpr int kThreads = kWarpGroups * 128;
+  static constexpr int kSTiles = kCtaK / 8;
+  static constexpr int kOTiles = kHeadDim / 8;
+  static constexpr int kQKSteps = kHeadDim / 32;
+
+  static constexpr int kVRowBytes = kCtaK * (kFp8 ? 1 : 2);  // V^T rows: keys of one channel
+  using QKTile = SwizzledTile<kHeadDim>;
+  using VTile = SwizzledTile<kVRowBytes>;
+  static constexpr int kQBytes = kCtaQ * kHeadDim;
+  static constexpr int kKBytes = kCtaK * kHeadDim;
+  static constexpr int kVBytes = kHeadDim * kVRowBytes;
+  static constexpr int kStages = 2;
+  static constexpr int kSmemBytes = 1024 /* alignment slack */ + kQBytes + kStages * (kKBytes + kVBytes + kCtaK * 4);
+};
+
+template <class Tr>
+struct Sm90Kernel {
+  using Elem = typename Tr::Elem;
+  static constexpr int D = Tr::kHeadDim;
+  static constexpr bool kFp8 = Tr::kFp8;
+  using Softmax = OnlineSoftmax<1, Tr::kSTiles, Tr::kPV, Elem>;
+  static constexpr int kPVSteps = Softmax::kPVSteps;
+
+  struct Coord {
+    int batch, head, kv_head, q0;
+  };
+  struct Smem {
+    uint8_t* q;
+    uint8_t* k;
+    uint8_t* v;
+    float* k_scale;
+  };
+  // This lane's rows: q0 + 64 wg + 16 (warp % 4) + h * 8 + g.
+  struct RowState {
+    float o[Tr::kOTiles * 4];  // wgmma accumulator order: [n8 tile][4]
+    float max[1][2], sum[1][2], q_scale[1][2];
+  };
+
+  __device__ static void load_k(const AttnParams& p, const Coord& c, int k0, uint8_t* sK) {
+    const int8_t* rows = p.k + ((int64_t(c.batch) * p.kv_heads + c.kv_head) * p.kv_len + k0) * D;
+    load_tile<typename Tr::QKTile, Tr::kCtaK, Tr::kThreads>(sK, reinterpret_cast<const uint8_t*>(rows), D,
+                                                           p.kv_len - k0);
+  }
+  __device__ static void load_v(const AttnParams& p, const Coord& c, int k0, uint8_t* sV) {
+    constexpr int kElemBytes = kFp8 ? 1 : 2;
+    const uint8_t* rows = static_cast<const uint8_t*>(p.v) +
+                          ((int64_t(c.batch) * p.kv_heads + c.kv_head) * D * p.v_padded_len + k0) * kElemBytes;
+    load_tile<typename Tr::VTile, D, Tr::kThreads>(sV, rows, int64_t(p.v_padded_len) * kElemBytes, D);
+  }
+
+  __device__ static void pv_mma(float (&acc)[Tr::kOTiles * 4], const uint32_t (&a)[4], uint64_t b, int scale_d) {
+    if constexpr (kFp8) {
+      if constexpr (D == 128) wgmma_m64n128k32_e4m3(acc, a, b, scale_d);
+      else wgmma_m64n64k32_e4m3(acc, a, b, scale_d);
+    } else if constexpr (Half2<Elem>::kBf16) {
+      if constexpr (D == 128) wgmma_m64n128k16_bf16(acc, a, b, scale_d);
+      else wgmma_m64n64k16_bf16(acc, a, b, scale_d);
+    } else {
+      if constexpr (D == 128) wgmma_m64n128k16_f16(acc, a, b, scale_d);
+      else wgmma_m64n64k16_f16(acc, a, b, scale_d);
+    }
+  }
+
+  __device__ static void block(const AttnParams& p, const Coord& c, const Smem& sm, int j, int n_blocks,
+                               bool masked, RowState& st) {
+    const int wg = threadIdx.x / 128, warp = threadIdx.x / 32;
+    const int stage = j % Tr::kStages, k0 = j * Tr::kCtaK;
+    const bool has_next = j + 1 < n_blocks;
+    ptx::cp_async_wait<1>();  // K block j landed
+    fence_proxy_async();      // ... and is visible to the tensor cores
+    __syncthreads();
+    if (has_next) load_k(p, c, k0 + Tr::kCtaK, sm.k + (1 - stage) * Tr::kKBytes);
+    ptx::cp_async_commit();
+    const float* k_scales = p.k_scale + (int64_t(c.batch) * p.kv_heads + c.kv_head) * p.kv_len;
+    float next_k_scale = 0.0f;
+    if (threadIdx.x < Tr::kCtaK && k0 + Tr::kCtaK + threadIdx.x < p.kv_len)
+      next_k_scale = __ldg(k_scales + k0 + Tr::kCtaK + threadIdx.x);
+
+    // S = Q K^T: the descriptor start address steps 32 bytes (>> 4 = 2) per k32 step.
+    int32_t s[1][Tr::kSTiles][4];
+    {
+      const uint64_t a = make_desc<D>(ptx::smem_addr(sm.q + wg * Tr::kWgQ * D));
+      const uint64_t b = make_desc<D>(ptx::smem_addr(sm.k + stage * Tr::kKBytes));
+      auto& acc = reinterpret_cast<int32_t(&)[Tr::kSTiles * 4]>(s);
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < Tr::kQKSteps; ++ks) wgmma_m64n64k32_s8(acc, a + 2 * ks, b + 2 * ks, ks);
+      wgmma_commit();
+      wgmma_wait<0>();
+    }
+
+    float x[1][Tr::kSTiles][4];
+    Softmax::scores(s, sm.k_scale + stage * Tr::kCtaK, c.q0 + 16 * warp, k0, p.kv_len, p.causal, masked, x);
+    float alpha[1][2];
+    Softmax::update(x, st.q_scale, st.max, st.sum, alpha);
+    uint32_t pf[1][kPVSteps][4];
+    Softmax::pack(x, pf);
+
+    ptx::cp_async_wait<1>();  // V block j landed
+    fence_proxy_async();
+    __syncthreads();
+    if (has_next) load_v(p, c, k0 + Tr::kCtaK, sm.v + (1 - stage) * Tr::kVBytes);
+    ptx::cp_async_commit();
+
+    // O = O * alpha + P V. fp16: rescale, then accumulate in place. fp8: accumulate the
+    // block from zero and fold it in, so the fp8 MMAs never add into a large sum.
+    const uint64_t b = make_desc<Tr::kVRowBytes>(ptx::smem_addr(sm.v + stage * Tr::kVBytes));
+    constexpr int kStepBytes = Softmax::kPVStepKeys * (kFp8 ? 1 : 2);
+    if constexpr (kFp8) {
+      float acc[Tr::kOTiles * 4];
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kPVSteps; ++kk) pv_mma(acc, pf[0][kk], b + kk * (kStepBytes >> 4), kk);
+      wgmma_commit();
+      wgmma_wait<0>();
+#pragma unroll
+      for (int i = 0; i < Tr::kOTiles * 4; ++i) st.o[i] = fmaf(st.o[i], alpha[0][(i % 4) / 2], acc[i]);
+    } else {
+#pragma unroll
+      for (int i = 0; i < Tr::kOTiles * 4; ++i) st.o[i] *= alpha[0][(i % 4) / 2];
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kPVSteps; ++kk) pv_mma(st.o, pf[0][kk], b + kk * (kStepBytes >> 4), 1);
+      wgmma_commit();
+      wgmma_wait<0>();
+    }
+    if (threadIdx.x < Tr::kCtaK) sm.k_scale[(1 - stage) * Tr::kCtaK + threadIdx.x] = next_k_scale;
+  }
+
+  __device__ static void run(const AttnParams& p) {
+    extern __shared__ uint8_t smem_raw[];
+    // wgmma's swizzle patterns repeat every 1024 bytes: align the tiles to that.
+    uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+    Smem sm;
+    sm.q = smem;
+    sm.k = sm.q + Tr::kQBytes;
+    sm.v = sm.k + Tr::kStages * Tr::kKBytes;
+    sm.k_scale = reinterpret_cast<float*>(sm.v + Tr::kStages * Tr::kVBytes);
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    Coord c;
+    c.q0 = (gridDim.x - 1 - blockIdx.x) * Tr::kCtaQ;  // longest causal rows first
+    c.head = blockIdx.y;
+    c.batch = blockIdx.z;
+    c.kv_head = c.head / (p.q_heads / p.kv_heads);
+    const int64_t bh = int64_t(c.batch) * p.q_heads + c.head;
+    const int64_t bkv = int64_t(c.batch) * p.kv_heads + c.kv_head;
+
+    const int8_t* q_rows = p.q + (bh * p.q_len + c.q0) * D;
+    load_tile<typename Tr::QKTile, Tr::kCtaQ, Tr::kThreads>(sm.q, reinterpret_cast<const uint8_t*>(q_rows), D,
+                                                           p.q_len - c.q0);
+    load_k(p, c, 0, sm.k);
+    ptx::cp_async_commit();
+    load_v(p, c, 0, sm.v);
+    ptx::cp_async_commit();
+    if (threadIdx.x < Tr::kCtaK)
+      sm.k_scale[threadIdx.x] = threadIdx.x < p.kv_len ? p.k_scale[bkv * p.kv_len + threadIdx.x] : 0.0f;
+
+    RowState st;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = c.q0 + 16 * warp + h * 8 + g;
+      st.q_scale[0][h] = row < p.q_len ? p.q_scale[bh * p.q_len + row] : 1.0f;
+      st.max[0][h] = -INFINITY;
+      st.sum[0][h] = 0.0f;
+    }
+#pragma unroll
+    for (int i = 0; i < Tr::kOTiles * 4; ++i) st.o[i] = 0.0f;
+
+    const int kv_end = p.causal ? min(p.kv_len, c.q0 + Tr::kCtaQ) : p.kv_len;
+    const int n_blocks = (kv_end + Tr::kCtaK - 1) / Tr::kCtaK;
+    // Blocks below `n_unmasked` lie inside the sequence and left of every row's diagonal;
+    // the mask test is per warp, so only warps that cross the diagonal pay for it.
+    const int n_unmasked = min(p.kv_len, p.causal ? c.q0 + 1 : p.kv_len) / Tr::kCtaK;
+    for (int j = 0; j < n_blocks; ++j) {
+      const bool masked = j >= n_unmasked &&
+                          (j * Tr::kCtaK + Tr::kCtaK > p.kv_len ||
+                           (p.causal && j * Tr::kCtaK + Tr::kCtaK - 1 > c.q0 + 16 * warp));
+      block(p, c, sm, j, n_blocks, masked, st);
+    }
+    ptx::cp_async_wait<0>();
+
+    // Epilogue: O / l (fp8: times the per-channel V scale / 448), LSE.
+    Elem* out = static_cast<Elem*>(p.out) + c.batch * p.o_stride_b + c.head * p.o_stride_h;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = c.q0 + 16 * warp + h * 8 + g;
+      const float sum = Softmax::quad_sum(st.sum[0][h]);
+      if (row >= p.q_len) continue;
+      const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+      Elem* dst = out + row * p.o_stride_n + 2 * t;
+#pragma unroll
+      for (int nt = 0; nt < Tr::kOTiles; ++nt) {
+        float s0 = inv, s1 = inv;
+        if constexpr (kFp8) {
+          const float* vs = p.v_scale + bkv * D + nt * 8 + 2 * t;
+          s0 *= vs[0] / Softmax::kPScale;
+          s1 *= vs[1] / Softmax::kPScale;
+        }
+        *reinterpret_cast<uint32_t*>(dst + nt * 8) =
+            pack_pair<Elem>(st.o[nt * 4 + 2 * h] * s0, st.o[nt * 4 + 2 * h + 1] * s1);
+      }
+      if (p.lse != nullptr && t == 0)
+        p.lse[bh * p.q_len + row] = (st.max[0][h] + __log2f(sum)) * 0.69314718055994531f;
+    }
+  }
+};
+
+template <class Tr>
+__global__ void __launch_bounds__(Tr::kThreads, 1) attn_sm90_kernel(const __grid_constant__ AttnParams p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  Sm90Kernel<Tr>::run(p);
+#endif
+}
+
+}  // namespace sage::sm90
