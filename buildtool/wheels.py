@@ -25,6 +25,7 @@ import io
 import json
 import os
 import shutil
+import struct
 import tempfile
 import time
 import zipfile
@@ -191,7 +192,7 @@ def rewrite_metadata(text: str, version: str, requires: Iterable[str] = ()) -> s
             if req is not None and canonicalize_name(req.name) in names and req.marker is None:
                 continue
         out.append(line)
-        if key in ("requires-dist", "requires-python", "version", "name", "metadata-version"):
+        if key == "requires-dist":
             last_req = len(out)
     if not have_version:
         raise ValueError("METADATA has no Version field")
@@ -334,7 +335,10 @@ def check_wheel(
             problems.append("no compiled extension (_C*.so) in the wheel")
         found: set[GpuCode] = set()
         for so in sos:
-            found |= so_archs(contents[so])
+            try:
+                found |= so_archs(contents[so])
+            except (ValueError, struct.error) as exc:
+                problems.append(f"{so}: cannot read its GPU code: {exc}")
         missing = missing_archs(found, arch_list)
         if missing:
             problems.append(

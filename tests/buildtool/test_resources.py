@@ -1,0 +1,75 @@
+"""--jobs auto: MAX_JOBS x NVCC_THREADS from CPUs, memory and parallel targets."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from buildtool import resources
+from buildtool.errors import SagebuildError
+from buildtool.resources import GiB, MEM_PER_NVCC_THREAD, MEM_RESERVED, plan
+
+
+@pytest.mark.parametrize(
+    "cpus, mem, n", list(itertools.product([1, 2, 4, 16, 64], [1 * GiB, 8 * GiB, 24 * GiB, 512 * GiB], [1, 2, 3, 8]))
+)
+def test_plan_never_oversubscribes(cpus, mem, n):
+    j = plan(cpus, mem, n)
+    assert j.max_jobs >= 1 and j.nvcc_threads >= 1
+    assert j.nvcc_threads <= resources.MAX_NVCC_THREADS
+    procs = j.max_jobs * j.nvcc_threads
+    # never more compile processes than this target's CPU share ...
+    assert procs <= max(1, cpus // n)
+    # ... nor than its memory share holds (except the 1x1 floor that any build needs)
+    if procs > 1:
+        assert procs * MEM_PER_NVCC_THREAD <= (mem - MEM_RESERVED) / n
+
+
+def test_this_machine_shape_uses_both_cores():
+    j = plan(2, 22 * GiB, 1)
+    assert (j.max_jobs, j.nvcc_threads) == (2, 1)
+    assert "bound by CPUs" in j.reason
+
+
+def test_memory_bound_machine():
+    j = plan(32, 8 * GiB, 1)  # 6 GiB usable -> 2 nvcc passes at 2.5 GiB
+    assert j.processes == 2
+    assert "bound by memory" in j.reason
+
+
+def test_parallel_targets_share_the_machine():
+    one, four = plan(16, 128 * GiB, 1), plan(16, 128 * GiB, 4)
+    assert one.processes == 16 and one.nvcc_threads > 1
+    assert four.processes == 4
+    assert four.processes * 4 <= 16
+
+
+def test_plan_rejects_nonsense():
+    with pytest.raises(ValueError):
+        plan(0, GiB, 1)
+    with pytest.raises(ValueError):
+        plan(2, GiB, 0)
+
+
+@pytest.mark.parametrize("value, expected", [("4", (4, 1)), ("3x2", (3, 2)), (" 1 ", (1, 1))])
+def test_parse_jobs_explicit(value, expected):
+    j = resources.parse_jobs(value, 2, 8 * GiB)
+    assert (j.max_jobs, j.nvcc_threads) == expected
+
+
+def test_parse_jobs_auto_is_plan():
+    assert resources.parse_jobs("auto", 8, 64 * GiB, 2) == plan(8, 64 * GiB, 2)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "many", "2x0", "x2", ""])
+def test_parse_jobs_errors_name_the_option(value):
+    with pytest.raises(SagebuildError) as err:
+        resources.parse_jobs(value, 2, GiB)
+    assert err.value.field == "--jobs" and err.value.exit_code == 2
+
+
+def test_detect_reads_this_machine():
+    assert resources.cpu_count() >= 1
+    assert resources.available_memory() > 0
+    assert resources.detect(1).max_jobs >= 1
