@@ -179,6 +179,7 @@ class TargetState:
     steps_cached: int = 0
     failed_step: str = ""
     failed_log: list[str] = field(default_factory=list)
+    error_lines: list[str] = field(default_factory=list)
     error: str = ""
 
     def elapsed(self, now: float) -> float:
@@ -249,6 +250,7 @@ class Tracker:
                 if t and t.state != FAILED:
                     t.state, t.finished = FAILED, now
                     t.failed_step, t.failed_log, t.error = v.name, v.log[-LOG_TAIL:], v.error
+                    t.error_lines = error_lines(v.log)
             elif status.startswith("CANCELED"):
                 v.status = "canceled"
                 if t and t.state == BUILDING:
@@ -287,6 +289,10 @@ class Tracker:
             parts.append(f"target {t.name} failed at step {t.failed_step}")
             if t.error:
                 parts.append(f"  error: {t.error}")
+            shown = [line for line in t.error_lines if line not in t.failed_log]
+            if shown:
+                parts.append("  error lines of the step:")
+                parts += [f"    | {line}" for line in shown]
             if t.failed_log:
                 parts.append(f"  last {len(t.failed_log)} log lines:")
                 parts += [f"    | {line}" for line in t.failed_log]
@@ -311,6 +317,16 @@ class Tracker:
                 escape(step[:120]),
             )
         return table
+
+
+_ERROR_LINE = re.compile(r"(\berror\b|\bFAILED:|fatal:|Killed|out of memory)", re.IGNORECASE)
+_NOISE = re.compile(r"^\s*(File \"|Traceback|raise |\^)")
+
+
+def error_lines(log: Sequence[str], limit: int = 15) -> list[str]:
+    """The first lines of a step's log that look like the cause (compiler errors, ninja's
+    FAILED:, the OOM killer), skipping Python traceback frames."""
+    return [line for line in log if _ERROR_LINE.search(line) and not _NOISE.match(line)][:limit]
 
 
 def fmt_seconds(s: float) -> str:
@@ -390,7 +406,7 @@ def _consume(lines, tracker: Tracker, logfile, echo: Console | None, refresh) ->
     except DockerException as exc:
         text = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
         for line in text.splitlines():
-            if not line.startswith("#") and line.strip():
+            if not line.startswith("#") and line.strip() and line not in tracker.other:
                 tracker.other.append(line)
         return exc.return_code or 1
     return 0
