@@ -43,8 +43,12 @@ struct Sm90Traits {
   static constexpr int kQBytes = kCtaQ * kHeadDim;
   static constexpr int kKBytes = kCtaK * kHeadDim;
   static constexpr int kVBytes = kHeadDim * kVRowBytes;
-  static constexpr int kStages = 2;
-  static constexpr int kSmemBytes = 1024 /* alignment slack */ + kQBytes + kStages * (kKBytes + kVBytes + kCtaK * 4);
+  // K: block j + 1 is read by the tensor cores while block j + 2 loads. V and the key
+  // scales: block j - 1's P·V may still run while j + 1 loads, so three buffers.
+  static constexpr int kKStages = 2;
+  static constexpr int kVStages = 3;
+  static constexpr int kSmemBytes =
+      1024 /* alignment slack */ + kQBytes + kKStages * kKBytes + kVStages * (kVBytes + kCtaK * 4);
 };
 
 template <class Tr>
@@ -95,70 +99,127 @@ struct Sm90Kernel {
     }
   }
 
-  __device__ static void block(const AttnParams& p, const Coord& c, const Smem& sm, int j, int n_blocks,
-                               bool masked, RowState& st) {
-    const int wg = threadIdx.x / 128, warp = threadIdx.x / 32;
-    const int stage = j % Tr::kStages, k0 = j * Tr::kCtaK;
-    const bool has_next = j + 1 < n_blocks;
-    ptx::cp_async_wait<1>();  // K block j landed
-    fence_proxy_async();      // ... and is visible to the tensor cores
-    __syncthreads();
-    if (has_next) load_k(p, c, k0 + Tr::kCtaK, sm.k + (1 - stage) * Tr::kKBytes);
-    ptx::cp_async_commit();
-    const float* k_scales = p.k_scale + (int64_t(c.batch) * p.kv_heads + c.kv_head) * p.kv_len;
-    float next_k_scale = 0.0f;
-    if (threadIdx.x < Tr::kCtaK && k0 + Tr::kCtaK + threadIdx.x < p.kv_len)
-      next_k_scale = __ldg(k_scales + k0 + Tr::kCtaK + threadIdx.x);
+  using SAcc = int32_t[Tr::kSTiles * 4];  // wgmma accumulator order: [n8 tile][4]
+  using OAcc = float[Tr::kOTiles * 4];
 
-    // S = Q K^T: the descriptor start address steps 32 bytes (>> 4 = 2) per k32 step.
-    int32_t s[1][Tr::kSTiles][4];
-    {
-      const uint64_t a = make_desc<D>(ptx::smem_addr(sm.q + wg * Tr::kWgQ * D));
-      const uint64_t b = make_desc<D>(ptx::smem_addr(sm.k + stage * Tr::kKBytes));
-      auto& acc = reinterpret_cast<int32_t(&)[Tr::kSTiles * 4]>(s);
-      wgmma_fence();
+  // Issues S = Q K^T for the key block in `k_stage` (asynchronous: wgmma_wait before use).
+  // The descriptor start address steps 32 bytes (>> 4 = 2) per k32 step.
+  __device__ static void issue_qk(const Smem& sm, int k_stage, SAcc& s) {
+    const int wg = threadIdx.x / 128;
+    const uint64_t a = make_desc<D>(ptx::smem_addr(sm.q + wg * Tr::kWgQ * D));
+    const uint64_t b = make_desc<D>(ptx::smem_addr(sm.k + k_stage * Tr::kKBytes));
+    wgmma_fence();
 #pragma unroll
-      for (int ks = 0; ks < Tr::kQKSteps; ++ks) wgmma_m64n64k32_s8(acc, a + 2 * ks, b + 2 * ks, ks);
-      wgmma_commit();
-      wgmma_wait<0>();
-    }
+    for (int ks = 0; ks < Tr::kQKSteps; ++ks) wgmma_m64n64k32_s8(s, a + 2 * ks, b + 2 * ks, ks);
+    wgmma_commit();
+  }
 
-    float x[1][Tr::kSTiles][4];
-    Softmax::scores(s, sm.k_scale + stage * Tr::kCtaK, c.q0 + 16 * warp, k0, p.kv_len, p.causal, masked, x);
-    float alpha[1][2];
-    Softmax::update(x, st.q_scale, st.max, st.sum, alpha);
-    uint32_t pf[1][kPVSteps][4];
-    Softmax::pack(x, pf);
+  // Issues acc (+)= P V for the key block in `v_stage`; accumulate = false starts from zero.
+  __device__ static void issue_pv(const Smem& sm, int v_stage, const uint32_t (&pf)[1][kPVSteps][4],
+                                  bool accumulate, OAcc& acc) {
+    constexpr int kStepBytes = Softmax::kPVStepKeys * (kFp8 ? 1 : 2);
+    const uint64_t b = make_desc<Tr::kVRowBytes>(ptx::smem_addr(sm.v + v_stage * Tr::kVBytes));
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kPVSteps; ++kk)
+      pv_mma(acc, pf[0][kk], b + kk * (kStepBytes >> 4), accumulate || kk > 0);
+    wgmma_commit();
+  }
 
-    ptx::cp_async_wait<1>();  // V block j landed
+  // Waits for this thread's cp.async groups (all but `pending`), then publishes them to
+  // the CTA and to the tensor cores' proxy.
+  template <int kPending>
+  __device__ static void sync_loads() {
+    ptx::cp_async_wait<kPending>();
     fence_proxy_async();
     __syncthreads();
-    if (has_next) load_v(p, c, k0 + Tr::kCtaK, sm.v + (1 - stage) * Tr::kVBytes);
-    ptx::cp_async_commit();
+  }
 
-    // O = O * alpha + P V. fp16: rescale, then accumulate in place. fp8: accumulate the
-    // block from zero and fold it in, so the fp8 MMAs never add into a large sum.
-    const uint64_t b = make_desc<Tr::kVRowBytes>(ptx::smem_addr(sm.v + stage * Tr::kVBytes));
-    constexpr int kStepBytes = Softmax::kPVStepKeys * (kFp8 ? 1 : 2);
-    if constexpr (kFp8) {
-      float acc[Tr::kOTiles * 4];
-      wgmma_fence();
+  // The key loop, software-pipelined as in FlashAttention-3: while the CUDA cores run
+  // block j's softmax, the tensor cores compute block j + 1's Q K^T and block j - 1's
+  // P V. Group order of the wgmmas: ..., PV(j-1), QK(j+1), PV(j), ...
+  __device__ static void key_loop(const AttnParams& p, const Coord& c, const Smem& sm, RowState& st) {
+    const int warp = threadIdx.x / 32;
+    const int kv_end = p.causal ? min(p.kv_len, c.q0 + Tr::kCtaQ) : p.kv_len;
+    const int n_blocks = (kv_end + Tr::kCtaK - 1) / Tr::kCtaK;
+    // Blocks below `n_unmasked` lie inside the sequence and left of every row's diagonal;
+    // the mask test is per warp, so only warps that cross the diagonal pay for it.
+    const int n_unmasked = min(p.kv_len, p.causal ? c.q0 + 1 : p.kv_len) / Tr::kCtaK;
+    const float* k_scales = p.k_scale + (int64_t(c.batch) * p.kv_heads + c.kv_head) * p.kv_len;
+
+    SAcc s_first;
+    OAcc pv_acc;  // fp8: block j's P V before it is folded into O
+    float alpha_prev[2] = {1.0f, 1.0f};
+
+    sync_loads<2>();  // Q and K block 0 (K block 1 and V block 0 may be in flight)
+    issue_qk(sm, 0, s_first);
+    wgmma_wait<0>();
+    fence_regs(s_first);
+
+    // Unrolled by two with the S buffers swapped, so that block j + 1's S is written
+    // by the tensor cores into registers that block j's softmax does not read.
+    auto step = [&](int j, SAcc& s_cur, SAcc& s_next) {
+        const int k0 = j * Tr::kCtaK;
+        const bool has_next = j + 1 < n_blocks;
+        if (has_next) {  // K block j + 1 (issued in the prologue or by iteration j - 1)
+          if (j == 0) sync_loads<1>(); else sync_loads<0>();
+          issue_qk(sm, (j + 1) % Tr::kKStages, s_next);
+        }
+        float next_k_scale = 0.0f;  // block j + 2's, stored below once its buffer is free
+        if (threadIdx.x < Tr::kCtaK && k0 + 2 * Tr::kCtaK + threadIdx.x < p.kv_len)
+          next_k_scale = __ldg(k_scales + k0 + 2 * Tr::kCtaK + threadIdx.x);
+
+        float x[1][Tr::kSTiles][4];
+        const bool masked = j >= n_unmasked && (k0 + Tr::kCtaK > p.kv_len ||
+                                                (p.causal && k0 + Tr::kCtaK - 1 > c.q0 + 16 * warp));
+        Softmax::scores(reinterpret_cast<const int32_t(&)[1][Tr::kSTiles][4]>(s_cur),
+                        sm.k_scale + (j % Tr::kVStages) * Tr::kCtaK, c.q0 + 16 * warp, k0, p.kv_len, p.causal,
+                        masked, x);
+        float alpha[1][2];
+        Softmax::update(x, st.q_scale, st.max, st.sum, alpha);
+        uint32_t pf[1][kPVSteps][4];
+        Softmax::pack(x, pf);
+
+        sync_loads<0>();  // V block j; every thread is past block j - 1's scores and QK
+        if (k0 + 2 * Tr::kCtaK < kv_end) load_k(p, c, k0 + 2 * Tr::kCtaK, sm.k + (j % Tr::kKStages) * Tr::kKBytes);
+        if (has_next) load_v(p, c, k0 + Tr::kCtaK, sm.v + ((j + 1) % Tr::kVStages) * Tr::kVBytes);
+        ptx::cp_async_commit();
+        if (threadIdx.x < Tr::kCtaK) sm.k_scale[((j + 2) % Tr::kVStages) * Tr::kCtaK + threadIdx.x] = next_k_scale;
+
+        // Block j - 1's P V must be done before O is touched; block j + 1's Q K^T may run on.
+        if (has_next) wgmma_wait<1>(); else wgmma_wait<0>();
+        fence_regs(st.o);
+        fence_regs(pv_acc);
+        if constexpr (kFp8) {
+          // O = O * alpha + PV per block, so the fp8 MMAs never add into a large sum.
+          if (j > 0)
 #pragma unroll
-      for (int kk = 0; kk < kPVSteps; ++kk) pv_mma(acc, pf[0][kk], b + kk * (kStepBytes >> 4), kk);
-      wgmma_commit();
-      wgmma_wait<0>();
+            for (int i = 0; i < Tr::kOTiles * 4; ++i) st.o[i] = fmaf(st.o[i], alpha_prev[(i % 4) / 2], pv_acc[i]);
+          alpha_prev[0] = alpha[0][0];
+          alpha_prev[1] = alpha[0][1];
+          issue_pv(sm, j % Tr::kVStages, pf, false, pv_acc);
+        } else {
 #pragma unroll
-      for (int i = 0; i < Tr::kOTiles * 4; ++i) st.o[i] = fmaf(st.o[i], alpha[0][(i % 4) / 2], acc[i]);
-    } else {
-#pragma unroll
-      for (int i = 0; i < Tr::kOTiles * 4; ++i) st.o[i] *= alpha[0][(i % 4) / 2];
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < kPVSteps; ++kk) pv_mma(st.o, pf[0][kk], b + kk * (kStepBytes >> 4), 1);
-      wgmma_commit();
-      wgmma_wait<0>();
+          for (int i = 0; i < Tr::kOTiles * 4; ++i) st.o[i] *= alpha[0][(i % 4) / 2];
+          issue_pv(sm, j % Tr::kVStages, pf, true, st.o);
+        }
+        if (has_next) {
+          wgmma_wait<1>();  // block j + 1's S
+          fence_regs(s_next);
+        }
+    };
+    SAcc s_other;
+    for (int j = 0; j < n_blocks; j += 2) {
+      step(j, s_first, s_other);
+      if (j + 1 < n_blocks) step(j + 1, s_other, s_first);
     }
-    if (threadIdx.x < Tr::kCtaK) sm.k_scale[(1 - stage) * Tr::kCtaK + threadIdx.x] = next_k_scale;
+    wgmma_wait<0>();
+    fence_regs(st.o);
+    fence_regs(pv_acc);
+    if constexpr (kFp8)
+#pragma unroll
+      for (int i = 0; i < Tr::kOTiles * 4; ++i) st.o[i] = fmaf(st.o[i], alpha_prev[(i % 4) / 2], pv_acc[i]);
+    ptx::cp_async_wait<0>();
   }
 
   __device__ static void run(const AttnParams& p) {
@@ -168,8 +229,8 @@ struct Sm90Kernel {
     Smem sm;
     sm.q = smem;
     sm.k = sm.q + Tr::kQBytes;
-    sm.v = sm.k + Tr::kStages * Tr::kKBytes;
-    sm.k_scale = reinterpret_cast<float*>(sm.v + Tr::kStages * Tr::kVBytes);
+    sm.v = sm.k + Tr::kKStages * Tr::kKBytes;
+    sm.k_scale = reinterpret_cast<float*>(sm.v + Tr::kVStages * Tr::kVBytes);
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     Coord c;
@@ -180,14 +241,18 @@ struct Sm90Kernel {
     const int64_t bh = int64_t(c.batch) * p.q_heads + c.head;
     const int64_t bkv = int64_t(c.batch) * p.kv_heads + c.kv_head;
 
+    // Prologue: {Q, K block 0}, {K block 1}, {V block 0} as three cp.async groups, and
+    // the key scales of blocks 0 and 1 (published by the loop's first barrier).
     const int8_t* q_rows = p.q + (bh * p.q_len + c.q0) * D;
     load_tile<typename Tr::QKTile, Tr::kCtaQ, Tr::kThreads>(sm.q, reinterpret_cast<const uint8_t*>(q_rows), D,
                                                            p.q_len - c.q0);
     load_k(p, c, 0, sm.k);
     ptx::cp_async_commit();
+    if (Tr::kCtaK < p.kv_len) load_k(p, c, Tr::kCtaK, sm.k + Tr::kKBytes);
+    ptx::cp_async_commit();
     load_v(p, c, 0, sm.v);
     ptx::cp_async_commit();
-    if (threadIdx.x < Tr::kCtaK)
+    if (threadIdx.x < 2 * Tr::kCtaK)
       sm.k_scale[threadIdx.x] = threadIdx.x < p.kv_len ? p.k_scale[bkv * p.kv_len + threadIdx.x] : 0.0f;
 
     RowState st;
@@ -200,19 +265,7 @@ struct Sm90Kernel {
     }
 #pragma unroll
     for (int i = 0; i < Tr::kOTiles * 4; ++i) st.o[i] = 0.0f;
-
-    const int kv_end = p.causal ? min(p.kv_len, c.q0 + Tr::kCtaQ) : p.kv_len;
-    const int n_blocks = (kv_end + Tr::kCtaK - 1) / Tr::kCtaK;
-    // Blocks below `n_unmasked` lie inside the sequence and left of every row's diagonal;
-    // the mask test is per warp, so only warps that cross the diagonal pay for it.
-    const int n_unmasked = min(p.kv_len, p.causal ? c.q0 + 1 : p.kv_len) / Tr::kCtaK;
-    for (int j = 0; j < n_blocks; ++j) {
-      const bool masked = j >= n_unmasked &&
-                          (j * Tr::kCtaK + Tr::kCtaK > p.kv_len ||
-                           (p.causal && j * Tr::kCtaK + Tr::kCtaK - 1 > c.q0 + 16 * warp));
-      block(p, c, sm, j, n_blocks, masked, st);
-    }
-    ptx::cp_async_wait<0>();
+    key_loop(p, c, sm, st);
 
     // Epilogue: O / l (fp8: times the per-channel V scale / 448), LSE.
     Elem* out = static_cast<Elem*>(p.out) + c.batch * p.o_stride_b + c.head * p.o_stride_h;
