@@ -436,6 +436,7 @@ def manifest_entry(
     build_info: dict[str, Any],
     build_seconds: float | None,
     tags: Iterable[Tag],
+    version: str | None = None,
 ) -> dict[str, Any]:
     """One ``manifest.json`` entry. ``target`` is a :class:`buildtool.matrix.Target`;
     ``build_info`` is the build-info.json the build stage wrote (what really happened)."""
@@ -447,7 +448,7 @@ def manifest_entry(
         "file": filename,
         "sha256": sha256,
         "size": size,
-        "version": target.full_version,
+        "version": version or target.full_version,
         "tags": sorted(str(t) for t in tags),
         "python": build_info.get("python"),
         "target_python": target.python or "abi3",
@@ -592,7 +593,7 @@ def collect(
                 replaced.append(old["file"])
         entry = manifest_entry(
             target, filename, hashlib.sha256(data).hexdigest(), len(data), info,
-            build_seconds, wheel_info(new).tags,
+            build_seconds, wheel_info(new).tags, version,
         )
         manifest["wheels"][target.name] = entry
         write_index(builder, manifest)

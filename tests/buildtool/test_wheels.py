@@ -275,3 +275,17 @@ def test_pip_installs_from_the_simple_index(tmp_path, target):
     assert (dest / "sageattention" / "__init__.py").exists()
     assert (dest / f"sageattention-{target.full_version}.dist-info" / "METADATA").exists()
     assert c.path.name in proc.stdout + proc.stderr or "Successfully installed" in proc.stdout
+
+
+def test_collect_keeps_the_packages_own_version(tmp_path, target):
+    """The package's version (pyproject.toml) is never replaced by matrix.yaml's; only the
+    local label is added, and the manifest records the version the file really carries."""
+    staging = stage(tmp_path, target.name, make_contents(version="0.1.0", tag="cp312-cp312-manylinux_2_28_x86_64"),
+                    "sageattention-0.1.0-cp312-cp312-manylinux_2_28_x86_64.whl")
+    c = wheels.collect(target, staging, tmp_path / "builder")
+    local = target.full_version.split("+")[1]
+    assert c.path.name == f"sageattention-0.1.0+{local}-cp312-cp312-manylinux_2_28_x86_64.whl"
+    assert c.entry["version"] == f"0.1.0+{local}"
+    assert any("differs from matrix.yaml" in w for w in c.warnings)
+    assert wheels.check_wheel(c.path.name, wheels.read_wheel(c.path), package="sageattention",
+                              version=c.entry["version"], torch_requirement=target.torch_requirement) == []
