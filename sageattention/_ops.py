@@ -1,0 +1,114 @@
+"""The ``sageattention`` torch ops: schemas, CPU implementations and fake implementations.
+
+Schemas live here (Python), so the package works without the compiled extension: the CPU
+implementations are the pure-PyTorch reference (``reference.py``), and the fake ones
+give ``torch.compile`` shapes and dtypes without running anything. ``sageattention._C``
+adds the CUDA implementations when it is importable; it is imported after the schemas
+are defined (bottom of this module).
+
+Op contract (the CUDA kernels implement exactly this):
+
+``quant_int8(x, mean?, tensor_layout, group_block, group_stride, scale_mult) -> (x_int8, scale)``
+    x fp16/bf16 in ``tensor_layout`` (0 = HND, 1 = NHD); optional fp32 mean [B, H, D] is
+    subtracted first. Token t is in group ``(t // group_block) * group_stride + t % group_stride``;
+    a group's scale is ``amax / 127`` (1 if amax == 0), values round to nearest even and
+    clamp to +-127. -> int8 [B, H, N, D] (always HND), fp32 [B, H, N] = scale * scale_mult.
+``quant_v_fp8(v, tensor_layout) -> (v_fp8, v_scale)``
+    -> e4m3 [B, H, D, round_up(N, 128)] (channel-major, keys permuted in groups of 32, see
+    ``reference.v_permutation``, padding 0) and fp32 [B, H, D] = amax over tokens / 448.
+``transpose_v(v, tensor_layout) -> v_t``
+    -> v^T [B, H, D, round_up(N, 128)] in v's dtype, natural key order, zero padding.
+``attn_fp16pv(q, k, v, q_scale, k_scale, tensor_layout, is_causal, return_lse) -> (out, lse)``
+    s = q_int8 . k_int8 * q_scale * k_scale (base-2 logits), causal top-left aligned,
+    P = 2^(s - rowmax) rounded to v's dtype, out = P.V / rowsum in v's dtype and layout;
+    lse fp32 [B, Hq, Nq] (natural log) or an empty [0] tensor.
+``attn_fp8pv(q, k, v, q_scale, k_scale, v_scale, tensor_layout, out_dtype, is_causal, return_lse)``
+    as attn_fp16pv with v from quant_v_fp8: out = sum(e4m3(P * 448) * v_fp8) * v_scale / (448 l).
+``attn_sm90(q, k, v, q_scale, k_scale, v_scale?, tensor_layout, out_dtype, is_causal, return_lse)``
+    the Hopper kernel: v from quant_v_fp8 (with v_scale: fp8 semantics) or transpose_v
+    (16-bit in out_dtype, no v_scale: fp16 semantics).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _extension, reference
+
+NAMESPACE = "sageattention"
+
+SCHEMAS = {
+    "quant_int8": "(Tensor x, Tensor? mean, int tensor_layout, int group_block, int group_stride, "
+                  "float scale_mult) -> (Tensor, Tensor)",
+    "quant_v_fp8": "(Tensor v, int tensor_layout) -> (Tensor, Tensor)",
+    "transpose_v": "(Tensor v, int tensor_layout) -> Tensor",
+    "attn_fp16pv": "(Tensor q, Tensor k, Tensor v, Tensor q_scale, Tensor k_scale, int tensor_layout, "
+                   "bool is_causal, bool return_lse) -> (Tensor, Tensor)",
+    "attn_fp8pv": "(Tensor q, Tensor k, Tensor v, Tensor q_scale, Tensor k_scale, Tensor v_scale, "
+                  "int tensor_layout, ScalarType out_dtype, bool is_causal, bool return_lse) -> (Tensor, Tensor)",
+    "attn_sm90": "(Tensor q, Tensor k, Tensor v, Tensor q_scale, Tensor k_scale, Tensor? v_scale, "
+                 "int tensor_layout, ScalarType out_dtype, bool is_causal, bool return_lse) -> (Tensor, Tensor)",
+}
+
+_lib = torch.library.Library(NAMESPACE, "DEF")
+for _name, _schema in SCHEMAS.items():
+    _lib.define(_name + _schema)
+    _lib.impl(_name, getattr(reference, _name), "CPU")
+
+
+# ------------------------------------------------------------------------------ fake impls
+def _bhnd(x, tensor_layout: int):
+    reference.check_layout(tensor_layout)
+    if tensor_layout == reference.HND:
+        return x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    return x.shape[0], x.shape[2], x.shape[1], x.shape[3]
+
+
+def _attn_outputs(q, tensor_layout: int, dtype, return_lse: bool):
+    b, h, n, d = q.shape
+    shape = (b, h, n, d) if tensor_layout == reference.HND else (b, n, h, d)
+    out = q.new_empty(shape, dtype=dtype)
+    lse = q.new_empty((b, h, n) if return_lse else (0,), dtype=torch.float32)
+    return out, lse
+
+
+@torch.library.register_fake(f"{NAMESPACE}::quant_int8")
+def _quant_int8_fake(x, mean, tensor_layout, group_block, group_stride, scale_mult):
+    b, h, n, d = _bhnd(x, tensor_layout)
+    return x.new_empty((b, h, n, d), dtype=torch.int8), x.new_empty((b, h, n), dtype=torch.float32)
+
+
+@torch.library.register_fake(f"{NAMESPACE}::quant_v_fp8")
+def _quant_v_fp8_fake(v, tensor_layout):
+    b, h, n, d = _bhnd(v, tensor_layout)
+    n_pad = (n + reference.V_PAD - 1) // reference.V_PAD * reference.V_PAD
+    return (v.new_empty((b, h, d, n_pad), dtype=torch.float8_e4m3fn),
+            v.new_empty((b, h, d), dtype=torch.float32))
+
+
+@torch.library.register_fake(f"{NAMESPACE}::transpose_v")
+def _transpose_v_fake(v, tensor_layout):
+    b, h, n, d = _bhnd(v, tensor_layout)
+    n_pad = (n + reference.V_PAD - 1) // reference.V_PAD * reference.V_PAD
+    return v.new_empty((b, h, d, n_pad))
+
+
+@torch.library.register_fake(f"{NAMESPACE}::attn_fp16pv")
+def _attn_fp16pv_fake(q, k, v, q_scale, k_scale, tensor_layout, is_causal, return_lse):
+    return _attn_outputs(q, tensor_layout, v.dtype, return_lse)
+
+
+@torch.library.register_fake(f"{NAMESPACE}::attn_fp8pv")
+def _attn_fp8pv_fake(q, k, v, q_scale, k_scale, v_scale, tensor_layout, out_dtype, is_causal, return_lse):
+    return _attn_outputs(q, tensor_layout, out_dtype, return_lse)
+
+
+@torch.library.register_fake(f"{NAMESPACE}::attn_sm90")
+def _attn_sm90_fake(q, k, v, q_scale, k_scale, v_scale, tensor_layout, out_dtype, is_causal, return_lse):
+    return _attn_outputs(q, tensor_layout, out_dtype, return_lse)
+
+
+ops = getattr(torch.ops, NAMESPACE)
+
+# The schemas exist now: let the compiled extension register its CUDA kernels.
+_extension.load()

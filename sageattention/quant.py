@@ -1,0 +1,75 @@
+"""Quantization wrappers: Q and K to INT8 (K smoothed), V to FP8 (or transposed for sm90).
+
+The group sizes are the attention kernels' tile shapes, so that one scale covers
+exactly the rows one warp (Q) or one key block (K) multiplies:
+
+* ``WARP_Q = 32`` query rows per warp (two m16 MMA tiles), ``CTA_K = 64`` keys per block.
+* ``per_warp``: one scale per ``WARP_Q`` query rows / per ``CTA_K`` keys.
+* ``per_thread``: inside such a block, rows congruent mod ``MMA_ROW_STRIDE = 8`` share a
+  scale: in the m16n8 MMA fragment layout a lane holds rows g and g + 8 (g = lane / 4), so
+  each lane's rows get their own scale (finer, more accurate, same kernel).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+WARP_Q = 32  # query rows per warp of the attention kernels
+CTA_K = 64  # keys per block of the attention kernels
+MMA_ROW_STRIDE = 8  # rows g, g + 8, ... of a fragment belong to one lane
+LOG2E = math.log2(math.e)
+
+
+@dataclass(frozen=True)
+class Groups:
+    """Token t is in group ``(t // block) * stride + t % stride`` (stride divides block)."""
+
+    block: int
+    stride: int
+
+
+@dataclass(frozen=True)
+class Granularity:
+    q: Groups
+    k: Groups
+
+
+GRANULARITIES = {
+    "per_warp": Granularity(q=Groups(WARP_Q, 1), k=Groups(CTA_K, 1)),
+    "per_thread": Granularity(q=Groups(WARP_Q, MMA_ROW_STRIDE), k=Groups(CTA_K, MMA_ROW_STRIDE)),
+}
+
+
+def granularity(name: str) -> Granularity:
+    try:
+        return GRANULARITIES[name]
+    except KeyError:
+        raise ValueError(f"qk_quant_gran must be one of {sorted(GRANULARITIES)}, got {name!r}") from None
+
+
+def k_mean(k: torch.Tensor, layout: int) -> torch.Tensor:
+    """K's mean over tokens, fp32 [B, H, D] (the smoothing term; it cancels in softmax)."""
+    return k.mean(dim=2 if layout == 0 else 1, dtype=torch.float32)
+
+
+def quant_q(ops, q: torch.Tensor, layout: int, gran: Granularity, sm_scale: float):
+    """-> (q_int8 [B, H, N, D], q_scale [B, H, N] including sm_scale * log2 e)."""
+    return ops.quant_int8(q, None, layout, gran.q.block, gran.q.stride, sm_scale * LOG2E)
+
+
+def quant_k(ops, k: torch.Tensor, layout: int, gran: Granularity, mean):
+    """-> (k_int8 [B, H, N, D], k_scale [B, H, N]); ``mean`` (or None) is subtracted first."""
+    return ops.quant_int8(k, mean, layout, gran.k.block, gran.k.stride, 1.0)
+
+
+def quant_v_fp8(ops, v: torch.Tensor, layout: int):
+    """-> (v_fp8 [B, H, D, Npad] e4m3, keys permuted; v_scale [B, H, D])."""
+    return ops.quant_v_fp8(v, layout)
+
+
+def transpose_v(ops, v: torch.Tensor, layout: int):
+    """-> v^T [B, H, D, Npad] (the V operand of the Hopper kernel's 16-bit P·V)."""
+    return ops.transpose_v(v, layout)
