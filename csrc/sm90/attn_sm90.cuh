@@ -43,12 +43,8 @@ struct Sm90Traits {
   static constexpr int kQBytes = kCtaQ * kHeadDim;
   static constexpr int kKBytes = kCtaK * kHeadDim;
   static constexpr int kVBytes = kHeadDim * kVRowBytes;
-  // K: block j + 1 is read by the tensor cores while block j + 2 loads. V and the key
-  // scales: block j - 1's P·V may still run while j + 1 loads, so three buffers.
-  static constexpr int kKStages = 2;
-  static constexpr int kVStages = 3;
-  static constexpr int kSmemBytes =
-      1024 /* alignment slack */ + kQBytes + kKStages * kKBytes + kVStages * (kVBytes + kCtaK * 4);
+  static constexpr int kStages = 2;  // K, V and key scales: block j + 1 loads while j computes
+  static constexpr int kSmemBytes = 1024 /* alignment slack */ + kQBytes + kStages * (kKBytes + kVBytes + kCtaK * 4);
 };
 
 template <class Tr>
@@ -135,9 +131,10 @@ struct Sm90Kernel {
     __syncthreads();
   }
 
-  // The key loop, software-pipelined as in FlashAttention-3: while the CUDA cores run
-  // block j's softmax, the tensor cores compute block j + 1's Q K^T and block j - 1's
-  // P V. Group order of the wgmmas: ..., PV(j-1), QK(j+1), PV(j), ...
+  // The key loop, software-pipelined as in FlashAttention-3: block j's Q K^T and block
+  // j - 1's P V are issued back to back, and block j's softmax runs on the CUDA cores
+  // while the tensor cores finish P V. Registers that a wgmma reads (P, O) are only
+  // written once no wgmma is in flight, so ptxas does not serialize the MMAs.
   __device__ static void key_loop(const AttnParams& p, const Coord& c, const Smem& sm, RowState& st) {
     const int warp = threadIdx.x / 32;
     const int kv_end = p.causal ? min(p.kv_len, c.q0 + Tr::kCtaQ) : p.kv_len;
@@ -147,79 +144,77 @@ struct Sm90Kernel {
     const int n_unmasked = min(p.kv_len, p.causal ? c.q0 + 1 : p.kv_len) / Tr::kCtaK;
     const float* k_scales = p.k_scale + (int64_t(c.batch) * p.kv_heads + c.kv_head) * p.kv_len;
 
-    SAcc s_first;
-    OAcc pv_acc;  // fp8: block j's P V before it is folded into O
-    float alpha_prev[2] = {1.0f, 1.0f};
+    SAcc s;
+    OAcc pv_acc;  // fp8: block j - 1's P V before it is folded into O
+    uint32_t pf[1][kPVSteps][4];
+    float alpha[1][2];
 
-    sync_loads<2>();  // Q and K block 0 (K block 1 and V block 0 may be in flight)
-    issue_qk(sm, 0, s_first);
-    wgmma_wait<0>();
-    fence_regs(s_first);
-
-    // Unrolled by two with the S buffers swapped, so that block j + 1's S is written
-    // by the tensor cores into registers that block j's softmax does not read.
-    auto step = [&](int j, SAcc& s_cur, SAcc& s_next) {
-        const int k0 = j * Tr::kCtaK;
-        const bool has_next = j + 1 < n_blocks;
-        if (has_next) {  // K block j + 1 (issued in the prologue or by iteration j - 1)
-          if (j == 0) sync_loads<1>(); else sync_loads<0>();
-          issue_qk(sm, (j + 1) % Tr::kKStages, s_next);
-        }
-        float next_k_scale = 0.0f;  // block j + 2's, stored below once its buffer is free
-        if (threadIdx.x < Tr::kCtaK && k0 + 2 * Tr::kCtaK + threadIdx.x < p.kv_len)
-          next_k_scale = __ldg(k_scales + k0 + 2 * Tr::kCtaK + threadIdx.x);
-
-        float x[1][Tr::kSTiles][4];
-        const bool masked = j >= n_unmasked && (k0 + Tr::kCtaK > p.kv_len ||
-                                                (p.causal && k0 + Tr::kCtaK - 1 > c.q0 + 16 * warp));
-        Softmax::scores(reinterpret_cast<const int32_t(&)[1][Tr::kSTiles][4]>(s_cur),
-                        sm.k_scale + (j % Tr::kVStages) * Tr::kCtaK, c.q0 + 16 * warp, k0, p.kv_len, p.causal,
-                        masked, x);
-        float alpha[1][2];
-        Softmax::update(x, st.q_scale, st.max, st.sum, alpha);
-        uint32_t pf[1][kPVSteps][4];
-        Softmax::pack(x, pf);
-
-        sync_loads<0>();  // V block j; every thread is past block j - 1's scores and QK
-        if (k0 + 2 * Tr::kCtaK < kv_end) load_k(p, c, k0 + 2 * Tr::kCtaK, sm.k + (j % Tr::kKStages) * Tr::kKBytes);
-        if (has_next) load_v(p, c, k0 + Tr::kCtaK, sm.v + ((j + 1) % Tr::kVStages) * Tr::kVBytes);
-        ptx::cp_async_commit();
-        if (threadIdx.x < Tr::kCtaK) sm.k_scale[((j + 2) % Tr::kVStages) * Tr::kCtaK + threadIdx.x] = next_k_scale;
-
-        // Block j - 1's P V must be done before O is touched; block j + 1's Q K^T may run on.
-        if (has_next) wgmma_wait<1>(); else wgmma_wait<0>();
-        fence_regs(st.o);
-        fence_regs(pv_acc);
-        if constexpr (kFp8) {
-          // O = O * alpha + PV per block, so the fp8 MMAs never add into a large sum.
-          if (j > 0)
-#pragma unroll
-            for (int i = 0; i < Tr::kOTiles * 4; ++i) st.o[i] = fmaf(st.o[i], alpha_prev[(i % 4) / 2], pv_acc[i]);
-          alpha_prev[0] = alpha[0][0];
-          alpha_prev[1] = alpha[0][1];
-          issue_pv(sm, j % Tr::kVStages, pf, false, pv_acc);
-        } else {
-#pragma unroll
-          for (int i = 0; i < Tr::kOTiles * 4; ++i) st.o[i] *= alpha[0][(i % 4) / 2];
-          issue_pv(sm, j % Tr::kVStages, pf, true, st.o);
-        }
-        if (has_next) {
-          wgmma_wait<1>();  // block j + 1's S
-          fence_regs(s_next);
-        }
+    // Softmax of block j: S -> P (packed later), alpha = rescale factor of O.
+    auto softmax = [&](int j, float (&x)[1][Tr::kSTiles][4]) {
+      const int k0 = j * Tr::kCtaK;
+      const bool masked = j >= n_unmasked &&
+                          (k0 + Tr::kCtaK > p.kv_len || (p.causal && k0 + Tr::kCtaK - 1 > c.q0 + 16 * warp));
+      Softmax::scores(reinterpret_cast<const int32_t(&)[1][Tr::kSTiles][4]>(s),
+                      sm.k_scale + (j % Tr::kStages) * Tr::kCtaK, c.q0 + 16 * warp, k0, p.kv_len, p.causal,
+                      masked, x);
+      Softmax::update(x, st.q_scale, st.max, st.sum, alpha);
     };
-    SAcc s_other;
-    for (int j = 0; j < n_blocks; j += 2) {
-      step(j, s_first, s_other);
-      if (j + 1 < n_blocks) step(j + 1, s_other, s_first);
+    // O = O * alpha + P V, with P V of block `v_block` issued here (fp16: rescale then
+    // accumulate in place; fp8: accumulate from zero, folded in by fold_pv).
+    auto issue_block_pv = [&](int v_block) {
+      if constexpr (!kFp8) {
+#pragma unroll
+        for (int i = 0; i < Tr::kOTiles * 4; ++i) st.o[i] *= alpha[0][(i % 4) / 2];
+        issue_pv(sm, v_block % Tr::kStages, pf, true, st.o);
+      } else {
+        issue_pv(sm, v_block % Tr::kStages, pf, false, pv_acc);
+      }
+    };
+    auto fold_pv = [&](const float (&a)[2]) {  // fp8 only, once P V is complete
+      if constexpr (kFp8)
+#pragma unroll
+        for (int i = 0; i < Tr::kOTiles * 4; ++i) st.o[i] = fmaf(st.o[i], a[(i % 4) / 2], pv_acc[i]);
+    };
+
+    sync_loads<1>();  // Q and K block 0; {K block 1, V block 0} may be in flight
+    issue_qk(sm, 0, s);
+    wgmma_wait<0>();
+    fence_regs(s);
+    {
+      float x[1][Tr::kSTiles][4];
+      softmax(0, x);
+      Softmax::pack(x, pf);
     }
+    for (int j = 1; j < n_blocks; ++j) {
+      const int k0 = j * Tr::kCtaK;
+      sync_loads<0>();  // K block j, V block j - 1; every thread is done with block j - 1
+      if (k0 + Tr::kCtaK < kv_end) load_k(p, c, k0 + Tr::kCtaK, sm.k + ((j + 1) % Tr::kStages) * Tr::kKBytes);
+      load_v(p, c, k0, sm.v + (j % Tr::kStages) * Tr::kVBytes);
+      ptx::cp_async_commit();
+      float next_k_scale = 0.0f;  // block j + 1's, stored at the end of this iteration
+      if (threadIdx.x < Tr::kCtaK && k0 + Tr::kCtaK + threadIdx.x < p.kv_len)
+        next_k_scale = __ldg(k_scales + k0 + Tr::kCtaK + threadIdx.x);
+
+      const float alpha_prev[2] = {alpha[0][0], alpha[0][1]};
+      issue_qk(sm, j % Tr::kStages, s);
+      issue_block_pv(j - 1);
+      wgmma_wait<1>();  // S of block j
+      fence_regs(s);
+      float x[1][Tr::kSTiles][4];
+      softmax(j, x);
+      wgmma_wait<0>();  // P V of block j - 1
+      fence_regs(st.o);
+      fence_regs(pv_acc);
+      fold_pv(alpha_prev);
+      Softmax::pack(x, pf);
+      if (threadIdx.x < Tr::kCtaK) sm.k_scale[((j + 1) % Tr::kStages) * Tr::kCtaK + threadIdx.x] = next_k_scale;
+    }
+    sync_loads<0>();  // V block n - 1
+    issue_block_pv(n_blocks - 1);
     wgmma_wait<0>();
     fence_regs(st.o);
     fence_regs(pv_acc);
-    if constexpr (kFp8)
-#pragma unroll
-      for (int i = 0; i < Tr::kOTiles * 4; ++i) st.o[i] = fmaf(st.o[i], alpha_prev[(i % 4) / 2], pv_acc[i]);
-    ptx::cp_async_wait<0>();
+    fold_pv(alpha[0]);
   }
 
   __device__ static void run(const AttnParams& p) {
@@ -229,8 +224,8 @@ struct Sm90Kernel {
     Smem sm;
     sm.q = smem;
     sm.k = sm.q + Tr::kQBytes;
-    sm.v = sm.k + Tr::kKStages * Tr::kKBytes;
-    sm.k_scale = reinterpret_cast<float*>(sm.v + Tr::kVStages * Tr::kVBytes);
+    sm.v = sm.k + Tr::kStages * Tr::kKBytes;
+    sm.k_scale = reinterpret_cast<float*>(sm.v + Tr::kStages * Tr::kVBytes);
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     Coord c;
@@ -241,18 +236,17 @@ struct Sm90Kernel {
     const int64_t bh = int64_t(c.batch) * p.q_heads + c.head;
     const int64_t bkv = int64_t(c.batch) * p.kv_heads + c.kv_head;
 
-    // Prologue: {Q, K block 0}, {K block 1}, {V block 0} as three cp.async groups, and
-    // the key scales of blocks 0 and 1 (published by the loop's first barrier).
+    // Prologue: {Q, K block 0} and {K block 1, V block 0} as two cp.async groups, and
+    // the key scales of block 0 (published by the key loop's first barrier).
     const int8_t* q_rows = p.q + (bh * p.q_len + c.q0) * D;
     load_tile<typename Tr::QKTile, Tr::kCtaQ, Tr::kThreads>(sm.q, reinterpret_cast<const uint8_t*>(q_rows), D,
                                                            p.q_len - c.q0);
     load_k(p, c, 0, sm.k);
     ptx::cp_async_commit();
     if (Tr::kCtaK < p.kv_len) load_k(p, c, Tr::kCtaK, sm.k + Tr::kKBytes);
-    ptx::cp_async_commit();
     load_v(p, c, 0, sm.v);
     ptx::cp_async_commit();
-    if (threadIdx.x < 2 * Tr::kCtaK)
+    if (threadIdx.x < Tr::kCtaK)
       sm.k_scale[threadIdx.x] = threadIdx.x < p.kv_len ? p.k_scale[bkv * p.kv_len + threadIdx.x] : 0.0f;
 
     RowState st;
