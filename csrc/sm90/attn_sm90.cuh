@@ -43,8 +43,12 @@ struct Sm90Traits {
   static constexpr int kQBytes = kCtaQ * kHeadDim;
   static constexpr int kKBytes = kCtaK * kHeadDim;
   static constexpr int kVBytes = kHeadDim * kVRowBytes;
-  static constexpr int kStages = 2;  // K, V and key scales: block j + 1 loads while j computes
-  static constexpr int kSmemBytes = 1024 /* alignment slack */ + kQBytes + kStages * (kKBytes + kVBytes + kCtaK * 4);
+  // K and V: loads run kStages - 1 blocks ahead of the MMAs (global latency is long next
+  // to one block's work). Key scales: block j + 1's are stored while j computes.
+  static constexpr int kStages = 4;
+  static constexpr int kScaleStages = 2;
+  static constexpr int kSmemBytes =
+      1024 /* alignment slack */ + kQBytes + kStages * (kKBytes + kVBytes) + kScaleStages * kCtaK * 4;
 };
 
 template <class Tr>
@@ -155,7 +159,7 @@ struct Sm90Kernel {
       const bool masked = j >= n_unmasked &&
                           (k0 + Tr::kCtaK > p.kv_len || (p.causal && k0 + Tr::kCtaK - 1 > c.q0 + 16 * warp));
       Softmax::scores(reinterpret_cast<const int32_t(&)[1][Tr::kSTiles][4]>(s),
-                      sm.k_scale + (j % Tr::kStages) * Tr::kCtaK, c.q0 + 16 * warp, k0, p.kv_len, p.causal,
+                      sm.k_scale + (j % Tr::kScaleStages) * Tr::kCtaK, c.q0 + 16 * warp, k0, p.kv_len, p.causal,
                       masked, x);
       Softmax::update(x, st.q_scale, st.max, st.sum, alpha);
     };
@@ -176,7 +180,7 @@ struct Sm90Kernel {
         for (int i = 0; i < Tr::kOTiles * 4; ++i) st.o[i] = fmaf(st.o[i], a[(i % 4) / 2], pv_acc[i]);
     };
 
-    sync_loads<1>();  // Q and K block 0; {K block 1, V block 0} may be in flight
+    sync_loads<Tr::kStages - 1>();  // Q and K block 0; the prologue's later groups may be in flight
     issue_qk(sm, 0, s);
     wgmma_wait<0>();
     fence_regs(s);
@@ -187,9 +191,14 @@ struct Sm90Kernel {
     }
     for (int j = 1; j < n_blocks; ++j) {
       const int k0 = j * Tr::kCtaK;
-      sync_loads<0>();  // K block j, V block j - 1; every thread is done with block j - 1
-      if (k0 + Tr::kCtaK < kv_end) load_k(p, c, k0 + Tr::kCtaK, sm.k + ((j + 1) % Tr::kStages) * Tr::kKBytes);
-      load_v(p, c, k0, sm.v + (j % Tr::kStages) * Tr::kVBytes);
+      // K block j and V block j - 1 landed (their group is kStages - 2 groups old); every
+      // thread is done with block j - 1. Then queue K block j + kStages - 1 and V block
+      // j + kStages - 2 into the buffers of blocks whose MMAs completed last iteration.
+      sync_loads<Tr::kStages - 2>();
+      if (j + Tr::kStages - 1 < n_blocks)
+        load_k(p, c, (j + Tr::kStages - 1) * Tr::kCtaK, sm.k + ((j + Tr::kStages - 1) % Tr::kStages) * Tr::kKBytes);
+      if (j + Tr::kStages - 2 < n_blocks)
+        load_v(p, c, (j + Tr::kStages - 2) * Tr::kCtaK, sm.v + ((j + Tr::kStages - 2) % Tr::kStages) * Tr::kVBytes);
       ptx::cp_async_commit();
       float next_k_scale = 0.0f;  // block j + 1's, stored at the end of this iteration
       if (threadIdx.x < Tr::kCtaK && k0 + Tr::kCtaK + threadIdx.x < p.kv_len)
@@ -207,9 +216,9 @@ struct Sm90Kernel {
       fence_regs(pv_acc);
       fold_pv(alpha_prev);
       Softmax::pack(x, pf);
-      if (threadIdx.x < Tr::kCtaK) sm.k_scale[((j + 1) % Tr::kStages) * Tr::kCtaK + threadIdx.x] = next_k_scale;
+      if (threadIdx.x < Tr::kCtaK) sm.k_scale[((j + 1) % Tr::kScaleStages) * Tr::kCtaK + threadIdx.x] = next_k_scale;
     }
-    sync_loads<0>();  // V block n - 1
+    sync_loads<0>();  // V block n - 1 (and nothing else is left in flight)
     issue_block_pv(n_blocks - 1);
     wgmma_wait<0>();
     fence_regs(st.o);
@@ -225,7 +234,7 @@ struct Sm90Kernel {
     sm.q = smem;
     sm.k = sm.q + Tr::kQBytes;
     sm.v = sm.k + Tr::kStages * Tr::kKBytes;
-    sm.k_scale = reinterpret_cast<float*>(sm.v + Tr::kStages * Tr::kVBytes);
+    sm.k_scale = reinterpret_cast<float*>(sm.v + Tr::kStages * Tr::kVBytes);  // [kScaleStages][kCtaK]
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     Coord c;
@@ -236,17 +245,23 @@ struct Sm90Kernel {
     const int64_t bh = int64_t(c.batch) * p.q_heads + c.head;
     const int64_t bkv = int64_t(c.batch) * p.kv_heads + c.kv_head;
 
-    // Prologue: {Q, K block 0} and {K block 1, V block 0} as two cp.async groups, and
-    // the key scales of block 0 (published by the key loop's first barrier).
+    // Prologue: cp.async groups {Q, K block 0}, then {K block i, V block i - 1} for
+    // i = 1 .. kStages - 1, and the key scales of blocks 0 and 1 (published by the key
+    // loop's first barrier).
     const int8_t* q_rows = p.q + (bh * p.q_len + c.q0) * D;
     load_tile<typename Tr::QKTile, Tr::kCtaQ, Tr::kThreads>(sm.q, reinterpret_cast<const uint8_t*>(q_rows), D,
                                                            p.q_len - c.q0);
     load_k(p, c, 0, sm.k);
     ptx::cp_async_commit();
-    if (Tr::kCtaK < p.kv_len) load_k(p, c, Tr::kCtaK, sm.k + Tr::kKBytes);
-    load_v(p, c, 0, sm.v);
-    ptx::cp_async_commit();
-    if (threadIdx.x < Tr::kCtaK)
+    const int kv_end = p.causal ? min(p.kv_len, c.q0 + Tr::kCtaQ) : p.kv_len;
+#pragma unroll
+    for (int i = 1; i < Tr::kStages; ++i) {
+      if (i * Tr::kCtaK < kv_end) load_k(p, c, i * Tr::kCtaK, sm.k + i * Tr::kKBytes);
+      if ((i - 1) * Tr::kCtaK < kv_end) load_v(p, c, (i - 1) * Tr::kCtaK, sm.v + (i - 1) * Tr::kVBytes);
+      ptx::cp_async_commit();
+    }
+    static_assert(Tr::kThreads >= 2 * Tr::kCtaK, "one thread per key scale of two blocks");
+    if (threadIdx.x < 2 * Tr::kCtaK)
       sm.k_scale[threadIdx.x] = threadIdx.x < p.kv_len ? p.k_scale[bkv * p.kv_len + threadIdx.x] : 0.0f;
 
     RowState st;
