@@ -31,21 +31,26 @@ struct Sm90Traits {
   static constexpr int kWarpGroups = 2;
   static constexpr int kWgQ = 64;  // rows per warpgroup: the wgmma M
   static constexpr int kCtaQ = kWarpGroups * kWgQ;
-  static constexpr int kCtaK = 64;
+  static constexpr int kCtaK = 128;  // the wgmma N of Q K^T
   static constexpr int kThreads = kWarpGroups * 128;
   static constexpr int kSTiles = kCtaK / 8;
   static constexpr int kOTiles = kHeadDim / 8;
   static constexpr int kQKSteps = kHeadDim / 32;
 
-  static constexpr int kVRowBytes = kCtaK * (kFp8 ? 1 : 2);  // V^T rows: keys of one channel
+  // V^T block: [head_dim][keys], split along keys into 128-byte-wide swizzle atoms
+  // (64 fp16 keys or 128 e4m3 keys each), stored one after the other.
+  static constexpr int kElemBytesV = kFp8 ? 1 : 2;
+  static constexpr int kVAtomKeys = 128 / kElemBytesV;
+  static constexpr int kVAtoms = kCtaK / kVAtomKeys;
   using QKTile = SwizzledTile<kHeadDim>;
-  using VTile = SwizzledTile<kVRowBytes>;
+  using VTile = SwizzledTile<128>;
   static constexpr int kQBytes = kCtaQ * kHeadDim;
   static constexpr int kKBytes = kCtaK * kHeadDim;
-  static constexpr int kVBytes = kHeadDim * kVRowBytes;
+  static constexpr int kVAtomBytes = kHeadDim * 128;
+  static constexpr int kVBytes = kVAtoms * kVAtomBytes;
   // K and V: loads run kStages - 1 blocks ahead of the MMAs (global latency is long next
   // to one block's work). Key scales: block j + 1's are stored while j computes.
-  static constexpr int kStages = 4;
+  static constexpr int kStages = 3;
   static constexpr int kScaleStages = 2;
   static constexpr int kSmemBytes =
       1024 /* alignment slack */ + kQBytes + kStages * (kKBytes + kVBytes) + kScaleStages * kCtaK * 4;
@@ -80,10 +85,13 @@ struct Sm90Kernel {
                                                            p.kv_len - k0);
   }
   __device__ static void load_v(const AttnParams& p, const Coord& c, int k0, uint8_t* sV) {
-    constexpr int kElemBytes = kFp8 ? 1 : 2;
+    constexpr int kElemBytes = Tr::kElemBytesV;
     const uint8_t* rows = static_cast<const uint8_t*>(p.v) +
                           ((int64_t(c.batch) * p.kv_heads + c.kv_head) * D * p.v_padded_len + k0) * kElemBytes;
-    load_tile<typename Tr::VTile, D, Tr::kThreads>(sV, rows, int64_t(p.v_padded_len) * kElemBytes, D);
+#pragma unroll
+    for (int a = 0; a < Tr::kVAtoms; ++a)
+      load_tile<typename Tr::VTile, D, Tr::kThreads>(sV + a * Tr::kVAtomBytes, rows + a * 128,
+                                                    int64_t(p.v_padded_len) * kElemBytes, D);
   }
 
   __device__ static void pv_mma(float (&acc)[Tr::kOTiles * 4], const uint32_t (&a)[4], uint64_t b, int scale_d) {
@@ -110,19 +118,22 @@ struct Sm90Kernel {
     const uint64_t b = make_desc<D>(ptx::smem_addr(sm.k + k_stage * Tr::kKBytes));
     wgmma_fence();
 #pragma unroll
-    for (int ks = 0; ks < Tr::kQKSteps; ++ks) wgmma_m64n64k32_s8(s, a + 2 * ks, b + 2 * ks, ks);
+    for (int ks = 0; ks < Tr::kQKSteps; ++ks) wgmma_m64n128k32_s8(s, a + 2 * ks, b + 2 * ks, ks);
     wgmma_commit();
   }
 
   // Issues acc (+)= P V for the key block in `v_stage`; accumulate = false starts from zero.
   __device__ static void issue_pv(const Smem& sm, int v_stage, const uint32_t (&pf)[1][kPVSteps][4],
                                   bool accumulate, OAcc& acc) {
-    constexpr int kStepBytes = Softmax::kPVStepKeys * (kFp8 ? 1 : 2);
-    const uint64_t b = make_desc<Tr::kVRowBytes>(ptx::smem_addr(sm.v + v_stage * Tr::kVBytes));
+    constexpr int kStepsPerAtom = Tr::kVAtomKeys / Softmax::kPVStepKeys;
+    constexpr int kStepBytes = Softmax::kPVStepKeys * Tr::kElemBytesV;
+    const uint32_t base = ptx::smem_addr(sm.v + v_stage * Tr::kVBytes);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < kPVSteps; ++kk)
-      pv_mma(acc, pf[0][kk], b + kk * (kStepBytes >> 4), accumulate || kk > 0);
+    for (int kk = 0; kk < kPVSteps; ++kk) {
+      const uint64_t b = make_desc<128>(base + (kk / kStepsPerAtom) * Tr::kVAtomBytes);
+      pv_mma(acc, pf[0][kk], b + (kk % kStepsPerAtom) * (kStepBytes >> 4), accumulate || kk > 0);
+    }
     wgmma_commit();
   }
 
