@@ -109,6 +109,15 @@ def sources() -> tuple[list[str], list[str]]:
 
 
 # ----------------------------------------------------------------------------- extension
+def cpu_torch_shim() -> str:
+    """The one generated header a CPU-only torch lacks for c10/cuda includes (compile checks)."""
+    shim = ROOT / "build" / "cpu-torch-shim"
+    header = shim / "c10" / "cuda" / "impl" / "cuda_cmake_macros.h"
+    header.parent.mkdir(parents=True, exist_ok=True)
+    header.write_text("#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
+    return str(shim)
+
+
 def cuda_extension():
     """-> (ext_modules, cmdclass, options) for the CUDA build."""
     try:
@@ -119,7 +128,13 @@ def cuda_extension():
             "`pip install torch` first and build with `pip install --no-build-isolation .`, or set "
             "SAGEATTENTION_SKIP_CUDA=1 for the pure-Python package"
         ) from e
+    import torch
+
     cuda_home = cpp_extension.CUDA_HOME
+    cpu_torch = torch.version.cuda is None
+    if cpu_torch:  # torch leaves CUDA_HOME unset for its CPU builds: a compile check only
+        cuda_home = cpp_extension._find_cuda_home()
+        cpp_extension.CUDA_HOME = cuda_home
     if not cuda_home:
         raise SystemExit(
             "setup.py: no CUDA toolkit found: set CUDA_HOME to it (e.g. CUDA_HOME=/usr/local/cuda-12.8, "
@@ -154,6 +169,15 @@ def cuda_extension():
         py_limited_api=abi3,
     )
     ext.sm90_sources = sm90 if with_sm90 else []
+    if cpu_torch:
+        # A CPU-only torch has no libc10_cuda/libtorch_cuda to link: compile and link
+        # without them so the sources are checked; the result needs a CUDA torch to load.
+        torch_lib = Path(torch.__file__).parent / "lib"
+        ext.libraries = [lib for lib in ext.libraries
+                         if not lib.endswith("_cuda") or any(torch_lib.glob(f"lib{lib}.*"))]
+        ext.include_dirs.append(cpu_torch_shim())
+        print(f"setup.py: WARNING: torch {torch.__version__} is CPU-only: compile check, the built "
+              f"extension will not load with this torch", file=sys.stderr)
 
     class BuildExtension(cpp_extension.BuildExtension):
         """torch's BuildExtension (ninja), plus: csrc/sm90/ compiled for sm_90a alone, and
