@@ -144,6 +144,13 @@ def _cwd(path: Path) -> Iterator[None]:
         os.chdir(old)
 
 
+def _rmdir_if_empty(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:
+        pass
+
+
 def _user_sets(values: list[str] | None) -> dict[str, str]:
     try:
         return bake.parse_sets(values or [])
@@ -250,6 +257,7 @@ def build_cmd(
         )
     for t in targets:
         wheels.remove_tree(plan.staging[t.name])
+    _rmdir_if_empty(builder / wheels.STAGING)
     if not result.ok:
         _print_failure(result, log_path)
     for p in problems:
@@ -397,6 +405,7 @@ def test_cmd(
                       highlight=False)
     for t in targets:
         wheels.remove_tree(project.root / wheel_dirs[t.name])
+    _rmdir_if_empty(builder / ".test")
     if failures:
         for f in failures:
             err_console.print(f"[bold red]error:[/] {escape(f)}", highlight=False)
