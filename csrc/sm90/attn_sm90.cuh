@@ -28,7 +28,10 @@ struct Sm90Traits {
   static_assert(kHeadDim == 64 || kHeadDim == 128, "head dims 64 and 128");
   static constexpr bool kFp8 = kPV == PV::kFp8;
 
-  static constexpr int kWarpGroups = 2;
+#ifndef SAGE_SM90_WARPGROUPS
+#define SAGE_SM90_WARPGROUPS 2
+#endif
+  static constexpr int kWarpGroups = SAGE_SM90_WARPGROUPS;
   static constexpr int kWgQ = 64;  // rows per warpgroup: the wgmma M
   static constexpr int kCtaQ = kWarpGroups * kWgQ;
   static constexpr int kCtaK = 128;  // the wgmma N of Q K^T
@@ -50,7 +53,7 @@ struct Sm90Traits {
   static constexpr int kVBytes = kVAtoms * kVAtomBytes;
   // K and V: loads run kStages - 1 blocks ahead of the MMAs (global latency is long next
   // to one block's work). Key scales: block j + 1's are stored while j computes.
-  static constexpr int kStages = 3;
+  static constexpr int kStages = kWarpGroups == 1 ? 2 : 3;
   static constexpr int kScaleStages = 2;
   static constexpr int kSmemBytes =
       1024 /* alignment slack */ + kQBytes + kStages * (kKBytes + kVBytes) + kScaleStages * kCtaK * 4;
@@ -271,9 +274,8 @@ struct Sm90Kernel {
       if ((i - 1) * Tr::kCtaK < kv_end) load_v(p, c, (i - 1) * Tr::kCtaK, sm.v + (i - 1) * Tr::kVBytes);
       ptx::cp_async_commit();
     }
-    static_assert(Tr::kThreads >= 2 * Tr::kCtaK, "one thread per key scale of two blocks");
-    if (threadIdx.x < 2 * Tr::kCtaK)
-      sm.k_scale[threadIdx.x] = threadIdx.x < p.kv_len ? p.k_scale[bkv * p.kv_len + threadIdx.x] : 0.0f;
+    for (int i = threadIdx.x; i < 2 * Tr::kCtaK; i += Tr::kThreads)
+      sm.k_scale[i] = i < p.kv_len ? p.k_scale[bkv * p.kv_len + i] : 0.0f;
 
     RowState st;
 #pragma unroll
@@ -314,7 +316,7 @@ struct Sm90Kernel {
 };
 
 template <class Tr>
-__global__ void __launch_bounds__(Tr::kThreads, 1) attn_sm90_kernel(const __grid_constant__ AttnParams p) {
+__global__ void __launch_bounds__(Tr::kThreads, Tr::kWarpGroups == 1 ? 2 : 1) attn_sm90_kernel(const __grid_constant__ AttnParams p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   Sm90Kernel<Tr>::run(p);
 #endif
