@@ -71,7 +71,8 @@ class BuildPlan:
             arch = self.sets.get("*.args.TORCH_CUDA_ARCH_LIST", t.arch_list)
             lines.append(
                 f"  {t.name}: python {t.python or 'abi3'}, torch {t.torch} ({t.torch_cuda}), "
-                f"CUDA {t.cuda} from {t.cuda_source}, arch {arch} -> builder/{t.wheel_filename}"
+                f"CUDA {t.cuda} from {t.cuda_source}, arch {arch}; matrix.yaml names its wheel "
+                f"{t.wheel_filename} (collection keeps the version and tags the wheel really has)"
             )
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
