@@ -24,6 +24,7 @@ import html
 import io
 import json
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -528,6 +529,23 @@ class Collected:
     warnings: list[str] = field(default_factory=list)
 
 
+def toolchain_problems(target: Any, build_info: dict[str, Any]) -> list[str]:
+    """The build must have used what the target's name says: the CUDA toolkit (``nvcc
+    --version`` as recorded in build-info.json) and the torch release. Empty: consistent."""
+    problems = []
+    nvcc = " ".join(build_info.get("nvcc") or [])
+    m = re.search(r"release (\d+)\.(\d+)", nvcc)
+    want = ".".join(str(target.cuda).split(".")[:2])
+    if not m:
+        problems.append("build-info.json has no `nvcc --version` output")
+    elif f"{m[1]}.{m[2]}" != want:
+        problems.append(f"the wheel was compiled by nvcc {m[1]}.{m[2]}, the target {target.name} names CUDA {want}")
+    torch = str(build_info.get("torch", "")).split("+")[0]
+    if torch and Version(torch) != Version(target.torch):
+        problems.append(f"the wheel was built against torch {torch}, the target names {target.torch}")
+    return problems
+
+
 def find_export(staging: Path) -> tuple[Path, dict[str, Any]]:
     """The one wheel + build-info.json that a build target exported into ``staging``."""
     wheels = sorted(staging.glob("*.whl"))
@@ -553,6 +571,10 @@ def collect(
     atomically, then update ``manifest.json`` and ``simple/``. The target's previous wheel is
     removed only after the new one is in place; other targets' wheels are never touched."""
     exported, info = find_export(staging)
+    if info:
+        problems = toolchain_problems(target, info)
+        if problems:
+            raise SagebuildError("; ".join(problems), file=staging / BUILD_INFO, exit_code=EXIT_FAILURE)
     contents = read_wheel(exported)
     built = wheel_info(contents)
     warnings: list[str] = []

@@ -107,7 +107,9 @@ def fake_bake(log: str, wheel_tag: str | None = "cp312-cp312-manylinux_2_28_x86_
                 dest = Path(sets[f"{t}.output"].split("dest=", 1)[1])
                 (dest / f"sageattention-2.2.0-{wheel_tag}.whl").write_bytes(
                     wheels.wheel_bytes(make_contents(tag=wheel_tag)))
-                (dest / "build-info.json").write_text(json.dumps({"python": "3.12.7", "arch_list": "8.0"}))
+                (dest / "build-info.json").write_text(json.dumps({
+                    "python": "3.12.7", "arch_list": "8.0", "torch": "2.11.0+cu130",
+                    "nvcc": ["Cuda compilation tools, release 13.0, V13.0.88"]}))
         tracker.finish(ok)
         return bake.BakeResult(ok, tracker, 1.0, 0 if ok else 1)
 

@@ -179,7 +179,8 @@ def stage(tmp: Path, target: str, contents: dict[str, bytes], filename: str, inf
     staging = tmp / "staging" / target
     staging.mkdir(parents=True, exist_ok=True)
     write_wheel(staging / filename, contents)
-    (staging / "build-info.json").write_text(json.dumps(info or {"python": "3.11.2", "arch_list": "8.0"}))
+    if info is not None:  # without build-info.json collect skips the toolchain check
+        (staging / "build-info.json").write_text(json.dumps(info))
     return staging
 
 
@@ -289,3 +290,20 @@ def test_collect_keeps_the_packages_own_version(tmp_path, target):
     assert any("differs from matrix.yaml" in w for w in c.warnings)
     assert wheels.check_wheel(c.path.name, wheels.read_wheel(c.path), package="sageattention",
                               version=c.entry["version"], torch_requirement=target.torch_requirement) == []
+
+
+def test_toolchain_must_match_the_target_name(tmp_path, target):
+    """CUDA in the name == the nvcc that compiled it; torch too. A mismatch is not collected."""
+    nvcc = ["nvcc: NVIDIA (R) Cuda compiler driver", "Cuda compilation tools, release 12.9, V12.9.86"]
+    ok = {"nvcc": nvcc, "torch": "2.8.0+cu129"}
+    assert wheels.toolchain_problems(target, ok) == []
+    bad = {"nvcc": [nvcc[0], "Cuda compilation tools, release 13.0, V13.0.88"], "torch": "2.7.1+cu128"}
+    problems = wheels.toolchain_problems(target, bad)
+    assert any("nvcc 13.0" in p and "CUDA 12.9" in p for p in problems)
+    assert any("torch 2.7.1" in p for p in problems)
+    assert wheels.toolchain_problems(target, {"torch": "2.8.0"}) == ["build-info.json has no `nvcc --version` output"]
+    builder = tmp_path / "builder"
+    staging = stage(tmp_path, target.name, make_contents(), "sageattention-2.2.0-cp311-cp311-manylinux_2_34_x86_64.whl", bad)
+    with pytest.raises(wheels.SagebuildError, match="compiled by nvcc 13.0"):
+        wheels.collect(target, staging, builder)
+    assert not list(builder.glob("*.whl"))
