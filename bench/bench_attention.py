@@ -1,0 +1,288 @@
+#!/usr/bin/env python3
+"""Benchmark: sageattention end to end (quantization included) against PyTorch SDPA.
+
+For every shape (B, H, N, head dim, causal) it times, in one process on one GPU:
+  * ``sageattn`` as users call it (dispatch by compute capability),
+  * every explicit kernel path this GPU/build runs (``fp16``: INT8 QK + fp16 P·V, mma.sync;
+    ``fp8``: INT8 QK + fp8 P·V, mma.sync; ``sm90_fp16`` / ``sm90_fp8``: the Hopper wgmma
+    kernel), end to end and kernel only (pre-quantized inputs),
+  * SDPA with ``sdpa_kernel`` forced to FLASH_ATTENTION, CUDNN_ATTENTION and
+    EFFICIENT_ATTENTION (a backend that refuses the shape is reported as such).
+TFLOPS = 4 * B * H * N^2 * D / time, halved for causal. Accuracy (cosine, relative L1)
+against fp32 attention is measured on a slice (batch 0, the first ``--acc-heads`` heads)
+for N <= ``--acc-max-n``. Prints a table and writes JSON (``--out``).
+
+Examples:
+  python bench/bench_attention.py --out bench.json                       # full grid
+  python bench/bench_attention.py --n 4096 16384 --hd 128 --out hd128.json
+  python bench/bench_attention.py --n 1024 --hd 64 --causal false --dtype bf16 --out quick.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path and os.environ.get("SAGE_BENCH_INSTALLED", "") != "1":
+    sys.path.insert(0, str(ROOT))  # an in-place build (setup.py build_ext --inplace) wins
+
+import sageattention  # noqa: E402
+from sageattention import core, quant, reference  # noqa: E402
+
+SDPA_BACKENDS = ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION")
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+# --------------------------------------------------------------------------------- timing
+def bench_ms(fn, warmup: int, reps: int, min_ms: float) -> float:
+    """Median milliseconds of ``fn`` on the current stream (CUDA events)."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    deadline = time.perf_counter() + 30.0
+    while len(times) < reps or sum(times) < min_ms:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+        if time.perf_counter() > deadline or len(times) >= 10 * reps:
+            break
+    return statistics.median(times)
+
+
+def tflops(b, h, n, d, causal, ms):
+    flops = 4 * b * h * n * n * d / (2 if causal else 1)
+    return flops / (ms * 1e-3) / 1e12
+
+
+# ---------------------------------------------------------------------------------- paths
+def available_kernels() -> list[str]:
+    cap = torch.cuda.get_device_capability()
+    names = ["fp16"]
+    if cap >= (8, 9):
+        names.append("fp8")
+    if cap == (9, 0) and sageattention._extension.has_cuda_kernel("attn_sm90"):
+        names += ["sm90_fp16", "sm90_fp8"]
+    return names
+
+
+def sage_path(kernel: str, gran: str, causal: bool):
+    """End to end: the public pipeline with a fixed kernel."""
+    return lambda q, k, v: core._attention(q, k, v, "HND", causal, None, False, kernel, gran, True)
+
+
+def kernel_only(kernel_name: str, gran: str, causal: bool, q, k, v):
+    """Pre-quantize once; return a closure timing only the attention op."""
+    ops = torch.ops.sageattention
+    kernel = core.KERNELS[kernel_name]
+    g = quant.granularity(gran)
+    d = q.shape[-1]
+    qi, qs = quant.quant_q(ops, q, 0, g, d ** -0.5)
+    ki, ks = quant.quant_k(ops, k, 0, g, quant.k_mean(k, 0))
+    if kernel.pv == "fp8":
+        vv, vs = quant.quant_v_fp8(ops, v, 0)
+    elif kernel.op == "attn_sm90":
+        vv, vs = quant.transpose_v(ops, v, 0), None
+    else:
+        vv, vs = v, None
+    if kernel.op == "attn_fp16pv":
+        return lambda: ops.attn_fp16pv(qi, ki, vv, qs, ks, 0, causal, False)
+    if kernel.op == "attn_fp8pv":
+        return lambda: ops.attn_fp8pv(qi, ki, vv, qs, ks, vs, 0, q.dtype, causal, False)
+    return lambda: ops.attn_sm90(qi, ki, vv, qs, ks, vs, 0, q.dtype, causal, False)
+
+
+def sdpa(backend_name: str, causal: bool):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = getattr(SDPBackend, backend_name)
+
+    def run(q, k, v):
+        with sdpa_kernel([backend]):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+    return run
+
+
+# ------------------------------------------------------------------------------- accuracy
+def accuracy(out, q, k, v, causal, heads):
+    qs, ks, vs = (t[:1, :heads] for t in (q, k, v))
+    ref = reference.attention(qs, ks, vs, "HND", is_causal=causal, dtype=torch.float32)
+    o = out[:1, :heads].double().flatten()
+    r = ref.double().flatten()
+    cos = F.cosine_similarity(o, r, dim=0).item()
+    l1 = ((o - r).abs().sum() / r.abs().sum()).item()
+    return {"cos": cos, "rel_l1": l1, "finite": bool(torch.isfinite(out).all())}
+
+
+# ---------------------------------------------------------------------------------- main
+def run_shape(args, b, h, n, d, causal, dtype):
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(b, h, n, d, device="cuda", dtype=dtype, generator=gen) for _ in range(3))
+    auto_kernel, auto_gran = core._auto_kernel(q.device)
+    row = {"B": b, "H": h, "N": n, "D": d, "causal": causal, "auto_kernel": auto_kernel.name, "results": {}}
+    paths = {"sageattn": lambda q, k, v: sageattention.sageattn(q, k, v, is_causal=causal)}
+    for name in available_kernels():
+        if args.paths and name not in args.paths:
+            continue
+        gran = "per_warp" if torch.cuda.get_device_capability()[0] == 12 else args.gran
+        paths[f"sage_{name}"] = sage_path(name, gran, causal)
+    if not args.no_sdpa:
+        for backend in SDPA_BACKENDS:
+            paths[f"sdpa_{backend.split('_')[0].lower()}"] = sdpa(backend, causal)
+    do_acc = n <= args.acc_max_n
+    for label, fn in paths.items():
+        entry: dict = {}
+        try:
+            out = fn(q, k, v)
+            torch.cuda.synchronize()
+            ms = bench_ms(lambda: fn(q, k, v), args.warmup, args.reps, args.min_ms)
+            entry = {"ms": ms, "tflops": tflops(b, h, n, d, causal, ms)}
+            if do_acc:
+                entry.update(accuracy(out, q, k, v, causal, args.acc_heads))
+            del out
+        except Exception as e:  # a backend refusing the shape/dtype/GPU is a result too
+            entry = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+        row["results"][label] = entry
+        torch.cuda.empty_cache()
+    if not args.no_kernel_only:
+        for name in available_kernels():
+            if args.paths and name not in args.paths:
+                continue
+            gran = "per_warp" if torch.cuda.get_device_capability()[0] == 12 else args.gran
+            try:
+                fn = kernel_only(name, gran, causal, q, k, v)
+                ms = bench_ms(fn, args.warmup, args.reps, args.min_ms)
+                row["results"][f"kernel_{name}"] = {"ms": ms, "tflops": tflops(b, h, n, d, causal, ms)}
+            except Exception as e:
+                row["results"][f"kernel_{name}"] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+    add_ratios(row)
+    return row
+
+
+def add_ratios(row):
+    res = row["results"]
+    sage = {k: v for k, v in res.items() if k.startswith("sage") and "tflops" in v}
+    if sage:
+        best = max(sage, key=lambda k: sage[k]["tflops"])
+        row["best_sage"] = best
+        row["ratios"] = {
+            f"{best}/{s}": sage[best]["tflops"] / res[s]["tflops"]
+            for s in res if s.startswith("sdpa_") and "tflops" in res[s]
+        }
+        row["sageattn_ratios"] = {
+            f"sageattn/{s}": res["sageattn"]["tflops"] / res[s]["tflops"]
+            for s in res if s.startswith("sdpa_") and "tflops" in res[s] and "tflops" in res.get("sageattn", {})
+        }
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(args) -> dict:
+    props = torch.cuda.get_device_properties(0)
+    return {
+        "gpu": torch.cuda.get_device_name(0),
+        "capability": list(torch.cuda.get_device_capability(0)),
+        "sm_count": props.multi_processor_count,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "python": platform.python_version(),
+        "sageattention": sageattention.__version__,
+        "sageattention_file": sageattention.__file__,
+        "extension": importlib.util.find_spec("sageattention._C").origin if sageattention.extension_loaded() else None,
+        "commit": git_commit(),
+        "dtype": args.dtype,
+        "qk_quant_gran": args.gran,
+        "timing": f"CUDA events, median of >= {args.reps} runs after {args.warmup} warmup",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def print_row(row):
+    res = row["results"]
+    head = f"B={row['B']} H={row['H']} N={row['N']:>5} D={row['D']:>3} {'causal' if row['causal'] else 'full  '}"
+    cells = []
+    for label, e in res.items():
+        if "tflops" in e:
+            acc = f" cos={e['cos']:.5f} l1={e['rel_l1']:.4f}" if "cos" in e else ""
+            cells.append(f"{label}={e['tflops']:.0f}{acc}")
+        else:
+            cells.append(f"{label}=n/a")
+    ratios = " ".join(f"{k}={v:.2f}x" for k, v in row.get("ratios", {}).items())
+    print(f"{head} | " + " | ".join(cells), flush=True)
+    if ratios:
+        print(f"{'':>36} best {ratios}", flush=True)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--heads", type=int, default=32)
+    p.add_argument("--n", type=int, nargs="+", default=[1024, 4096, 16384])
+    p.add_argument("--hd", type=int, nargs="+", default=[64, 128], choices=[64, 128])
+    p.add_argument("--causal", choices=["both", "true", "false"], default="both")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp16")
+    p.add_argument("--gran", choices=["per_warp", "per_thread"], default="per_thread",
+                   help="qk_quant_gran of the explicit paths (sm12x always per_warp)")
+    p.add_argument("--paths", nargs="*", default=None, help="explicit kernel paths to time (default: all available)")
+    p.add_argument("--no-sdpa", action="store_true")
+    p.add_argument("--no-kernel-only", action="store_true")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--min-ms", type=float, default=200.0, help="time at least this much per measurement")
+    p.add_argument("--acc-max-n", type=int, default=16384, help="accuracy only for N up to this")
+    p.add_argument("--acc-heads", type=int, default=2, help="heads of batch 0 checked for accuracy")
+    p.add_argument("--out", type=Path, default=Path("bench_attention.json"))
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_attention: no CUDA GPU", file=sys.stderr)
+        return 2
+    if not sageattention.extension_loaded():
+        print(f"bench_attention: sageattention._C not loaded: {sageattention.extension_error()}", file=sys.stderr)
+        return 2
+    env = environment(args)
+    print(json.dumps(env), flush=True)
+    causal_values = {"both": [False, True], "true": [True], "false": [False]}[args.causal]
+    rows = []
+    for d in args.hd:
+        for n in args.n:
+            for causal in causal_values:
+                row = run_shape(args, args.batch, args.heads, n, d, causal, DTYPES[args.dtype])
+                rows.append(row)
+                print_row(row)
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps({"env": env, "rows": rows}, indent=1))  # after every row
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
