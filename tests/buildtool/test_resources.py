@@ -73,3 +73,19 @@ def test_detect_reads_this_machine():
     assert resources.cpu_count() >= 1
     assert resources.available_memory() > 0
     assert resources.detect(1).max_jobs >= 1
+
+
+def test_sdist_build_requirements_name_torch():
+    """Item 5: `pip install sageattention-X.tar.gz` under build isolation gets a torch (users'
+    frequent `No module named 'torch'`), and setup.py says what to do when torch is missing."""
+    import tomllib
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+
+    root = Path(__file__).resolve().parents[2]
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text())
+    requires = [Requirement(r).name for r in pyproject["build-system"]["requires"]]
+    assert "torch" in requires
+    setup = (root / "setup.py").read_text()
+    assert "--no-build-isolation" in setup and "SAGEATTENTION_SKIP_CUDA" in setup
