@@ -110,5 +110,8 @@ def _attn_sm90_fake(q, k, v, q_scale, k_scale, v_scale, tensor_layout, out_dtype
 
 ops = getattr(torch.ops, NAMESPACE)
 
-# The schemas exist now: let the compiled extension register its CUDA kernels.
+# The schemas exist now: let the compiled extension register its CUDA kernels, and note
+# which ops got one (read here, once, so that nothing is probed while torch.compile traces).
 _extension.load()
+for _name in SCHEMAS:
+    _extension.has_cuda_kernel(_name)
