@@ -304,8 +304,11 @@ class Tracker:
     def table(self) -> Table:
         now = self.clock()
         table = Table(box=None, show_header=True, header_style="bold", pad_edge=False)
-        for col in ("target", "state", "elapsed", "step"):
-            table.add_column(col, overflow="ellipsis", no_wrap=True)
+        width = max([len(n) for n in self.targets] + [6])
+        table.add_column("target", no_wrap=True, min_width=width)
+        table.add_column("state", no_wrap=True, min_width=8)
+        table.add_column("elapsed", no_wrap=True, justify="right", min_width=7)
+        table.add_column("step", overflow="ellipsis", no_wrap=True)
         colors = {QUEUED: "dim", BUILDING: "cyan", DONE: "green", FAILED: "bold red", CANCELED: "yellow"}
         for t in self.targets.values():
             state = t.state
@@ -314,7 +317,7 @@ class Tracker:
             step = t.failed_step if t.state == FAILED else (t.step if t.state == BUILDING else "")
             table.add_row(
                 t.name, f"[{colors[t.state]}]{state}[/]", fmt_seconds(t.elapsed(now)),
-                escape(step[:120]),
+                escape(step[:100]),
             )
         return table
 
