@@ -164,6 +164,7 @@ class Vertex:
     name: str
     target: str | None
     log: list[str] = field(default_factory=list)
+    short: str = ""  # the name without the target prefix
     status: str = "running"  # running | done | cached | error | canceled
     error: str = ""
 
@@ -221,7 +222,7 @@ class Tracker:
             target, step = self._owner(name)
             if name.startswith("internal") or name.startswith("auth"):
                 target = None
-            v = Vertex(vid, f"[{name}] {m[3]}".strip(), target)
+            v = Vertex(vid, f"[{name}] {m[3]}".strip(), target, short=f"[{step}] {m[3]}".strip())
             self.vertices[vid] = v
             if target:
                 t = self.targets[target]
@@ -251,6 +252,7 @@ class Tracker:
                     t.state, t.finished = FAILED, now
                     t.failed_step, t.failed_log, t.error = v.name, v.log[-LOG_TAIL:], v.error
                     t.error_lines = error_lines(v.log)
+                    t.step = v.short
             elif status.startswith("CANCELED"):
                 v.status = "canceled"
                 if t and t.state == BUILDING:
@@ -303,18 +305,18 @@ class Tracker:
 
     def table(self) -> Table:
         now = self.clock()
-        table = Table(box=None, show_header=True, header_style="bold", pad_edge=False)
+        table = Table(box=None, show_header=True, header_style="bold", pad_edge=False, expand=True)
         width = max([len(n) for n in self.targets] + [6])
         table.add_column("target", no_wrap=True, min_width=width)
         table.add_column("state", no_wrap=True, min_width=8)
         table.add_column("elapsed", no_wrap=True, justify="right", min_width=7)
-        table.add_column("step", overflow="ellipsis", no_wrap=True)
+        table.add_column("step", overflow="ellipsis", no_wrap=True, ratio=1)
         colors = {QUEUED: "dim", BUILDING: "cyan", DONE: "green", FAILED: "bold red", CANCELED: "yellow"}
         for t in self.targets.values():
             state = t.state
             if t.state == DONE and t.steps_done == 0 and t.steps_cached:
                 state = "done (cached)"
-            step = t.failed_step if t.state == FAILED else (t.step if t.state == BUILDING else "")
+            step = t.step if t.state in (FAILED, BUILDING) else ""
             table.add_row(
                 t.name, f"[{colors[t.state]}]{state}[/]", fmt_seconds(t.elapsed(now)),
                 escape(step[:100]),
