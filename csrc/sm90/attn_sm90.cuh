@@ -3,6 +3,10 @@
 // Same algorithm as attention/attn_kernel.cuh, but each warpgroup (4 warps) owns 64
 // query rows and issues wgmma: S = Q·K^T with both operands in shared memory (s8),
 // then O += P·V with P from registers (fp16/bf16, or e4m3) and V^T in shared memory.
+// Two warpgroups share each K/V block (halving L2 traffic against one per CTA, which
+// was L2-bound on H100) but are not kept in lockstep: the K/V stages are handed over
+// through mbarriers (full: the block landed; empty: every thread is done with it), so
+// one warpgroup's softmax can overlap the other's MMAs.
 // V arrives pre-transposed ([D][keys], see quant/transpose_v.cuh and quant_v_fp8.cuh)
 // so every wgmma operand is K-major, the one layout all element types support.
 // Shared tiles use the 64/128-byte swizzles of smem_layout.cuh, which are the
@@ -28,10 +32,7 @@ struct Sm90Traits {
   static_assert(kHeadDim == 64 || kHeadDim == 128, "head dims 64 and 128");
   static constexpr bool kFp8 = kPV == PV::kFp8;
 
-  // One warpgroup per CTA and two CTAs per SM (measured on H100, hd128 fp16, N=4k:
-  // 414 TFLOPS against 387 with two warpgroups per CTA): independent CTAs drift apart,
-  // so one's softmax overlaps the other's MMAs without explicit ping-pong scheduling.
-  static constexpr int kWarpGroups = 1;
+  static constexpr int kWarpGroups = 2;
   static constexpr int kWgQ = 64;  // rows per warpgroup: the wgmma M
   static constexpr int kCtaQ = kWarpGroups * kWgQ;
   static constexpr int kCtaK = 128;  // the wgmma N of Q K^T
@@ -51,12 +52,16 @@ struct Sm90Traits {
   static constexpr int kKBytes = kCtaK * kHeadDim;
   static constexpr int kVAtomBytes = kHeadDim * 128;
   static constexpr int kVBytes = kVAtoms * kVAtomBytes;
-  // K and V: loads run kStages - 1 blocks ahead of the MMAs (global latency is long next
-  // to one block's work). Key scales: block j + 1's are stored while j computes.
-  static constexpr int kStages = 2;  // two CTAs of ~106 KB share an SM's shared memory
-  static constexpr int kScaleStages = 2;
-  static constexpr int kSmemBytes =
-      1024 /* alignment slack */ + kQBytes + kStages * (kKBytes + kVBytes) + kScaleStages * kCtaK * 4;
+  static constexpr int kScaleBytes = kCtaK * 4;
+  // A stage holds one key block: K, V^T and the key scales (1024-aligned: wgmma's
+  // swizzle patterns repeat every 1024 bytes).
+  static constexpr int kStageBytes = (kKBytes + kVBytes + kScaleBytes + 1023) / 1024 * 1024;
+  // Block j + kAhead is loaded while block j's Q K^T and block j - 1's P V run; its stage
+  // was freed by block j + kAhead - kStages, released one iteration earlier, so the two
+  // warpgroups may drift up to one block apart before a load waits.
+  static constexpr int kStages = 4;
+  static constexpr int kAhead = 2;
+  static constexpr int kSmemBytes = 1024 /* alignment slack */ + kQBytes + kStages * kStageBytes + 2 * kStages * 8;
 };
 
 template <class Tr>
@@ -72,29 +77,49 @@ struct Sm90Kernel {
   };
   struct Smem {
     uint8_t* q;
-    uint8_t* k;
-    uint8_t* v;
-    float* k_scale;
+    uint8_t* stages;  // [kStages][K | V^T | key scales]
+    uint32_t full;    // mbarriers [kStages]: the block landed
+    uint32_t empty;   // mbarriers [kStages]: every thread is done with the block
+    __device__ uint8_t* k(int b) const { return stages + (b % Tr::kStages) * Tr::kStageBytes; }
+    __device__ uint8_t* v(int b) const { return k(b) + Tr::kKBytes; }
+    __device__ float* k_scale(int b) const { return reinterpret_cast<float*>(v(b) + Tr::kVBytes); }
+    __device__ uint32_t full_bar(int b) const { return full + (b % Tr::kStages) * 8; }
+    __device__ uint32_t empty_bar(int b) const { return empty + (b % Tr::kStages) * 8; }
   };
-  // This lane's rows: q0 + 64 wg + 16 (warp % 4) + h * 8 + g.
+  // This lane's rows: q0 + 16 warp + h * 8 + g.
   struct RowState {
     float o[Tr::kOTiles * 4];  // wgmma accumulator order: [n8 tile][4]
     float max[1][2], sum[1][2], q_scale[1][2];
   };
 
-  __device__ static void load_k(const AttnParams& p, const Coord& c, int k0, uint8_t* sK) {
-    const int8_t* rows = p.k + ((int64_t(c.batch) * p.kv_heads + c.kv_head) * p.kv_len + k0) * D;
-    load_tile<typename Tr::QKTile, Tr::kCtaK, Tr::kThreads>(sK, reinterpret_cast<const uint8_t*>(rows), D,
+  // Every thread copies its share of key block b (K, V^T, scales) into b's stage and
+  // arrives on the stage's full barrier once its copies land. Blocks past the first
+  // kStages wait for the stage's previous block to be released.
+  __device__ static void produce(const AttnParams& p, const Coord& c, const Smem& sm, int b) {
+    if (b >= Tr::kStages) ptx::mbar_wait(sm.empty_bar(b), (b / Tr::kStages - 1) & 1);
+    const int k0 = b * Tr::kCtaK;
+    const int64_t bkv = int64_t(c.batch) * p.kv_heads + c.kv_head;
+    const int8_t* k_rows = p.k + (bkv * p.kv_len + k0) * D;
+    load_tile<typename Tr::QKTile, Tr::kCtaK, Tr::kThreads>(sm.k(b), reinterpret_cast<const uint8_t*>(k_rows), D,
                                                            p.kv_len - k0);
-  }
-  __device__ static void load_v(const AttnParams& p, const Coord& c, int k0, uint8_t* sV) {
     constexpr int kElemBytes = Tr::kElemBytesV;
-    const uint8_t* rows = static_cast<const uint8_t*>(p.v) +
-                          ((int64_t(c.batch) * p.kv_heads + c.kv_head) * D * p.v_padded_len + k0) * kElemBytes;
+    const uint8_t* v_rows = static_cast<const uint8_t*>(p.v) + (bkv * D * p.v_padded_len + k0) * kElemBytes;
 #pragma unroll
     for (int a = 0; a < Tr::kVAtoms; ++a)
-      load_tile<typename Tr::VTile, D, Tr::kThreads>(sV + a * Tr::kVAtomBytes, rows + a * 128,
+      load_tile<typename Tr::VTile, D, Tr::kThreads>(sm.v(b) + a * Tr::kVAtomBytes, v_rows + a * 128,
                                                     int64_t(p.v_padded_len) * kElemBytes, D);
+    if (threadIdx.x < Tr::kCtaK) {
+      const bool valid = k0 + threadIdx.x < p.kv_len;
+      ptx::cp_async_4(ptx::smem_addr(sm.k_scale(b) + threadIdx.x),
+                      p.k_scale + bkv * p.kv_len + (valid ? k0 + threadIdx.x : 0), valid);
+    }
+    ptx::cp_async_mbar_arrive(sm.full_bar(b));
+  }
+
+  // Waits until key block b has landed, and makes it visible to the tensor cores.
+  __device__ static void consume(const Smem& sm, int b) {
+    ptx::mbar_wait(sm.full_bar(b), (b / Tr::kStages) & 1);
+    fence_proxy_async();
   }
 
   __device__ static void pv_mma(float (&acc)[Tr::kOTiles * 4], const uint32_t (&a)[4], uint64_t b, int scale_d) {
@@ -113,24 +138,24 @@ struct Sm90Kernel {
   using SAcc = int32_t[Tr::kSTiles * 4];  // wgmma accumulator order: [n8 tile][4]
   using OAcc = float[Tr::kOTiles * 4];
 
-  // Issues S = Q K^T for the key block in `k_stage` (asynchronous: wgmma_wait before use).
+  // Issues S = Q K^T for key block `block` (asynchronous: wgmma_wait before use).
   // The descriptor start address steps 32 bytes (>> 4 = 2) per k32 step.
-  __device__ static void issue_qk(const Smem& sm, int k_stage, SAcc& s) {
+  __device__ static void issue_qk(const Smem& sm, int block, SAcc& s) {
     const int wg = threadIdx.x / 128;
     const uint64_t a = make_desc<D>(ptx::smem_addr(sm.q + wg * Tr::kWgQ * D));
-    const uint64_t b = make_desc<D>(ptx::smem_addr(sm.k + k_stage * Tr::kKBytes));
+    const uint64_t b = make_desc<D>(ptx::smem_addr(sm.k(block)));
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < Tr::kQKSteps; ++ks) wgmma_m64n128k32_s8(s, a + 2 * ks, b + 2 * ks, ks);
     wgmma_commit();
   }
 
-  // Issues acc (+)= P V for the key block in `v_stage`; accumulate = false starts from zero.
-  __device__ static void issue_pv(const Smem& sm, int v_stage, const uint32_t (&pf)[1][kPVSteps][4],
+  // Issues acc (+)= P V for key block `block`; accumulate = false starts from zero.
+  __device__ static void issue_pv(const Smem& sm, int block, const uint32_t (&pf)[1][kPVSteps][4],
                                   bool accumulate, OAcc& acc) {
     constexpr int kStepsPerAtom = Tr::kVAtomKeys / Softmax::kPVStepKeys;
     constexpr int kStepBytes = Softmax::kPVStepKeys * Tr::kElemBytesV;
-    const uint32_t base = ptx::smem_addr(sm.v + v_stage * Tr::kVBytes);
+    const uint32_t base = ptx::smem_addr(sm.v(block));
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kPVSteps; ++kk) {
@@ -140,27 +165,16 @@ struct Sm90Kernel {
     wgmma_commit();
   }
 
-  // Waits for this thread's cp.async groups (all but `pending`), then publishes them to
-  // the CTA and to the tensor cores' proxy.
-  template <int kPending>
-  __device__ static void sync_loads() {
-    ptx::cp_async_wait<kPending>();
-    fence_proxy_async();
-    __syncthreads();
-  }
-
   // The key loop, software-pipelined as in FlashAttention-3: block j's Q K^T and block
   // j - 1's P V are issued back to back, and block j's softmax runs on the CUDA cores
   // while the tensor cores finish P V. Registers that a wgmma reads (P, O) are only
   // written once no wgmma is in flight, so ptxas does not serialize the MMAs.
-  __device__ static void key_loop(const AttnParams& p, const Coord& c, const Smem& sm, RowState& st) {
+  __device__ static void key_loop(const AttnParams& p, const Coord& c, const Smem& sm, int n_blocks,
+                                  RowState& st) {
     const int warp = threadIdx.x / 32;
-    const int kv_end = p.causal ? min(p.kv_len, c.q0 + Tr::kCtaQ) : p.kv_len;
-    const int n_blocks = (kv_end + Tr::kCtaK - 1) / Tr::kCtaK;
     // Blocks below `n_unmasked` lie inside the sequence and left of every row's diagonal;
     // the mask test is per warp, so only warps that cross the diagonal pay for it.
     const int n_unmasked = min(p.kv_len, p.causal ? c.q0 + 1 : p.kv_len) / Tr::kCtaK;
-    const float* k_scales = p.k_scale + (int64_t(c.batch) * p.kv_heads + c.kv_head) * p.kv_len;
 
     SAcc s;
     OAcc pv_acc;  // fp8: block j - 1's P V before it is folded into O
@@ -172,9 +186,8 @@ struct Sm90Kernel {
       const int k0 = j * Tr::kCtaK;
       const bool masked = j >= n_unmasked &&
                           (k0 + Tr::kCtaK > p.kv_len || (p.causal && k0 + Tr::kCtaK - 1 > c.q0 + 16 * warp));
-      Softmax::scores(reinterpret_cast<const int32_t(&)[1][Tr::kSTiles][4]>(s),
-                      sm.k_scale + (j % Tr::kScaleStages) * Tr::kCtaK, c.q0 + 16 * warp, k0, p.kv_len, p.causal,
-                      masked, x);
+      Softmax::scores(reinterpret_cast<const int32_t(&)[1][Tr::kSTiles][4]>(s), sm.k_scale(j), c.q0 + 16 * warp,
+                      k0, p.kv_len, p.causal, masked, x);
       Softmax::update(x, st.q_scale, st.max, st.sum, alpha);
     };
     // O = O * alpha + P V, with P V of block `v_block` issued here (fp16: rescale then
@@ -183,9 +196,9 @@ struct Sm90Kernel {
       if constexpr (!kFp8) {
 #pragma unroll
         for (int i = 0; i < Tr::kOTiles * 4; ++i) st.o[i] *= alpha[0][(i % 4) / 2];
-        issue_pv(sm, v_block % Tr::kStages, pf, true, st.o);
+        issue_pv(sm, v_block, pf, true, st.o);
       } else {
-        issue_pv(sm, v_block % Tr::kStages, pf, false, pv_acc);
+        issue_pv(sm, v_block, pf, false, pv_acc);
       }
     };
     auto fold_pv = [&](const float (&a)[2]) {  // fp8 only, once P V is complete
@@ -194,7 +207,7 @@ struct Sm90Kernel {
         for (int i = 0; i < Tr::kOTiles * 4; ++i) st.o[i] = fmaf(st.o[i], a[(i % 4) / 2], pv_acc[i]);
     };
 
-    sync_loads<Tr::kStages - 1>();  // Q and K block 0; the prologue's later groups may be in flight
+    consume(sm, 0);
     issue_qk(sm, 0, s);
     wgmma_wait<0>();
     fence_regs(s);
@@ -204,22 +217,10 @@ struct Sm90Kernel {
       Softmax::pack(x, pf);
     }
     for (int j = 1; j < n_blocks; ++j) {
-      const int k0 = j * Tr::kCtaK;
-      // K block j and V block j - 1 landed (their group is kStages - 2 groups old); every
-      // thread is done with block j - 1. Then queue K block j + kStages - 1 and V block
-      // j + kStages - 2 into the buffers of blocks whose MMAs completed last iteration.
-      sync_loads<Tr::kStages - 2>();
-      if (j + Tr::kStages - 1 < n_blocks)
-        load_k(p, c, (j + Tr::kStages - 1) * Tr::kCtaK, sm.k + ((j + Tr::kStages - 1) % Tr::kStages) * Tr::kKBytes);
-      if (j + Tr::kStages - 2 < n_blocks)
-        load_v(p, c, (j + Tr::kStages - 2) * Tr::kCtaK, sm.v + ((j + Tr::kStages - 2) % Tr::kStages) * Tr::kVBytes);
-      ptx::cp_async_commit();
-      float next_k_scale = 0.0f;  // block j + 1's, stored at the end of this iteration
-      if (threadIdx.x < Tr::kCtaK && k0 + Tr::kCtaK + threadIdx.x < p.kv_len)
-        next_k_scale = __ldg(k_scales + k0 + Tr::kCtaK + threadIdx.x);
-
+      if (j + Tr::kAhead < n_blocks) produce(p, c, sm, j + Tr::kAhead);
+      consume(sm, j);
       const float alpha_prev[2] = {alpha[0][0], alpha[0][1]};
-      issue_qk(sm, j % Tr::kStages, s);
+      issue_qk(sm, j, s);
       issue_block_pv(j - 1);
       wgmma_wait<1>();  // S of block j
       fence_regs(s);
@@ -228,11 +229,10 @@ struct Sm90Kernel {
       wgmma_wait<0>();  // P V of block j - 1
       fence_regs(st.o);
       fence_regs(pv_acc);
+      ptx::mbar_arrive(sm.empty_bar(j - 1));
       fold_pv(alpha_prev);
       Softmax::pack(x, pf);
-      if (threadIdx.x < Tr::kCtaK) sm.k_scale[((j + 1) % Tr::kScaleStages) * Tr::kCtaK + threadIdx.x] = next_k_scale;
     }
-    sync_loads<0>();  // V block n - 1 (and nothing else is left in flight)
     issue_block_pv(n_blocks - 1);
     wgmma_wait<0>();
     fence_regs(st.o);
@@ -242,13 +242,17 @@ struct Sm90Kernel {
 
   __device__ static void run(const AttnParams& p) {
     extern __shared__ uint8_t smem_raw[];
-    // wgmma's swizzle patterns repeat every 1024 bytes: align the tiles to that.
     uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
     Smem sm;
     sm.q = smem;
-    sm.k = sm.q + Tr::kQBytes;
-    sm.v = sm.k + Tr::kStages * Tr::kKBytes;
-    sm.k_scale = reinterpret_cast<float*>(sm.v + Tr::kStages * Tr::kVBytes);  // [kScaleStages][kCtaK]
+    sm.stages = sm.q + Tr::kQBytes;
+    sm.full = ptx::smem_addr(sm.stages + Tr::kStages * Tr::kStageBytes);
+    sm.empty = sm.full + Tr::kStages * 8;
+    if (threadIdx.x < Tr::kStages) {
+      ptx::mbar_init(sm.full + threadIdx.x * 8, Tr::kThreads);
+      ptx::mbar_init(sm.empty + threadIdx.x * 8, Tr::kThreads);
+    }
+    __syncthreads();
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     Coord c;
@@ -258,24 +262,15 @@ struct Sm90Kernel {
     c.kv_head = c.head / (p.q_heads / p.kv_heads);
     const int64_t bh = int64_t(c.batch) * p.q_heads + c.head;
     const int64_t bkv = int64_t(c.batch) * p.kv_heads + c.kv_head;
+    const int kv_end = p.causal ? min(p.kv_len, c.q0 + Tr::kCtaQ) : p.kv_len;
+    const int n_blocks = (kv_end + Tr::kCtaK - 1) / Tr::kCtaK;
 
-    // Prologue: cp.async groups {Q, K block 0}, then {K block i, V block i - 1} for
-    // i = 1 .. kStages - 1, and the key scales of blocks 0 and 1 (published by the key
-    // loop's first barrier).
+    // Q through a cp.async group of its own; key blocks 0 .. kAhead through their stages.
     const int8_t* q_rows = p.q + (bh * p.q_len + c.q0) * D;
     load_tile<typename Tr::QKTile, Tr::kCtaQ, Tr::kThreads>(sm.q, reinterpret_cast<const uint8_t*>(q_rows), D,
                                                            p.q_len - c.q0);
-    load_k(p, c, 0, sm.k);
     ptx::cp_async_commit();
-    const int kv_end = p.causal ? min(p.kv_len, c.q0 + Tr::kCtaQ) : p.kv_len;
-#pragma unroll
-    for (int i = 1; i < Tr::kStages; ++i) {
-      if (i * Tr::kCtaK < kv_end) load_k(p, c, i * Tr::kCtaK, sm.k + i * Tr::kKBytes);
-      if ((i - 1) * Tr::kCtaK < kv_end) load_v(p, c, (i - 1) * Tr::kCtaK, sm.v + (i - 1) * Tr::kVBytes);
-      ptx::cp_async_commit();
-    }
-    for (int i = threadIdx.x; i < 2 * Tr::kCtaK; i += Tr::kThreads)
-      sm.k_scale[i] = i < p.kv_len ? p.k_scale[bkv * p.kv_len + i] : 0.0f;
+    for (int b = 0; b <= Tr::kAhead && b < n_blocks; ++b) produce(p, c, sm, b);
 
     RowState st;
 #pragma unroll
@@ -287,7 +282,10 @@ struct Sm90Kernel {
     }
 #pragma unroll
     for (int i = 0; i < Tr::kOTiles * 4; ++i) st.o[i] = 0.0f;
-    key_loop(p, c, sm, st);
+    ptx::cp_async_wait<0>();  // Q (the stages' copies are tracked by their barriers)
+    fence_proxy_async();
+    __syncthreads();
+    key_loop(p, c, sm, n_blocks, st);
 
     // Epilogue: O / l (fp8: times the per-channel V scale / 448), LSE.
     Elem* out = static_cast<Elem*>(p.out) + c.batch * p.o_stride_b + c.head * p.o_stride_h;
@@ -316,7 +314,7 @@ struct Sm90Kernel {
 };
 
 template <class Tr>
-__global__ void __launch_bounds__(Tr::kThreads, 2) attn_sm90_kernel(const __grid_constant__ AttnParams p) {
+__global__ void __launch_bounds__(Tr::kThreads, 1) attn_sm90_kernel(const __grid_constant__ AttnParams p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   Sm90Kernel<Tr>::run(p);
 #endif
