@@ -263,7 +263,7 @@ def fake_gpu(monkeypatch):
     ((8, 7), False, "fp16", "per_thread"),
     ((8, 9), False, "fp8", "per_thread"),
     ((9, 0), False, "fp8", "per_thread"),
-    ((9, 0), True, "sm90_fp8", "per_thread"),
+    ((9, 0), True, "sm90_fp16", "per_thread"),
     ((12, 0), False, "fp8", "per_warp"),
     ((12, 1), False, "fp8", "per_warp"),
 ])
