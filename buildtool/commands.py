@@ -315,6 +315,8 @@ def test_cmd(
         "--python-exe", help="interpreter inside the test image (TEST_PYTHON)")] = None,
     sets: SetOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the bake command only")] = False,
+    keep_image: Annotated[bool, typer.Option(
+        "--keep-image", help="keep the test image sagebuild-test:<target> (for debugging)")] = False,
     progress: ProgressOpt = Progress.auto,
     matrix: MatrixOption = None,
 ) -> None:
@@ -406,6 +408,8 @@ def test_cmd(
                       highlight=False)
     for t in targets:
         wheels.remove_tree(project.root / wheel_dirs[t.name])
+        if not keep_image:
+            subprocess.run(["docker", "image", "rm", "-f", f"{TEST_IMAGE}:{t.name}"], capture_output=True)
     _rmdir_if_empty(builder / ".test")
     if failures:
         for f in failures:
