@@ -36,18 +36,24 @@ struct OnlineSoftmax {
     const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const float* ks = k_scale + 2 * t;
 #pragma unroll
-    for (int mt = 0; mt < kMTiles; ++mt)
+    for (int nt = 0; nt < kSTiles; ++nt) {
+      // x = (biased - bias) * scale as one FMA: the product is exact inside the FMA, so
+      // the only extra error is bias * scale's rounding, under one integer step.
+      const float2 scale = *reinterpret_cast<const float2*>(ks + nt * 8);
+      const float sc[2] = {scale.x, scale.y};
+      const float offset[2] = {-kMagicBias * scale.x, -kMagicBias * scale.y};
 #pragma unroll
-      for (int nt = 0; nt < kSTiles; ++nt)
+      for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          x[mt][nt][e] = (biased_int_to_float(s[mt][nt][e]) - kMagicBias) * ks[nt * 8 + e % 2];
+          x[mt][nt][e] = fmaf(biased_int_to_float(s[mt][nt][e]), sc[e % 2], offset[e % 2]);
           if (masked) {
             const int row = row_base + mt * 16 + (e / 2) * 8 + g;
             const int col = k0 + nt * 8 + 2 * t + e % 2;
             if (col >= kv_len || (causal && col > row)) x[mt][nt][e] = -INFINITY;
           }
         }
+    }
   }
 
   // Running max/sum update; x becomes the (P-scaled) probabilities, alpha the factor

@@ -194,8 +194,10 @@ struct Sm90Kernel {
     // accumulate in place; fp8: accumulate from zero, folded in by fold_pv).
     auto issue_block_pv = [&](int v_block) {
       if constexpr (!kFp8) {
+        // Once the row maxima settle, alpha is 1 for whole warps: skip the 64 multiplies.
+        if (!__all_sync(0xffffffffu, alpha[0][0] == 1.0f && alpha[0][1] == 1.0f))
 #pragma unroll
-        for (int i = 0; i < Tr::kOTiles * 4; ++i) st.o[i] *= alpha[0][(i % 4) / 2];
+          for (int i = 0; i < Tr::kOTiles * 4; ++i) st.o[i] *= alpha[0][(i % 4) / 2];
         issue_pv(sm, v_block, pf, true, st.o);
       } else {
         issue_pv(sm, v_block, pf, false, pv_acc);
