@@ -11,7 +11,7 @@
 #   BASE_IMAGE=local/cuda13-builder PYTHON=/usr/bin/python3 docker buildx bake default
 
 variable "VERSION" {
-  default = "2.2.0"
+  default = "0.1.0"
 }
 # build base image (CUDA toolkit provider); "" = the target's image from matrix.yaml
 variable "BASE_IMAGE" {
@@ -135,7 +135,7 @@ target "linux-pytorch27-cu128-python312" {
   }
   labels = {
     "org.opencontainers.image.version" = "${VERSION}+cu128torch2.7"
-    "io.sagebuild.wheel"               = "sageattention-2.2.0+cu128torch2.7-cp312-cp312-manylinux_2_28_x86_64.whl"
+    "io.sagebuild.wheel"               = "sageattention-0.1.0+cu128torch2.7-cp312-cp312-manylinux_2_28_x86_64.whl"
   }
   output = ["type=local,dest=./builder/linux-pytorch27-cu128-python312"]
 }
@@ -180,7 +180,7 @@ target "linux-pytorch28-cu128-python312" {
   }
   labels = {
     "org.opencontainers.image.version" = "${VERSION}+cu128torch2.8"
-    "io.sagebuild.wheel"               = "sageattention-2.2.0+cu128torch2.8-cp312-cp312-manylinux_2_28_x86_64.whl"
+    "io.sagebuild.wheel"               = "sageattention-0.1.0+cu128torch2.8-cp312-cp312-manylinux_2_28_x86_64.whl"
   }
   output = ["type=local,dest=./builder/linux-pytorch28-cu128-python312"]
 }
@@ -225,7 +225,7 @@ target "linux-pytorch28-cu129-python312" {
   }
   labels = {
     "org.opencontainers.image.version" = "${VERSION}+cu129torch2.8"
-    "io.sagebuild.wheel"               = "sageattention-2.2.0+cu129torch2.8-cp312-cp312-manylinux_2_28_x86_64.whl"
+    "io.sagebuild.wheel"               = "sageattention-0.1.0+cu129torch2.8-cp312-cp312-manylinux_2_28_x86_64.whl"
   }
   output = ["type=local,dest=./builder/linux-pytorch28-cu129-python312"]
 }
@@ -270,7 +270,7 @@ target "linux-pytorch211-cu130-python312" {
   }
   labels = {
     "org.opencontainers.image.version" = "${VERSION}+cu130torch2.11"
-    "io.sagebuild.wheel"               = "sageattention-2.2.0+cu130torch2.11-cp312-cp312-manylinux_2_28_x86_64.whl"
+    "io.sagebuild.wheel"               = "sageattention-0.1.0+cu130torch2.11-cp312-cp312-manylinux_2_28_x86_64.whl"
   }
   output = ["type=local,dest=./builder/linux-pytorch211-cu130-python312"]
 }
@@ -314,7 +314,7 @@ target "windows-pytorch27-cu128-python312" {
   }
   labels = {
     "org.opencontainers.image.version" = "${VERSION}+cu128torch2.7"
-    "io.sagebuild.wheel"               = "sageattention-2.2.0+cu128torch2.7-cp312-cp312-win_amd64.whl"
+    "io.sagebuild.wheel"               = "sageattention-0.1.0+cu128torch2.7-cp312-cp312-win_amd64.whl"
   }
   output = ["type=local,dest=./builder/windows-pytorch27-cu128-python312"]
 }
@@ -343,7 +343,7 @@ target "windows-pytorch28-cu128-python312" {
   }
   labels = {
     "org.opencontainers.image.version" = "${VERSION}+cu128torch2.8"
-    "io.sagebuild.wheel"               = "sageattention-2.2.0+cu128torch2.8-cp312-cp312-win_amd64.whl"
+    "io.sagebuild.wheel"               = "sageattention-0.1.0+cu128torch2.8-cp312-cp312-win_amd64.whl"
   }
   output = ["type=local,dest=./builder/windows-pytorch28-cu128-python312"]
 }
@@ -372,7 +372,7 @@ target "windows-pytorch28-cu129-python312" {
   }
   labels = {
     "org.opencontainers.image.version" = "${VERSION}+cu129torch2.8"
-    "io.sagebuild.wheel"               = "sageattention-2.2.0+cu129torch2.8-cp312-cp312-win_amd64.whl"
+    "io.sagebuild.wheel"               = "sageattention-0.1.0+cu129torch2.8-cp312-cp312-win_amd64.whl"
   }
   output = ["type=local,dest=./builder/windows-pytorch28-cu129-python312"]
 }

@@ -105,7 +105,7 @@ def fake_bake(log: str, wheel_tag: str | None = "cp312-cp312-manylinux_2_28_x86_
         if ok and wheel_tag:
             for t in targets:
                 dest = Path(sets[f"{t}.output"].split("dest=", 1)[1])
-                (dest / f"sageattention-2.2.0-{wheel_tag}.whl").write_bytes(
+                (dest / f"sageattention-0.1.0-{wheel_tag}.whl").write_bytes(
                     wheels.wheel_bytes(make_contents(tag=wheel_tag)))
                 (dest / "build-info.json").write_text(json.dumps({
                     "python": "3.12.7", "arch_list": "8.0", "torch": "2.11.0+cu130",
@@ -125,7 +125,7 @@ def test_build_collects_and_a_failed_rebuild_keeps_it(proj, monkeypatch):
     builder = proj.parent / "builder"
     manifest = json.loads((builder / "manifest.json").read_text())
     wheel = builder / manifest["wheels"][t]["file"]
-    assert wheel.name == "sageattention-2.2.0+cu130torch2.11-cp312-cp312-manylinux_2_28_x86_64.whl"
+    assert wheel.name == "sageattention-0.1.0+cu130torch2.11-cp312-cp312-manylinux_2_28_x86_64.whl"
     before = wheel.read_bytes()
     assert not (builder / ".staging").exists()
 

@@ -76,7 +76,7 @@ def test_matrix_json(run):
         "windows-pytorch27-cu128-python312", "windows-pytorch28-cu128-python312",
         "windows-pytorch28-cu129-python312"}
     row = next(r for r in rows if r["target"] == "windows-pytorch28-cu129-python312")
-    assert row["wheel"] == "sageattention-2.2.0+cu129torch2.8-cp312-cp312-win_amd64.whl"
+    assert row["wheel"] == "sageattention-0.1.0+cu129torch2.8-cp312-cp312-win_amd64.whl"
     assert row["torch_requirement"] == "torch==2.8.*"
     assert row["test_target"] is None
 
@@ -156,7 +156,7 @@ def test_render_and_drift(run, project_dir, write_matrix, matrix_text):
     assert '-  default = "8"' in result.stdout and '+  default = "2"' in result.stdout
     assert "sagebuild render" in result.stderr
     # a matrix change is drift too
-    write_matrix(matrix_text.replace('version: "2.2.0"', 'version: "2.3.0"'))
+    write_matrix(matrix_text.replace("version: \"0.1.0\"", "version: \"2.3.0\""))
     run("render", cwd=project_dir)
     assert '"2.3.0"' in bake.read_text()
 

@@ -39,6 +39,14 @@ def test_seed_matrix(project):
     assert not any(n.startswith("linux-pytorch27-cu129") for n in names)
 
 
+def test_matrix_version_is_the_package_version(project, repo):
+    """Target and wheel names carry matrix.yaml's version; it must be the one the package has."""
+    import tomllib
+
+    package_version = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["version"]
+    assert {t.version for t in project.targets} == {package_version}
+
+
 def test_target_fields(project):
     t = project.target("linux-pytorch211-cu130-python312")
     assert t.cuda_source == "pypi"
@@ -47,7 +55,7 @@ def test_target_fields(project):
     assert t.index_url == "https://download.pytorch.org/whl/cu130"
     assert t.arch_list == "8.0;8.6;8.9;9.0a;12.0"
     assert t.wheel_filename == (
-        "sageattention-2.2.0+cu130torch2.11-cp312-cp312-manylinux_2_28_x86_64.whl"
+        "sageattention-0.1.0+cu130torch2.11-cp312-cp312-manylinux_2_28_x86_64.whl"
     )
     w = project.target("windows-pytorch28-cu129-python312")
     assert w.platform_tag == "win_amd64" and not w.testable
