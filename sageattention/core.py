@@ -54,6 +54,9 @@ FP8 = Kernel("fp8", "attn_fp8pv", "fp8", (8, 9))  # mma.sync e4m3, sm89+
 SM90_FP16 = Kernel("sm90_fp16", "attn_sm90", "fp16", (9, 0))  # wgmma, sm90a only
 SM90_FP8 = Kernel("sm90_fp8", "attn_sm90", "fp8", (9, 0))
 KERNELS = {k.name: k for k in (FP16, FP8, SM90_FP16, SM90_FP8)}
+# sageattn's kernel on sm90 when the build has the Hopper kernel (the established package
+# uses fp8 P·V there; SM90_FP16 trades speed for ~3x lower error: see bench/).
+SM90_AUTO = SM90_FP8
 
 _capabilities: dict = {}
 
