@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from rich.markup import escape
 from . import bake, compat, gpucode, installed, resources, wheels
 from .cli import MatrixOption, NamesArg, app, console, err_console, fail, load, selected
 from .errors import EXIT_FAILURE, SagebuildError
-from .matrix import Project, Target
+from .matrix import Target
 
 BAKE_FILE = "docker-bake.hcl"
 BUILDER = "builder"
