@@ -127,8 +127,11 @@ def test_attention_op_matches_reference_op(name, causal, d):
     got = core._run_kernel(ops, kernel, qi, ki, v, qs, ks, 0, q.dtype, causal, True)
     want = core._run_kernel(R, kernel, qi, ki, v, qs, ks, 0, q.dtype, causal, True)
     cos, l1 = metrics(got[0], want[0])
+    # fp8: the kernel rounds P to e4m3 against the running max, the reference against the
+    # final one, so the two roundings differ in early blocks (each ~0.024 from exact); a
+    # wrong permutation, scale or mask gives errors of order 1.
     fp16 = kernel.pv == "fp16"
-    assert cos > (0.9999 if fp16 else 0.999) and l1 < (0.01 if fp16 else 0.03), (cos, l1)
+    assert cos > (0.9999 if fp16 else 0.998) and l1 < (0.01 if fp16 else 0.04), (cos, l1)
     torch.testing.assert_close(got[1], want[1], atol=2e-3, rtol=1e-4)
 
 
