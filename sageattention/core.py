@@ -143,6 +143,12 @@ def _bhnd(x: torch.Tensor, layout: int) -> tuple:
 
 
 def _validate(q, k, v, layout: int) -> None:
+    _validate_tensors(q, k, v, layout)
+    _validate_shapes(q, k, v, layout)
+
+
+def _validate_tensors(q, k, v, layout: int) -> None:
+    """Types, dtypes, ranks and devices."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -155,6 +161,10 @@ def _validate(q, k, v, layout: int) -> None:
         raise TypeError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}")
+
+
+def _validate_shapes(q, k, v, layout: int) -> None:
+    """Batch, heads (GQA), tokens and head dim, read through the layout."""
     (bq, hq, nq, dq), (bk, hk, nk, dk), (bv, hv, nv, dv) = (_bhnd(t, layout) for t in (q, k, v))
     if (bk, hk, nk, dk) != (bv, hv, nv, dv):
         raise ValueError(f"k and v must have the same shape, got {list(k.shape)} and {list(v.shape)}")
@@ -199,7 +209,7 @@ def _smoothing_lse_term(q: torch.Tensor, km: torch.Tensor, layout: int, sm_scale
 
 def _attention(q, k, v, tensor_layout: str, is_causal: bool, sm_scale, return_lse: bool,
                kernel, qk_quant_gran: str, smooth_k: bool):
-    """The pipeline; ``kernel`` is a :class:`Kernel`, its name, or None (pick per GPU)."""
+    """The pipeline; ``kernel`` is a :class:`Kernel` or its name in :data:`KERNELS`."""
     layout = _layout(tensor_layout)
     _validate(q, k, v, layout)
     gran = quant.granularity(qk_quant_gran)
