@@ -30,9 +30,7 @@ struct AttnKernel {
 
   using Softmax = OnlineSoftmax<Tr::kMTiles, Tr::kSTiles, Tr::kPV, Elem>;
 
-  struct Coord {
-    int batch, head, kv_head, q0;
-  };
+  using Coord = CtaCoord;
 
   __device__ static void load_k(const AttnParams& p, const Coord& c, int k0, uint8_t* sK) {
     const int8_t* rows = p.k + ((int64_t(c.batch) * p.kv_heads + c.kv_head) * p.kv_len + k0) * D;
@@ -218,13 +216,8 @@ struct AttnKernel {
     sm.k_scale = reinterpret_cast<float*>(sm.v + Tr::kStages * Tr::kVBytes);
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
-    Coord c;
-    c.q0 = (gridDim.x - 1 - blockIdx.x) * Tr::kCtaQ;  // longest causal rows first
-    c.head = blockIdx.y;
-    c.batch = blockIdx.z;
-    c.kv_head = c.head / (p.q_heads / p.kv_heads);
-    const int64_t bh = int64_t(c.batch) * p.q_heads + c.head;
-    const int64_t bkv = int64_t(c.batch) * p.kv_heads + c.kv_head;
+    const Coord c = Coord::from_grid(p, Tr::kCtaQ);
+    const int64_t bh = c.bh, bkv = c.bkv;
 
     // Prologue: Q with K block 0 in one cp.async group, V block 0 in the next.
     const int8_t* q_rows = p.q + (bh * p.q_len + c.q0) * D;

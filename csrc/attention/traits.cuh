@@ -66,4 +66,22 @@ struct AttnParams {
   bool causal;
 };
 
+// Which rows, head and batch a CTA owns. Query blocks run in reverse order so that
+// under a causal mask the longest rows start first.
+struct CtaCoord {
+  int batch, head, kv_head, q0;
+  int64_t bh, bkv;  // flat (batch, head) and (batch, kv head) indices
+
+  __device__ static CtaCoord from_grid(const AttnParams& p, int cta_q) {
+    CtaCoord c;
+    c.q0 = (gridDim.x - 1 - blockIdx.x) * cta_q;
+    c.head = blockIdx.y;
+    c.batch = blockIdx.z;
+    c.kv_head = c.head / (p.q_heads / p.kv_heads);
+    c.bh = int64_t(c.batch) * p.q_heads + c.head;
+    c.bkv = int64_t(c.batch) * p.kv_heads + c.kv_head;
+    return c;
+  }
+};
+
 }  // namespace sage

@@ -75,25 +75,35 @@ __global__ void __launch_bounds__(QuantVFp8Shape::kThreads)
   }
 }
 
-// Pass 2: one CTA per 64 keys: stage them in shared memory, then write each channel's
-// 64 permuted, scaled e4m3 bytes. Keys past the sequence end are written as zeros.
+// Stages the CTA's kKeys keys of V ([kKeys][D], zeros past the sequence end) in
+// shared memory, so that the transposed writes read channels, not keys, from global.
 template <typename T, int D>
-__global__ void __launch_bounds__(QuantVFp8Shape::kThreads)
-    v_fp8_kernel(const __grid_constant__ QuantVFp8Params p) {
-  constexpr int kKeys = QuantVFp8Shape::kKeys;
+using KeyTile = T[QuantVFp8Shape::kKeys][D + 8];  // +8: rows start in different banks
+
+template <typename T, int D>
+__device__ __forceinline__ void stage_keys(const QuantVFp8Params& p, KeyTile<T, D>& tile) {
   constexpr int kLanesPerRow = D / 8;
   constexpr int kRowsPerPass = QuantVFp8Shape::kThreads / kLanesPerRow;
-  __shared__ __align__(16) T tile[kKeys][D + 8];  // +8: rows start in different banks
-
-  const int k0 = blockIdx.x * kKeys;
+  const int k0 = blockIdx.x * QuantVFp8Shape::kKeys;
   const T* rows = v_rows<T, D>(p);
-  for (int r = threadIdx.x / kLanesPerRow; r < kKeys; r += kRowsPerPass) {
+  for (int r = threadIdx.x / kLanesPerRow; r < QuantVFp8Shape::kKeys; r += kRowsPerPass) {
     const int c = threadIdx.x % kLanesPerRow;
     uint4 raw = make_uint4(0, 0, 0, 0);
     if (k0 + r < p.len) raw = *reinterpret_cast<const uint4*>(rows + (k0 + r) * p.v_stride_n + c * 8);
     *reinterpret_cast<uint4*>(&tile[r][c * 8]) = raw;
   }
   __syncthreads();
+}
+
+// Pass 2: one CTA per 64 keys: stage them in shared memory, then write each channel's
+// 64 permuted, scaled e4m3 bytes. Keys past the sequence end are written as zeros.
+template <typename T, int D>
+__global__ void __launch_bounds__(QuantVFp8Shape::kThreads)
+    v_fp8_kernel(const __grid_constant__ QuantVFp8Params p) {
+  constexpr int kKeys = QuantVFp8Shape::kKeys;
+  __shared__ __align__(16) KeyTile<T, D> tile;
+  stage_keys<T, D>(p, tile);
+  const int k0 = blockIdx.x * kKeys;
 
   const int64_t bh = int64_t(blockIdx.z) * p.heads + blockIdx.y;
   for (int d = threadIdx.x; d < D; d += QuantVFp8Shape::kThreads) {
@@ -124,18 +134,9 @@ template <typename T, int D>
 __global__ void __launch_bounds__(QuantVFp8Shape::kThreads)
     v_transpose_kernel(const __grid_constant__ QuantVFp8Params p) {
   constexpr int kKeys = QuantVFp8Shape::kKeys;
-  constexpr int kLanesPerRow = D / 8;
-  constexpr int kRowsPerPass = QuantVFp8Shape::kThreads / kLanesPerRow;
-  __shared__ __align__(16) T tile[kKeys][D + 8];
+  __shared__ __align__(16) KeyTile<T, D> tile;
+  stage_keys<T, D>(p, tile);
   const int k0 = blockIdx.x * kKeys;
-  const T* rows = v_rows<T, D>(p);
-  for (int r = threadIdx.x / kLanesPerRow; r < kKeys; r += kRowsPerPass) {
-    const int c = threadIdx.x % kLanesPerRow;
-    uint4 raw = make_uint4(0, 0, 0, 0);
-    if (k0 + r < p.len) raw = *reinterpret_cast<const uint4*>(rows + (k0 + r) * p.v_stride_n + c * 8);
-    *reinterpret_cast<uint4*>(&tile[r][c * 8]) = raw;
-  }
-  __syncthreads();
   // Thread -> (channel, 8-key chunk): 16-byte stores, a warp covers 4 channels' rows.
   const int64_t bh = int64_t(blockIdx.z) * p.heads + blockIdx.y;
   T* out = reinterpret_cast<T*>(p.out);

@@ -72,9 +72,7 @@ struct Sm90Kernel {
   using Softmax = OnlineSoftmax<1, Tr::kSTiles, Tr::kPV, Elem>;
   static constexpr int kPVSteps = Softmax::kPVSteps;
 
-  struct Coord {
-    int batch, head, kv_head, q0;
-  };
+  using Coord = CtaCoord;
   struct Smem {
     uint8_t* q;
     uint8_t* stages;  // [kStages][K | V^T | key scales]
@@ -257,13 +255,8 @@ struct Sm90Kernel {
     __syncthreads();
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    Coord c;
-    c.q0 = (gridDim.x - 1 - blockIdx.x) * Tr::kCtaQ;  // longest causal rows first
-    c.head = blockIdx.y;
-    c.batch = blockIdx.z;
-    c.kv_head = c.head / (p.q_heads / p.kv_heads);
-    const int64_t bh = int64_t(c.batch) * p.q_heads + c.head;
-    const int64_t bkv = int64_t(c.batch) * p.kv_heads + c.kv_head;
+    const Coord c = Coord::from_grid(p, Tr::kCtaQ);
+    const int64_t bh = c.bh, bkv = c.bkv;
     const int kv_end = p.causal ? min(p.kv_len, c.q0 + Tr::kCtaQ) : p.kv_len;
     const int n_blocks = (kv_end + Tr::kCtaK - 1) / Tr::kCtaK;
 
