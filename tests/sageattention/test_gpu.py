@@ -278,3 +278,35 @@ def test_dispatch_on_this_gpu():
     kernel, gran = core._auto_kernel(torch.device(DEV, torch.cuda.current_device()))
     cap = capability()
     assert kernel.min_capability <= cap and gran in ("per_warp", "per_thread")
+
+
+def test_cuda_kernels_registered():
+    for name in ("quant_int8", "quant_v_fp8", "transpose_v", "attn_fp16pv", "attn_fp8pv"):
+        assert core._extension.has_cuda_kernel(name), name
+
+
+def test_clear_errors_on_gpu():
+    q, k, v = make_qkv(b=1, hq=2, nq=64, d=64, device=DEV)
+    with pytest.raises(ValueError, match="one device"):
+        sageattn(q, k.cpu(), v)
+    with pytest.raises(TypeError, match="float16 or bfloat16"):
+        sageattn(q.float(), k.float(), v.float())
+    with pytest.raises(ValueError, match="multiple"):
+        sageattn(q, torch.cat([k, k[:, :1]], dim=1), torch.cat([v, v[:, :1]], dim=1))  # 2 q heads, 3 kv heads
+
+
+def test_varlen_on_gpu():
+    from sageattention import sageattn_varlen
+
+    lens = [100, 1, 257]
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(sum(lens), 8, 128, generator=g).half().to(DEV)
+    k = torch.randn(sum(lens), 2, 128, generator=g).half().to(DEV)
+    v = torch.randn(sum(lens), 2, 128, generator=g).half().to(DEV)
+    cu = torch.tensor([0, 100, 101, 358], dtype=torch.int32, device=DEV)
+    out = sageattn_varlen(q, k, v, cu, cu, 257, 257, is_causal=True)
+    assert out.shape == q.shape
+    for a, b in ((0, 100), (100, 101), (101, 358)):
+        ref = R.attention(q[a:b][None], k[a:b][None], v[a:b][None], "NHD", is_causal=True, dtype=torch.float32)[0]
+        _, bar = entry_point("sageattn")
+        assert_accurate(out[a:b], ref, bar)
