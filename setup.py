@@ -130,6 +130,10 @@ def cuda_extension():
         ) from e
     import torch
 
+    if "pip-build-env" in torch.__file__:
+        print(f"setup.py: NOTE: building against torch {torch.__version__} from pip's isolated build "
+              f"environment: the extension loads only with that torch. To build against your installed "
+              f"torch, use `pip install --no-build-isolation .`", file=sys.stderr)
     cuda_home = cpp_extension.CUDA_HOME
     cpu_torch = torch.version.cuda is None
     if cpu_torch:  # torch leaves CUDA_HOME unset for its CPU builds: a compile check only

@@ -26,10 +26,20 @@ def load() -> bool:
             importlib.import_module("sageattention._C")
             _loaded = True
         except ImportError as e:  # not built (SAGEATTENTION_SKIP_CUDA=1), or ABI mismatch
-            _error = e
+            _error = _explain(e)
         except OSError as e:  # e.g. a missing CUDA runtime library
             _error = e
     return _loaded
+
+
+def _explain(error: ImportError) -> ImportError:
+    """An "undefined symbol" means _C was compiled against another torch: say so."""
+    if "undefined symbol" not in str(error):
+        return error
+    return ImportError(
+        f"{error} -- sageattention._C was built against a different torch than the installed "
+        f"{torch.__version__}; rebuild it against this torch: pip install --no-build-isolation "
+        f"--force-reinstall --no-deps <sageattention source or sdist>")
 
 
 def extension_loaded() -> bool:

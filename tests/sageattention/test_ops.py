@@ -88,3 +88,10 @@ def test_extension_state_is_reported():
 
 def test_version():
     assert sageattention.__version__ == "0.1.0" or "+" in sageattention.__version__
+
+
+def test_undefined_symbol_is_explained():
+    err = _extension._explain(ImportError("/x/_C.so: undefined symbol: _ZN3c104cuda9SetDeviceEi"))
+    assert "different torch" in str(err) and "--no-build-isolation" in str(err)
+    other = ImportError("No module named 'sageattention._C'")
+    assert _extension._explain(other) is other
