@@ -184,3 +184,38 @@ def test_installed_check_source_runs_standalone(tmp_path):
     report = json.loads(p.stdout.split("SAGEBUILD-REPORT ", 1)[1])
     assert report["ok"] is False
     assert report["checks"][0]["check"] == "installed"
+
+
+def test_installed_check_fails_a_wheel_whose_extension_does_not_load(tmp_path):
+    """A package that imports but whose _C does not load (the failure the established package
+    hides until "kernel is not available") fails the in-image check."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from buildtool import wheels as W
+
+    contents = make_contents(version="0.1.0+cu130torch2.11")
+    contents["sageattention/_C.abi3.so"] = contents.pop("sageattention/_C.cpython-311-x86_64-linux-gnu.so")
+    contents["sageattention/__init__.py"] = b"def extension_loaded():\n    return False\n"
+    _, contents = W.retag(contents, version="0.1.0+cu130torch2.11", requires=["torch==2.11.*"])
+    site = tmp_path / "site"
+    for name, data in contents.items():
+        (site / name).parent.mkdir(parents=True, exist_ok=True)
+        (site / name).write_bytes(data)
+    (site / "sageattention-0.1.0+cu130torch2.11.dist-info" / "INSTALLER").write_text("pip\n")
+    expect = {"package": "sageattention", "version": "0.1.0+cu130torch2.11",
+              "torch": torch.__version__.split("+")[0], "torch_cuda": torch.version.cuda or "",
+              "torch_requirement": "torch==2.11.*", "arch_list": "8.0"}
+    env = {**__import__("os").environ, "PYTHONPATH": str(site)}
+    p = subprocess.run([sys.executable, "-c", commands.installed_check_source(), "--json", json.dumps(expect)],
+                       capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert p.returncode == 1, p.stderr
+    report = json.loads(p.stdout.split("SAGEBUILD-REPORT ", 1)[1])
+    result = {c["check"]: c["ok"] for c in report["checks"]}
+    assert result["version"] and result["requires torch"] and result["import"] and result["extension installed"]
+    assert result["extension loads (extension_loaded())"] is False
+    assert result["load_library _C.abi3.so"] is False
+    assert result["read GPU code of _C.abi3.so"] is False
+    assert result["machine code for arch list 8.0"] is False
