@@ -193,6 +193,10 @@ def add_ratios(row):
 
 
 def git_commit() -> str | None:
+    """HEAD of the checkout (``-dirty`` with local changes); ``SAGE_COMMIT`` where the tree
+    travelled without its .git (a GPU machine that gets a copy of the working tree)."""
+    if os.environ.get("SAGE_COMMIT"):
+        return os.environ["SAGE_COMMIT"]
     try:
         out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],

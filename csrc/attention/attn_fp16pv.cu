@@ -9,8 +9,7 @@ std::tuple<at::Tensor, at::Tensor> attn_fp16pv(const at::Tensor& q, const at::Te
                                                const at::Tensor& k_scale, int64_t tensor_layout,
                                                bool is_causal, bool return_lse) {
   check_half(v_in, "v");
-  const Bhnd vs_in = bhnd(v_in, tensor_layout, "v");
-  const at::Tensor v = rows_aligned16(v_in, vs_in) ? v_in : v_in.contiguous();
+  const at::Tensor v = aligned16(v_in, tensor_layout, "v");
   const Bhnd vs = bhnd(v, tensor_layout, "v");
   AttnParams p = attn_common(q, k, q_scale, k_scale, vs.d, is_causal);
   TORCH_CHECK(vs.b == q.size(0) && vs.h == k.size(1) && vs.n == k.size(2),

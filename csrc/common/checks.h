@@ -45,4 +45,10 @@ struct TypeTag {
   using type = T;
 };
 
+// `t` itself when the kernels' 16-byte row loads can read it, else an aligned copy.
+// (A contiguous view at an odd storage offset stays misaligned under .contiguous().)
+inline at::Tensor aligned16(const at::Tensor& t, int64_t layout, const char* name) {
+  return rows_aligned16(t, bhnd(t, layout, name)) ? t : t.clone(at::MemoryFormat::Contiguous);
+}
+
 }  // namespace sage

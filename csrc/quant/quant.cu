@@ -16,11 +16,6 @@ namespace {
 bool is_pow2(int64_t x) { return x > 0 && (x & (x - 1)) == 0; }
 
 
-// A contiguous copy when rows are not 16-byte aligned (the kernels load 16 bytes at a time).
-at::Tensor aligned(const at::Tensor& x, int64_t layout, const char* name) {
-  const Bhnd s = bhnd(x, layout, name);
-  return rows_aligned16(x, s) ? x : x.contiguous();
-}
 
 }  // namespace
 
@@ -28,7 +23,7 @@ std::tuple<at::Tensor, at::Tensor> quant_int8(const at::Tensor& x_in, const std:
                                               int64_t tensor_layout, int64_t group_block,
                                               int64_t group_stride, double scale_mult) {
   check_half(x_in, "x");
-  const at::Tensor x = aligned(x_in, tensor_layout, "x");
+  const at::Tensor x = aligned16(x_in, tensor_layout, "x");
   const Bhnd s = bhnd(x, tensor_layout, "x");
   TORCH_CHECK(is_pow2(group_block) && group_block <= QuantInt8Shape::kMaxChunkRows,
               "group_block must be a power of two <= ", QuantInt8Shape::kMaxChunkRows, ", got ", group_block);
@@ -65,7 +60,7 @@ std::tuple<at::Tensor, at::Tensor> quant_int8(const at::Tensor& x_in, const std:
 
 std::tuple<at::Tensor, at::Tensor> quant_v_fp8(const at::Tensor& v_in, int64_t tensor_layout) {
   check_half(v_in, "v");
-  const at::Tensor v = aligned(v_in, tensor_layout, "v");
+  const at::Tensor v = aligned16(v_in, tensor_layout, "v");
   const Bhnd s = bhnd(v, tensor_layout, "v");
   const c10::cuda::CUDAGuard guard(v.device());
   // 128: a multiple of every key block size of the attention kernels.
@@ -94,7 +89,7 @@ std::tuple<at::Tensor, at::Tensor> quant_v_fp8(const at::Tensor& v_in, int64_t t
 
 at::Tensor transpose_v(const at::Tensor& v_in, int64_t tensor_layout) {
   check_half(v_in, "v");
-  const at::Tensor v = aligned(v_in, tensor_layout, "v");
+  const at::Tensor v = aligned16(v_in, tensor_layout, "v");
   const Bhnd s = bhnd(v, tensor_layout, "v");
   const c10::cuda::CUDAGuard guard(v.device());
   const int64_t padded = (s.n + 127) / 128 * 128;
