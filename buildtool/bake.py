@@ -303,6 +303,24 @@ class Tracker:
             parts.append("bake: " + "\n      ".join(errors[-10:]))
         return "\n".join(parts)
 
+    def hints(self) -> list[str]:
+        """How to fix failures whose cause bake's own messages make clear."""
+        text = "\n".join(self.other + [line for t in self.failed for line in t.failed_log + [t.error]])
+        hints = []
+        if re.search(r"failed to do request|pull access denied|lookup registry|failed to resolve source "
+                     r"metadata|not found: manifest unknown|i/o timeout", text):
+            hints.append(
+                "a base image could not be pulled: on a network without that registry, build a "
+                "local one and pass it, e.g. `docker build -t local/sagebuild-debian:bookworm -f "
+                "tests/docker/debian-python.Dockerfile tests/docker` then `--base-image "
+                "local/sagebuild-debian:bookworm` (test: `--base-image` = TEST_BASE_IMAGE); see "
+                "README, Building wheels")
+        if re.search(r"\bKilled\b|out of memory|signal: killed|exit code: 137", text):
+            hints.append("a compiler was killed (out of memory): use fewer jobs, e.g. `--jobs 1`")
+        if re.search(r"no space left on device", text):
+            hints.append("the disk is full: `docker builder prune` frees the build cache")
+        return hints
+
     def table(self) -> Table:
         now = self.clock()
         table = Table(box=None, show_header=True, header_style="bold", pad_edge=False, expand=True)

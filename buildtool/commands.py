@@ -171,6 +171,8 @@ def _print_failure(result: bake.BakeResult, log_path: Path) -> None:
                       highlight=False)
     if report:
         err_console.print(escape(report), highlight=False)
+    for hint in result.tracker.hints():
+        err_console.print(f"[yellow]hint:[/] {escape(hint)}", highlight=False)
     err_console.print(f"full log: {log_path}", highlight=False)
 
 

@@ -165,3 +165,15 @@ def test_run_bake_failure_from_docker_exception(tmp_path):
     assert not res.ok and res.returncode == 1
     assert res.tracker.targets[T211].state == bake.FAILED
     assert "ERROR: failed to solve: boom" in res.tracker.failure_report()
+
+
+def test_hints_for_unpullable_base_image_and_oom():
+    t = bake.Tracker([T211])
+    t.other.append('ERROR: failed to solve: failed to do request: Head "https://registry-1.docker.io/v2/x/manifests/1": '
+                   "dial tcp: lookup registry-1.docker.io: no such host")
+    assert any("--base-image" in h for h in t.hints())
+    t2 = bake.Tracker([T211])
+    feed(t2, "bake-fail-compile.log")
+    assert t2.hints() == []  # a compile error is not a pull problem
+    t2.other.append("ERROR: process did not complete successfully: exit code: 137")
+    assert any("--jobs 1" in h for h in t2.hints())
