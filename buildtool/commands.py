@@ -144,6 +144,22 @@ def _cwd(path: Path) -> Iterator[None]:
         os.chdir(old)
 
 
+def _build_machine(jobs: str) -> tuple[int, int]:
+    """CPUs and memory of the machine the Docker daemon builds on (see resources.machine)."""
+    local = resources.cpu_count(), resources.available_memory()
+    if jobs.strip().lower() != "auto":
+        return local
+    try:
+        from python_on_whales import docker as pow_docker
+
+        info = pow_docker.info()
+        host = os.environ.get("DOCKER_HOST", "")
+        is_local = (not host or host.startswith("unix://")) and info.operating_system != "Docker Desktop"
+        return resources.machine(*local, info.n_cpu, info.mem_total, is_local)
+    except Exception:  # no daemon (yet): --dry-run and the error path use this machine
+        return local
+
+
 def _rmdir_if_empty(path: Path) -> None:
     try:
         path.rmdir()
@@ -214,7 +230,8 @@ def build_cmd(
     builder = project.root / BUILDER
     options = BuildOptions(base_image, arch_list, jobs, tuple(_user_sets(sets).items()), progress.value)
     try:
-        plan = plan_build(targets, options, builder, resources.cpu_count(), resources.available_memory())
+        cpus, mem = _build_machine(jobs)
+        plan = plan_build(targets, options, builder, cpus, mem)
     except SagebuildError as err:
         raise fail(err) from None
     if dry_run:

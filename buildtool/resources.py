@@ -119,5 +119,19 @@ def available_memory() -> int:
     return max(0, mem)
 
 
+def machine(local_cpus: int, local_mem: int, daemon_cpus: int | None, daemon_mem_total: int | None,
+            daemon_is_local: bool) -> tuple[int, int]:
+    """(CPUs, memory) the compilers will really get. The builds run where the Docker daemon
+    runs: a remote daemon (DOCKER_HOST=ssh://..., a docker context) is sized by its own
+    ``docker info`` (total memory, less a quarter for what else runs there); a local one by
+    this machine's quota-aware numbers, capped by what the daemon reports (e.g. a Docker
+    Desktop VM smaller than the host)."""
+    if daemon_cpus is None or daemon_mem_total is None:
+        return local_cpus, local_mem
+    if daemon_is_local:
+        return min(local_cpus, daemon_cpus), min(local_mem, daemon_mem_total)
+    return max(1, daemon_cpus), daemon_mem_total * 3 // 4
+
+
 def detect(n_parallel_targets: int = 1) -> Jobs:
     return plan(cpu_count(), available_memory(), n_parallel_targets)

@@ -89,3 +89,13 @@ def test_sdist_build_requirements_name_torch():
     assert "torch" in requires
     setup = (root / "setup.py").read_text()
     assert "--no-build-isolation" in setup and "SAGEATTENTION_SKIP_CUDA" in setup
+
+
+def test_machine_is_where_the_daemon_builds():
+    # local daemon: this machine's quota-aware numbers, capped by what the daemon reports
+    assert resources.machine(8, 30 * GiB, 4, 16 * GiB, True) == (4, 16 * GiB)
+    assert resources.machine(2, 20 * GiB, 2, 24 * GiB, True) == (2, 20 * GiB)
+    # remote daemon: its own CPUs and 3/4 of its memory
+    assert resources.machine(2, 8 * GiB, 64, 256 * GiB, False) == (64, 192 * GiB)
+    # daemon unknown: this machine
+    assert resources.machine(2, 8 * GiB, None, None, False) == (2, 8 * GiB)
