@@ -269,10 +269,14 @@ def retag(
     tags = set(tags) if tags is not None else set(info.tags)
     version = str(Version(version))
     new_di = f"{dist_name(info.name)}-{version}.dist-info"
+    old_data = info.dist_info[: -len(".dist-info")] + ".data"
+    new_data = new_di[: -len(".dist-info")] + ".data"
     out: Contents = {}
     for name, data in contents.items():
-        if name == info.dist_info or name.startswith(info.dist_info + "/"):
+        if name.startswith(info.dist_info + "/"):
             name = new_di + name[len(info.dist_info):]
+        elif name.startswith(old_data + "/"):  # scripts/headers/data of the wheel
+            name = new_data + name[len(old_data):]
         out[name] = data
     meta_path = f"{new_di}/METADATA"
     out[meta_path] = rewrite_metadata(
