@@ -311,10 +311,10 @@ def test_toolchain_must_match_the_target_name(tmp_path, target):
 
 def test_retag_renames_the_data_directory_too():
     src = make_contents()
-    src["sageattention-2.2.0.data/scripts/sage-bench"] = b"#!python\n"
-    di = "sageattention-2.2.0.dist-info"
+    src["sageattention-0.1.0.data/scripts/sage-bench"] = b"#!python\n"
+    di = "sageattention-0.1.0.dist-info"
     src[f"{di}/RECORD"] = wheels.record_for(src, f"{di}/RECORD")
-    _, out = wheels.retag(src, version="2.2.0+cu129torch2.8")
-    assert "sageattention-2.2.0+cu129torch2.8.data/scripts/sage-bench" in out
-    assert not any(n.startswith("sageattention-2.2.0.") for n in out)
+    _, out = wheels.retag(src, version="0.1.0+cu129torch2.8")
+    assert "sageattention-0.1.0+cu129torch2.8.data/scripts/sage-bench" in out
+    assert not any(n.startswith("sageattention-0.1.0.") for n in out)
     assert wheels.verify_record(out) == []
