@@ -217,7 +217,10 @@ class Tracker:
             return
         now = self.clock()
         m = _VERTEX.match(line)
-        if m and int(m[1]) not in self.vertices:
+        if m and (int(m[1]) not in self.vertices
+                  or self.vertices[int(m[1])].name != f"[{m[2]}] {m[3]}".strip()):
+            # a new step; BuildKit reuses an id for the same step of another target
+            # ("#29 [target-a] exporting to client", later "#29 [target-b] exporting ...")
             vid, name = int(m[1]), m[2]
             target, step = self._owner(name)
             if name.startswith("internal") or name.startswith("auth"):
@@ -241,6 +244,8 @@ class Tracker:
                 v.status = "done"
                 if t:
                     t.steps_done += 1
+                    if v.short.split("] ", 1)[-1].startswith("exporting to") and t.state == BUILDING:
+                        t.state, t.finished = DONE, now  # its export finished: the target is done
             elif status == "CACHED":
                 v.status = "cached"
                 if t:

@@ -177,3 +177,16 @@ def test_hints_for_unpullable_base_image_and_oom():
     assert t2.hints() == []  # a compile error is not a pull problem
     t2.other.append("ERROR: process did not complete successfully: exit code: 137")
     assert any("--jobs 1" in h for h in t2.hints())
+
+
+def test_tracker_two_targets_each_done_at_its_own_export():
+    """Real log of two targets built in parallel: each is done when ITS export finishes (the
+    exporter's step id is reused for the second target), so each gets its own elapsed time."""
+    a, b = "linux-pytorch211-cu130-python312", "linux-pytorch211-cu130-abi3"
+    t = bake.Tracker([a, b], clock=Clock())
+    feed(t, "bake-ok-two-targets.log")
+    assert t.targets[a].state == bake.DONE and t.targets[b].state == bake.DONE
+    assert t.targets[a].finished < t.targets[b].finished  # python312 exported first in this log
+    t.finish(True)
+    assert t.targets[a].elapsed(0) < t.targets[b].elapsed(0)
+    assert t.failed == []
