@@ -125,18 +125,23 @@ def test_v_permutation_formula():
 @pytest.mark.parametrize("n", [1, 31, 128, 200])
 @pytest.mark.parametrize("layout", [R.HND, R.NHD])
 def test_quant_v_fp8_layout_permutation_padding(n, layout):
-    v = torch.randn(2, 3, n, 64, dtype=torch.float16)
+    v = torch.randn(2, 3, n, 64, generator=torch.Generator().manual_seed(n)).half()
     v_in = v if layout == R.HND else v.transpose(1, 2).contiguous()
     v8, vs = R.quant_v_fp8(v_in, layout)
     n_pad = (n + 127) // 128 * 128
     assert v8.dtype == torch.float8_e4m3fn and v8.shape == (2, 3, 64, n_pad) and v8.is_contiguous()
     assert vs.dtype == torch.float32 and vs.shape == (2, 3, 64)
-    torch.testing.assert_close(vs, v.float().abs().amax(dim=2) / 448)
+    amax = v.float().abs().amax(dim=2)
+    torch.testing.assert_close(vs, torch.where(amax > 0, amax / 448, torch.ones_like(amax)))
     perm = R.v_permutation()
     stored = v8.float()
     for slot in range(n_pad):
         key = (slot // 32) * 32 + perm[slot % 32].item()
-        expect = (v[:, :, key].float() * (1.0 / vs)).to(torch.float8_e4m3fn).float() if key < n else torch.zeros(2, 3, 64)
+        # x * (1 / scale) can land a hair above 448, where some torch versions convert to
+        # NaN rather than saturate: the contract saturates, so clamp as the op does.
+        expect = torch.zeros(2, 3, 64)
+        if key < n:
+            expect = (v[:, :, key].float() * (1.0 / vs)).clamp(-448, 448).to(torch.float8_e4m3fn).float()
         assert torch.equal(stored[..., slot], expect), f"slot {slot} (key {key})"
 
 
