@@ -117,14 +117,14 @@ struct AttnKernel {
   }
 
   // P·V for the block, folded into O as O = O * alpha + P·V.
-  __device__ static void pv(const uint32_t (&pf)[Tr::kMTiles][Tr::kPVSteps][4], uint32_t v_base,
+  __device__ static void pv(const uint32_t (&pf)[Tr::kMTiles][Softmax::kPVSteps][4], uint32_t v_base,
                             const float (&alpha)[Tr::kMTiles][2],
                             float (&o)[Tr::kMTiles][Tr::kOTiles][4]) {
 #pragma unroll
     for (int np = 0; np < Tr::kOTiles / 2; ++np) {
       float acc[Tr::kMTiles][2][4] = {};
 #pragma unroll
-      for (int kk = 0; kk < Tr::kPVSteps; ++kk) {
+      for (int kk = 0; kk < Softmax::kPVSteps; ++kk) {
         uint32_t b[4];  // b[0..1]: d-tile 2np, b[2..3]: d-tile 2np + 1
         if constexpr (kFp8) {
           ptx::ldmatrix_x4(b, Tr::VTile::step(v_base, np * 16, kk));
@@ -173,7 +173,7 @@ struct AttnKernel {
   __device__ static void block(const AttnParams& p, const Coord& c, const Smem& sm,
                                const FragBases& fb, const QFrags& qf, int j, int n_blocks,
                                bool masked, RowState& st) {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int warp = threadIdx.x / 32;
     const int stage = j % Tr::kStages, k0 = j * Tr::kCtaK;
     const bool has_next = j + 1 < n_blocks;
     ptx::cp_async_wait<1>();  // K block j landed
@@ -196,7 +196,7 @@ struct AttnKernel {
                     p.causal, masked, x);
     float alpha[Tr::kMTiles][2];
     Softmax::update(x, st.q_scale, st.max, st.sum, alpha);
-    uint32_t pf[Tr::kMTiles][Tr::kPVSteps][4];
+    uint32_t pf[Tr::kMTiles][Softmax::kPVSteps][4];
     Softmax::pack(x, pf);
 
     ptx::cp_async_wait<1>();  // V block j landed

@@ -32,9 +32,6 @@ struct AttnTraits {
   // accumulators (128 registers) into local memory, so they are re-read from shared
   // memory each block (4 KB a warp, a sixth of what K and V cost).
   static constexpr bool kQInRegs = kHeadDim <= 64;
-  // k steps of P·V over the kCtaK keys: k16 for fp16 MMAs, k32 for fp8 MMAs.
-  static constexpr int kPVStepKeys = kPV == PV::kFp8 ? 32 : 16;
-  static constexpr int kPVSteps = kCtaK / kPVStepKeys;
 
   // Q and K tiles: int8 rows of kHeadDim bytes. V: [keys][head_dim] 16-bit rows for
   // the fp16 path; [head_dim][keys] e4m3 rows for the fp8 path (pre-transposed so
