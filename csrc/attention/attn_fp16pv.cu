@@ -23,7 +23,7 @@ std::tuple<at::Tensor, at::Tensor> attn_fp16pv(const at::Tensor& q, const at::Te
   if (q.size(0) == 0 || q.size(1) == 0 || q.size(2) == 0) return result;
   dispatch_half_hd(v.scalar_type(), vs.d, [&](auto elem, auto head_dim) {
     using Tr = AttnTraits<head_dim(), PV::kFp16, typename decltype(elem)::type>;
-    launch_attn<Tr>(p, int(q.size(0)), c10::cuda::getCurrentCUDAStream());
+    launch_attn<Tr>(attn_kernel<Tr>, p, int(q.size(0)), c10::cuda::getCurrentCUDAStream());
   });
   return result;
 }

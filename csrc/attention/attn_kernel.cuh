@@ -255,11 +255,8 @@ struct AttnKernel {
         for (int ks = 0; ks < Tr::kQKSteps; ++ks) load_q(fb.q, mt, ks, qf[mt][ks]);
     }
 
-    // Blocks below `n_unmasked` lie inside the sequence and left of every row's diagonal.
-    const int kv_end = p.causal ? min(p.kv_len, c.q0 + Tr::kCtaQ) : p.kv_len;
-    const int n_blocks = (kv_end + Tr::kCtaK - 1) / Tr::kCtaK;
-    const int n_unmasked = min(p.kv_len, p.causal ? c.q0 + 1 : p.kv_len) / Tr::kCtaK;
-    for (int j = 0; j < n_blocks; ++j) block(p, c, sm, fb, qf, j, n_blocks, j >= n_unmasked, st);
+    const auto kb = c.key_blocks(p, Tr::kCtaQ, Tr::kCtaK);
+    for (int j = 0; j < kb.n_blocks; ++j) block(p, c, sm, fb, qf, j, kb.n_blocks, j >= kb.n_unmasked, st);
     ptx::cp_async_wait<0>();
     store(p, c, bh, bkv, st);
   }

@@ -11,9 +11,9 @@
 
 namespace sage {
 
+// Launches `kernel` (either family) over (query blocks, q heads, batch) with Tr's tile.
 template <class Tr>
-void launch_attn(const AttnParams& p, int batch, cudaStream_t stream) {
-  const auto kernel = attn_kernel<Tr>;
+void launch_attn(void (*kernel)(const AttnParams), const AttnParams& p, int batch, cudaStream_t stream) {
   // Per device (the current one); a cheap driver call, as in FlashAttention.
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
   const dim3 grid((p.q_len + Tr::kCtaQ - 1) / Tr::kCtaQ, p.q_heads, batch);

@@ -79,6 +79,17 @@ struct CtaCoord {
     c.bkv = int64_t(c.batch) * p.kv_heads + c.kv_head;
     return c;
   }
+
+  // Key blocks of cta_k keys this CTA visits (causal: none right of its last row's
+  // diagonal); blocks below `n_unmasked` lie inside the sequence and left of every
+  // row's diagonal, so they need no mask.
+  struct KeyBlocks {
+    int n_blocks, n_unmasked;
+  };
+  __device__ KeyBlocks key_blocks(const AttnParams& p, int cta_q, int cta_k) const {
+    const int kv_end = p.causal ? min(p.kv_len, q0 + cta_q) : p.kv_len;
+    return {(kv_end + cta_k - 1) / cta_k, min(p.kv_len, p.causal ? q0 + 1 : p.kv_len) / cta_k};
+  }
 };
 
 }  // namespace sage

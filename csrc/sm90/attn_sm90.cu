@@ -41,11 +41,7 @@ std::tuple<at::Tensor, at::Tensor> attn_sm90(const at::Tensor& q, const at::Tens
     using T = typename decltype(elem)::type;
     auto go = [&](auto traits) {
       using Tr = decltype(traits);
-      const auto kernel = sm90::attn_sm90_kernel<Tr>;
-      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
-      const dim3 grid((p.q_len + Tr::kCtaQ - 1) / Tr::kCtaQ, p.q_heads, int(q.size(0)));
-      kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(p);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_attn<Tr>(sm90::attn_sm90_kernel<Tr>, p, int(q.size(0)), stream);
     };
     if (fp8)
       go(sm90::Sm90Traits<head_dim(), PV::kFp8, T>{});

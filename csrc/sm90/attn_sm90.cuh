@@ -167,12 +167,10 @@ struct Sm90Kernel {
   // j - 1's P V are issued back to back, and block j's softmax runs on the CUDA cores
   // while the tensor cores finish P V. Registers that a wgmma reads (P, O) are only
   // written once no wgmma is in flight, so ptxas does not serialize the MMAs.
-  __device__ static void key_loop(const AttnParams& p, const Coord& c, const Smem& sm, int n_blocks,
-                                  RowState& st) {
+  __device__ static void key_loop(const AttnParams& p, const Coord& c, const Smem& sm,
+                                  const typename Coord::KeyBlocks& kb, RowState& st) {
     const int warp = threadIdx.x / 32;
-    // Blocks below `n_unmasked` lie inside the sequence and left of every row's diagonal;
-    // the mask test is per warp, so only warps that cross the diagonal pay for it.
-    const int n_unmasked = min(p.kv_len, p.causal ? c.q0 + 1 : p.kv_len) / Tr::kCtaK;
+    const int n_blocks = kb.n_blocks;
 
     SAcc s;
     OAcc pv_acc;  // fp8: block j - 1's P V before it is folded into O
@@ -182,7 +180,8 @@ struct Sm90Kernel {
     // Softmax of block j: S -> P (packed later), alpha = rescale factor of O.
     auto softmax = [&](int j, float (&x)[1][Tr::kSTiles][4]) {
       const int k0 = j * Tr::kCtaK;
-      const bool masked = j >= n_unmasked &&
+      // Past n_unmasked the mask test is per warp: only warps that cross the diagonal pay.
+      const bool masked = j >= kb.n_unmasked &&
                           (k0 + Tr::kCtaK > p.kv_len || (p.causal && k0 + Tr::kCtaK - 1 > c.q0 + 16 * warp));
       Softmax::scores(reinterpret_cast<const int32_t(&)[1][Tr::kSTiles][4]>(s), sm.k_scale(j), c.q0 + 16 * warp,
                       k0, p.kv_len, p.causal, masked, x);
@@ -257,15 +256,14 @@ struct Sm90Kernel {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const Coord c = Coord::from_grid(p, Tr::kCtaQ);
     const int64_t bh = c.bh, bkv = c.bkv;
-    const int kv_end = p.causal ? min(p.kv_len, c.q0 + Tr::kCtaQ) : p.kv_len;
-    const int n_blocks = (kv_end + Tr::kCtaK - 1) / Tr::kCtaK;
+    const auto kb = c.key_blocks(p, Tr::kCtaQ, Tr::kCtaK);
 
     // Q through a cp.async group of its own; key blocks 0 .. kAhead through their stages.
     const int8_t* q_rows = p.q + (bh * p.q_len + c.q0) * D;
     load_tile<typename Tr::QKTile, Tr::kCtaQ, Tr::kThreads>(sm.q, reinterpret_cast<const uint8_t*>(q_rows), D,
                                                            p.q_len - c.q0);
     ptx::cp_async_commit();
-    for (int b = 0; b <= Tr::kAhead && b < n_blocks; ++b) produce(p, c, sm, b);
+    for (int b = 0; b <= Tr::kAhead && b < kb.n_blocks; ++b) produce(p, c, sm, b);
 
     RowState st;
 #pragma unroll
@@ -280,7 +278,7 @@ struct Sm90Kernel {
     ptx::cp_async_wait<0>();  // Q (the stages' copies are tracked by their barriers)
     fence_proxy_async();
     __syncthreads();
-    key_loop(p, c, sm, n_blocks, st);
+    key_loop(p, c, sm, kb, st);
 
     // Epilogue: O / l (fp8: times the per-channel V scale / 448), LSE.
     Elem* out = static_cast<Elem*>(p.out) + c.batch * p.o_stride_b + c.head * p.o_stride_h;
