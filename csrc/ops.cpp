@@ -10,7 +10,6 @@
 TORCH_LIBRARY_IMPL(sageattention, CUDA, m) {
   m.impl("quant_int8", &sage::quant_int8);
   m.impl("quant_v_fp8", &sage::quant_v_fp8);
-  m.impl("transpose_v", &sage::transpose_v);
   m.impl("attn_fp16pv", &sage::attn_fp16pv);
   m.impl("attn_fp8pv", &sage::attn_fp8pv);
 }

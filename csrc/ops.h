@@ -16,9 +16,6 @@ std::tuple<at::Tensor, at::Tensor> quant_int8(const at::Tensor& x, const std::op
 // -> (v_fp8 [B, H, D, N_pad], v_scale [B, H, D]); see quant/quant_v_fp8.cuh.
 std::tuple<at::Tensor, at::Tensor> quant_v_fp8(const at::Tensor& v, int64_t tensor_layout);
 
-// -> v^T [B, H, D, N_pad] (same dtype, zero-padded): the V operand of attn_sm90's fp16 path.
-at::Tensor transpose_v(const at::Tensor& v, int64_t tensor_layout);
-
 // -> (out in tensor_layout, lse [B, Hq, Nq] or [0]); see attention/attn_kernel.cuh.
 std::tuple<at::Tensor, at::Tensor> attn_fp16pv(const at::Tensor& q, const at::Tensor& k,
                                                const at::Tensor& v, const at::Tensor& q_scale,
@@ -31,12 +28,12 @@ std::tuple<at::Tensor, at::Tensor> attn_fp8pv(const at::Tensor& q, const at::Ten
                                               int64_t tensor_layout, at::ScalarType out_dtype,
                                               bool is_causal, bool return_lse);
 
-// Hopper kernel: v is transpose_v's output (fp16/bf16) or quant_v_fp8's (e4m3, with
-// v_scale). Registered from sm90/attn_sm90.cu, which is built only for sm_90a.
-std::tuple<at::Tensor, at::Tensor> attn_sm90(const at::Tensor& q, const at::Tensor& k,
-                                             const at::Tensor& v, const at::Tensor& q_scale,
+// Hopper kernel: q is 16-bit in tensor_layout, quantized inside the kernel by
+// quant_int8's group rule; v is V itself (16-bit, tensor_layout) or quant_v_fp8's output
+// (e4m3, with v_scale). Registered from sm90/attn_sm90.cu, which is built only for sm_90a.
+std::tuple<at::Tensor, at::Tensor> attn_sm90(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                              const at::Tensor& k_scale, const std::optional<at::Tensor>& v_scale,
-                                             int64_t tensor_layout, at::ScalarType out_dtype,
-                                             bool is_causal, bool return_lse);
+                                             int64_t tensor_layout, int64_t q_group_block, int64_t q_group_stride,
+                                             double q_scale_mult, bool is_causal, bool return_lse);
 
 }  // namespace sage

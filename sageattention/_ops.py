@@ -16,17 +16,19 @@ Op contract (the CUDA kernels implement exactly this):
 ``quant_v_fp8(v, tensor_layout) -> (v_fp8, v_scale)``
     -> e4m3 [B, H, D, round_up(N, 128)] (channel-major, keys permuted in groups of 32, see
     ``reference.v_permutation``, padding 0) and fp32 [B, H, D] = amax over tokens / 448.
-``transpose_v(v, tensor_layout) -> v_t``
-    -> v^T [B, H, D, round_up(N, 128)] in v's dtype, natural key order, zero padding.
 ``attn_fp16pv(q, k, v, q_scale, k_scale, tensor_layout, is_causal, return_lse) -> (out, lse)``
     s = q_int8 . k_int8 * q_scale * k_scale (base-2 logits), causal top-left aligned,
     P = 2^(s - rowmax) rounded to v's dtype, out = P.V / rowsum in v's dtype and layout;
     lse fp32 [B, Hq, Nq] (natural log) or an empty [0] tensor.
 ``attn_fp8pv(q, k, v, q_scale, k_scale, v_scale, tensor_layout, out_dtype, is_causal, return_lse)``
     as attn_fp16pv with v from quant_v_fp8: out = sum(e4m3(P * 448) * v_fp8) * v_scale / (448 l).
-``attn_sm90(q, k, v, q_scale, k_scale, v_scale?, tensor_layout, out_dtype, is_causal, return_lse)``
-    the Hopper kernel: v from quant_v_fp8 (with v_scale: fp8 semantics) or transpose_v
-    (16-bit in out_dtype, no v_scale: fp16 semantics).
+``attn_sm90(q, k, v, k_scale, v_scale?, tensor_layout, q_group_block, q_group_stride, q_scale_mult,
+is_causal, return_lse)``
+    the Hopper kernel, which quantizes Q itself: q is 16-bit in ``tensor_layout`` and is
+    quantized as ``quant_int8(q, None, tensor_layout, q_group_block, q_group_stride,
+    q_scale_mult)`` (q_group_block divides 128); v is V itself (q's dtype and layout:
+    attn_fp16pv semantics) or quant_v_fp8's output (with v_scale: attn_fp8pv semantics).
+    Out in q's dtype.
 """
 
 from __future__ import annotations
@@ -41,13 +43,13 @@ SCHEMAS = {
     "quant_int8": "(Tensor x, Tensor? mean, int tensor_layout, int group_block, int group_stride, "
                   "float scale_mult) -> (Tensor, Tensor)",
     "quant_v_fp8": "(Tensor v, int tensor_layout) -> (Tensor, Tensor)",
-    "transpose_v": "(Tensor v, int tensor_layout) -> Tensor",
     "attn_fp16pv": "(Tensor q, Tensor k, Tensor v, Tensor q_scale, Tensor k_scale, int tensor_layout, "
                    "bool is_causal, bool return_lse) -> (Tensor, Tensor)",
     "attn_fp8pv": "(Tensor q, Tensor k, Tensor v, Tensor q_scale, Tensor k_scale, Tensor v_scale, "
                   "int tensor_layout, ScalarType out_dtype, bool is_causal, bool return_lse) -> (Tensor, Tensor)",
-    "attn_sm90": "(Tensor q, Tensor k, Tensor v, Tensor q_scale, Tensor k_scale, Tensor? v_scale, "
-                 "int tensor_layout, ScalarType out_dtype, bool is_causal, bool return_lse) -> (Tensor, Tensor)",
+    "attn_sm90": "(Tensor q, Tensor k, Tensor v, Tensor k_scale, Tensor? v_scale, int tensor_layout, "
+                 "int q_group_block, int q_group_stride, float q_scale_mult, bool is_causal, bool return_lse) "
+                 "-> (Tensor, Tensor)",
 }
 
 _lib = torch.library.Library(NAMESPACE, "DEF")
@@ -64,8 +66,8 @@ def _bhnd(x, tensor_layout: int):
     return x.shape[0], x.shape[2], x.shape[1], x.shape[3]
 
 
-def _attn_outputs(q, tensor_layout: int, dtype, return_lse: bool):
-    b, h, n, d = q.shape
+def _attn_outputs(q, tensor_layout: int, dtype, return_lse: bool, q_layout: int = reference.HND):
+    b, h, n, d = _bhnd(q, q_layout)
     shape = (b, h, n, d) if tensor_layout == reference.HND else (b, n, h, d)
     out = q.new_empty(shape, dtype=dtype)
     lse = q.new_empty((b, h, n) if return_lse else (0,), dtype=torch.float32)
@@ -86,13 +88,6 @@ def _quant_v_fp8_fake(v, tensor_layout):
             v.new_empty((b, h, d), dtype=torch.float32))
 
 
-@torch.library.register_fake(f"{NAMESPACE}::transpose_v")
-def _transpose_v_fake(v, tensor_layout):
-    b, h, n, d = _bhnd(v, tensor_layout)
-    n_pad = (n + reference.V_PAD - 1) // reference.V_PAD * reference.V_PAD
-    return v.new_empty((b, h, d, n_pad))
-
-
 @torch.library.register_fake(f"{NAMESPACE}::attn_fp16pv")
 def _attn_fp16pv_fake(q, k, v, q_scale, k_scale, tensor_layout, is_causal, return_lse):
     return _attn_outputs(q, tensor_layout, v.dtype, return_lse)
@@ -104,8 +99,9 @@ def _attn_fp8pv_fake(q, k, v, q_scale, k_scale, v_scale, tensor_layout, out_dtyp
 
 
 @torch.library.register_fake(f"{NAMESPACE}::attn_sm90")
-def _attn_sm90_fake(q, k, v, q_scale, k_scale, v_scale, tensor_layout, out_dtype, is_causal, return_lse):
-    return _attn_outputs(q, tensor_layout, out_dtype, return_lse)
+def _attn_sm90_fake(q, k, v, k_scale, v_scale, tensor_layout, q_group_block, q_group_stride, q_scale_mult,
+                    is_causal, return_lse):
+    return _attn_outputs(q, tensor_layout, q.dtype, return_lse, q_layout=tensor_layout)
 
 
 ops = getattr(torch.ops, NAMESPACE)

@@ -7,7 +7,8 @@ Every entry point runs the same pipeline (:func:`_attention`):
 2. zero-pad head dims other than 64/128 (up to 128) to the next kernel size, with the
    softmax scale of the *original* head dim;
 3. quantize Q and K to INT8 (K minus its per-head mean over tokens: ``smooth_k``),
-   V to FP8 for the fp8 kernels;
+   V to FP8 for the fp8 kernels (the Hopper kernel quantizes Q itself, by the same rule,
+   as it loads each Q tile; its 16-bit P·V reads V as given);
 4. run one attention op; slice the head dim back; with ``return_lse`` add the smoothing
    term ``sm_scale * q . mean(K)`` back so the LSE is that of unsmoothed attention.
 
@@ -221,10 +222,8 @@ def _attention(q, k, v, tensor_layout: str, is_causal: bool, sm_scale, return_ls
     d = _kernel_head_dim(head_dim)
     qp, kp, vp = (_prepare(t, d) for t in (q, k, v))
     km = quant.k_mean(kp, layout) if smooth_k else None
-    q_int8, q_scale = quant.quant_q(ops, qp, layout, gran, sm_scale)
     k_int8, k_scale = quant.quant_k(ops, kp, layout, gran, km)
-    out, lse = _run_kernel(ops, kernel, q_int8, k_int8, vp, q_scale, k_scale, layout, q.dtype,
-                           is_causal, return_lse)
+    out, lse = _run_kernel(ops, kernel, qp, k_int8, k_scale, vp, layout, gran, sm_scale, is_causal, return_lse)
     if d != head_dim:
         out = out[..., :head_dim]
     if not return_lse:
@@ -234,19 +233,18 @@ def _attention(q, k, v, tensor_layout: str, is_causal: bool, sm_scale, return_ls
     return out, lse
 
 
-def _run_kernel(ops, kernel: Kernel, q_int8, k_int8, v, q_scale, k_scale, layout, dtype,
-                is_causal, return_lse):
-    if kernel.op == "attn_fp16pv":
-        return ops.attn_fp16pv(q_int8, k_int8, v, q_scale, k_scale, layout, is_causal, return_lse)
-    if kernel.pv == "fp8":
-        v_fp8, v_scale = quant.quant_v_fp8(ops, v, layout)
-        if kernel.op == "attn_sm90":
-            return ops.attn_sm90(q_int8, k_int8, v_fp8, q_scale, k_scale, v_scale, layout, dtype,
-                                 is_causal, return_lse)
-        return ops.attn_fp8pv(q_int8, k_int8, v_fp8, q_scale, k_scale, v_scale, layout, dtype,
+def _run_kernel(ops, kernel: Kernel, q, k_int8, k_scale, v, layout: int, gran, sm_scale: float,
+                is_causal: bool, return_lse: bool):
+    """Q and V as the caller laid them out (head dim padded), K already quantized."""
+    v_fp8, v_scale = quant.quant_v_fp8(ops, v, layout) if kernel.pv == "fp8" else (v, None)
+    if kernel.op == "attn_sm90":  # quantizes Q itself, as it loads each Q tile
+        return ops.attn_sm90(q, k_int8, v_fp8, k_scale, v_scale, layout, gran.q.block, gran.q.stride,
+                             sm_scale * quant.LOG2E, is_causal, return_lse)
+    q_int8, q_scale = quant.quant_q(ops, q, layout, gran, sm_scale)
+    if kernel.op == "attn_fp8pv":
+        return ops.attn_fp8pv(q_int8, k_int8, v_fp8, q_scale, k_scale, v_scale, layout, q.dtype,
                               is_causal, return_lse)
-    v_t = quant.transpose_v(ops, v, layout)
-    return ops.attn_sm90(q_int8, k_int8, v_t, q_scale, k_scale, None, layout, dtype, is_causal, return_lse)
+    return ops.attn_fp16pv(q_int8, k_int8, v, q_scale, k_scale, layout, is_causal, return_lse)
 
 
 def _on_gpu(q: torch.Tensor) -> bool:

@@ -1,4 +1,4 @@
-"""Quantization wrappers: Q and K to INT8 (K smoothed), V to FP8 (or transposed for sm90).
+"""Quantization wrappers: Q and K to INT8 (K smoothed), V to FP8.
 
 The group sizes are the attention kernels' tile shapes, so that one scale covers
 exactly the rows one warp (Q) or one key block (K) multiplies:
@@ -68,8 +68,3 @@ def quant_k(ops, k: torch.Tensor, layout: int, gran: Granularity, mean):
 def quant_v_fp8(ops, v: torch.Tensor, layout: int):
     """-> (v_fp8 [B, H, D, Npad] e4m3, keys permuted; v_scale [B, H, D])."""
     return ops.quant_v_fp8(v, layout)
-
-
-def transpose_v(ops, v: torch.Tensor, layout: int):
-    """-> v^T [B, H, D, Npad] (the V operand of the Hopper kernel's 16-bit P·V)."""
-    return ops.transpose_v(v, layout)

@@ -1,7 +1,7 @@
 """Pure-PyTorch implementations of the op contract, and full-precision attention.
 
-The functions named like the ops (``quant_int8``, ``quant_v_fp8``, ``transpose_v``,
-``attn_fp16pv``, ``attn_fp8pv``, ``attn_sm90``) take and return exactly what the
+The functions named like the ops (``quant_int8``, ``quant_v_fp8``, ``attn_fp16pv``,
+``attn_fp8pv``, ``attn_sm90``) take and return exactly what the
 ``torch.ops.sageattention`` ops do. They are the ops' CPU implementations (see
 ``_ops.py``), the fallback on a GPU without the compiled extension, and the oracle the
 tests compare the CUDA kernels with. They run on any device.
@@ -25,7 +25,7 @@ import torch
 HND, NHD = 0, 1
 INT8_MAX = 127.0
 E4M3_MAX = 448.0  # largest finite float8_e4m3fn value
-V_PAD = 128  # quant_v_fp8 / transpose_v pad the keys to a multiple of this
+V_PAD = 128  # quant_v_fp8 pads the keys to a multiple of this
 V_PERM_GROUP = 32  # keys are permuted inside aligned groups of this many
 LN2 = math.log(2.0)
 
@@ -124,13 +124,6 @@ def quant_v_fp8(v, tensor_layout: int):
     vt = vt.index_select(3, _slot_to_key_index(n_pad, v.device))
     v_fp8 = vt.clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn).contiguous()
     return v_fp8, scale.contiguous()
-
-
-def transpose_v(v, tensor_layout: int):
-    """-> v^T [B, H, D, Npad] in v's dtype, keys in natural order, zero-padded."""
-    vt = to_hnd(v, tensor_layout).transpose(2, 3)
-    n = vt.shape[3]
-    return torch.nn.functional.pad(vt, (0, padded_len(n) - n)).contiguous()
 
 
 def dequant_v_fp8(v_fp8: torch.Tensor, n_keys: int) -> torch.Tensor:
@@ -232,20 +225,27 @@ def attn_fp8pv(q, k, v, q_scale, k_scale, v_scale, tensor_layout: int, out_dtype
     return _attn_fp8(q, k, v, q_scale, k_scale, v_scale, tensor_layout, out_dtype, is_causal, return_lse)
 
 
-def attn_sm90(q, k, v, q_scale, k_scale, v_scale, tensor_layout: int, out_dtype, is_causal: bool,
-              return_lse: bool):
-    """The Hopper kernel's op: v is quant_v_fp8's output (with v_scale) or transpose_v's."""
-    _check_attn_inputs(q, k, q_scale, k_scale)
-    check_layout(tensor_layout)
-    _check_v_transposed(v, q, k)
+SM90_CTA_Q = 128  # query rows per CTA of the Hopper kernel: Q's groups must not straddle it
+
+
+def attn_sm90(q, k, v, k_scale, v_scale, tensor_layout: int, q_group_block: int, q_group_stride: int,
+              q_scale_mult: float, is_causal: bool, return_lse: bool):
+    """The Hopper kernel's op. q is 16-bit in ``tensor_layout`` and is quantized inside it
+    exactly as ``quant_int8(q, None, tensor_layout, q_group_block, q_group_stride,
+    q_scale_mult)``; v is V itself (q's dtype, ``tensor_layout``: fp16 semantics) or
+    quant_v_fp8's output (with v_scale: fp8 semantics). Out in q's dtype."""
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"q must be float16 or bfloat16, got {q.dtype}")
+    if SM90_CTA_Q % q_group_block:
+        raise ValueError(f"q_group_block must divide {SM90_CTA_Q}, got {q_group_block}")
+    q_int8, q_scale = quant_int8(q, None, tensor_layout, q_group_block, q_group_stride, q_scale_mult)
     if v.dtype == torch.float8_e4m3fn:
         if v_scale is None:
             raise ValueError("v_scale is required with an e4m3 v")
-        return _attn_fp8(q, k, v, q_scale, k_scale, v_scale, tensor_layout, out_dtype, is_causal, return_lse)
-    if v_scale is not None or v.dtype != out_dtype:
-        raise ValueError("a 16-bit v (transpose_v's output) must be in out_dtype, without v_scale")
-    v_hnd = v[..., : k.shape[2]].transpose(2, 3)
-    return _attn_16bit(q, k, v_hnd, q_scale, k_scale, tensor_layout, out_dtype, is_causal, return_lse)
+        return attn_fp8pv(q_int8, k, v, q_scale, k_scale, v_scale, tensor_layout, q.dtype, is_causal, return_lse)
+    if v_scale is not None or v.dtype != q.dtype:
+        raise ValueError("a 16-bit v (V itself) must be in q's dtype, without v_scale")
+    return attn_fp16pv(q_int8, k, v, q_scale, k_scale, tensor_layout, is_causal, return_lse)
 
 
 def _check_v_transposed(v, q, k):

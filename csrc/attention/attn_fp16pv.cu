@@ -19,7 +19,7 @@ std::tuple<at::Tensor, at::Tensor> attn_fp16pv(const at::Tensor& q, const at::Te
   p.v_stride_b = vs.stride_b;
   p.v_stride_h = vs.stride_h;
   p.v_stride_n = vs.stride_n;
-  auto result = attn_outputs(p, q, tensor_layout, v.scalar_type(), return_lse);
+  auto result = attn_outputs(p, bhnd(q, kHND, "q"), q.options(), tensor_layout, v.scalar_type(), return_lse);
   if (q.size(0) == 0 || q.size(1) == 0 || q.size(2) == 0) return result;
   dispatch_half_hd(v.scalar_type(), vs.d, [&](auto elem, auto head_dim) {
     using Tr = AttnTraits<head_dim(), PV::kFp16, typename decltype(elem)::type>;

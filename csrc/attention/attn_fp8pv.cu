@@ -25,7 +25,7 @@ std::tuple<at::Tensor, at::Tensor> attn_fp8pv(const at::Tensor& q, const at::Ten
   p.v = v.data_ptr();
   p.v_scale = v_scale.data_ptr<float>();
   p.v_padded_len = int(padded);
-  auto result = attn_outputs(p, q, tensor_layout, out_dtype, return_lse);
+  auto result = attn_outputs(p, bhnd(q, kHND, "q"), q.options(), tensor_layout, out_dtype, return_lse);
   if (q.size(0) == 0 || q.size(1) == 0 || q.size(2) == 0) return result;
   dispatch_half_hd(out_dtype, D, [&](auto elem, auto head_dim) {
     using Tr = AttnTraits<head_dim(), PV::kFp8, typename decltype(elem)::type>;

@@ -12,8 +12,8 @@
 namespace sage {
 
 // Launches `kernel` (either family) over (query blocks, q heads, batch) with Tr's tile.
-template <class Tr>
-void launch_attn(void (*kernel)(const AttnParams), const AttnParams& p, int batch, cudaStream_t stream) {
+template <class Tr, class Params>
+void launch_attn(void (*kernel)(const Params), const Params& p, int batch, cudaStream_t stream) {
   // Per device (the current one); a cheap driver call, as in FlashAttention.
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
   const dim3 grid((p.q_len + Tr::kCtaQ - 1) / Tr::kCtaQ, p.q_heads, batch);
@@ -21,52 +21,58 @@ void launch_attn(void (*kernel)(const AttnParams), const AttnParams& p, int batc
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Checks shared by both P·V precisions; fills everything in AttnParams but V.
-inline AttnParams attn_common(const at::Tensor& q, const at::Tensor& k, const at::Tensor& q_scale,
-                              const at::Tensor& k_scale, int64_t head_dim_v, bool is_causal) {
-  check_cuda(q, "q", at::kChar);
+// Checks of K, its scales and their agreement with Q's sizes `qs`; fills everything in
+// AttnParams but Q and V.
+inline AttnParams attn_keys(const Bhnd& qs, const at::Tensor& k, const at::Tensor& k_scale,
+                            int64_t head_dim_v, bool is_causal) {
   check_cuda(k, "k", at::kChar);
-  check_cuda(q_scale, "q_scale", at::kFloat);
   check_cuda(k_scale, "k_scale", at::kFloat);
-  TORCH_CHECK(q.dim() == 4 && q.is_contiguous(), "q must be a contiguous [B, Hq, Nq, D] int8 tensor");
   TORCH_CHECK(k.dim() == 4 && k.is_contiguous(), "k must be a contiguous [B, Hkv, Nk, D] int8 tensor");
-  const int64_t B = q.size(0), Hq = q.size(1), Nq = q.size(2), D = q.size(3);
   const int64_t Hkv = k.size(1), Nk = k.size(2);
-  TORCH_CHECK(k.size(0) == B && k.size(3) == D, "k must be [", B, ", Hkv, Nk, ", D, "], got ", k.sizes());
-  TORCH_CHECK(D == head_dim_v, "q/k head dim ", D, " != v head dim ", head_dim_v);
-  TORCH_CHECK(Hkv > 0 && Hq % Hkv == 0, "q heads (", Hq, ") must be a multiple of kv heads (", Hkv, ")");
+  TORCH_CHECK(k.size(0) == qs.b && k.size(3) == qs.d, "k must be [", qs.b, ", Hkv, Nk, ", qs.d, "], got ", k.sizes());
+  TORCH_CHECK(qs.d == head_dim_v, "q/k head dim ", qs.d, " != v head dim ", head_dim_v);
+  TORCH_CHECK(Hkv > 0 && qs.h % Hkv == 0, "q heads (", qs.h, ") must be a multiple of kv heads (", Hkv, ")");
   TORCH_CHECK(Nk > 0, "k must hold at least one key");
-  TORCH_CHECK(q_scale.sizes() == at::IntArrayRef({B, Hq, Nq}) && q_scale.is_contiguous(),
-              "q_scale must be a contiguous [B, Hq, Nq] tensor, got ", q_scale.sizes());
-  TORCH_CHECK(k_scale.sizes() == at::IntArrayRef({B, Hkv, Nk}) && k_scale.is_contiguous(),
+  TORCH_CHECK(k_scale.sizes() == at::IntArrayRef({qs.b, Hkv, Nk}) && k_scale.is_contiguous(),
               "k_scale must be a contiguous [B, Hkv, Nk] tensor, got ", k_scale.sizes());
-  TORCH_CHECK(Nq < (1 << 30) && Nk < (1 << 30), "sequence too long");
+  TORCH_CHECK(qs.n < (1 << 30) && Nk < (1 << 30), "sequence too long");
   AttnParams p{};
-  p.q = q.data_ptr<int8_t>();
   p.k = k.data_ptr<int8_t>();
-  p.q_scale = q_scale.data_ptr<float>();
   p.k_scale = k_scale.data_ptr<float>();
-  p.q_heads = int(Hq);
+  p.q_heads = int(qs.h);
   p.kv_heads = int(Hkv);
-  p.q_len = int(Nq);
+  p.q_len = int(qs.n);
   p.kv_len = int(Nk);
   p.causal = is_causal;
   return p;
 }
 
+// attn_keys plus the checks of an int8 Q and its scales (the mma.sync kernels).
+inline AttnParams attn_common(const at::Tensor& q, const at::Tensor& k, const at::Tensor& q_scale,
+                              const at::Tensor& k_scale, int64_t head_dim_v, bool is_causal) {
+  check_cuda(q, "q", at::kChar);
+  check_cuda(q_scale, "q_scale", at::kFloat);
+  TORCH_CHECK(q.dim() == 4 && q.is_contiguous(), "q must be a contiguous [B, Hq, Nq, D] int8 tensor");
+  AttnParams p = attn_keys(bhnd(q, kHND, "q"), k, k_scale, head_dim_v, is_causal);
+  TORCH_CHECK(q_scale.sizes() == at::IntArrayRef({q.size(0), q.size(1), q.size(2)}) && q_scale.is_contiguous(),
+              "q_scale must be a contiguous [B, Hq, Nq] tensor, got ", q_scale.sizes());
+  p.q = q.data_ptr<int8_t>();
+  p.q_scale = q_scale.data_ptr<float>();
+  return p;
+}
+
 // Output in the caller's layout, and the LSE buffer (or an empty tensor).
-inline std::tuple<at::Tensor, at::Tensor> attn_outputs(AttnParams& p, const at::Tensor& q, int64_t layout,
-                                                       at::ScalarType dtype, bool return_lse) {
-  const int64_t B = q.size(0), Hq = q.size(1), Nq = q.size(2), D = q.size(3);
-  const auto opts = q.options().dtype(dtype);
-  at::Tensor out = layout == kHND ? at::empty({B, Hq, Nq, D}, opts) : at::empty({B, Nq, Hq, D}, opts);
+inline std::tuple<at::Tensor, at::Tensor> attn_outputs(AttnParams& p, const Bhnd& qs, const at::TensorOptions& like,
+                                                       int64_t layout, at::ScalarType dtype, bool return_lse) {
+  const auto opts = like.dtype(dtype);
+  at::Tensor out = layout == kHND ? at::empty({qs.b, qs.h, qs.n, qs.d}, opts) : at::empty({qs.b, qs.n, qs.h, qs.d}, opts);
   const Bhnd o = bhnd(out, layout, "out");
   p.out = out.data_ptr();
   p.o_stride_b = o.stride_b;
   p.o_stride_h = o.stride_h;
   p.o_stride_n = o.stride_n;
-  at::Tensor lse = return_lse ? at::empty({B, Hq, Nq}, q.options().dtype(at::kFloat))
-                              : at::empty({0}, q.options().dtype(at::kFloat));
+  at::Tensor lse = return_lse ? at::empty({qs.b, qs.h, qs.n}, like.dtype(at::kFloat))
+                              : at::empty({0}, like.dtype(at::kFloat));
   p.lse = return_lse ? lse.data_ptr<float>() : nullptr;
   return {out, lse};
 }

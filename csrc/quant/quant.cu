@@ -15,8 +15,6 @@ namespace {
 
 bool is_pow2(int64_t x) { return x > 0 && (x & (x - 1)) == 0; }
 
-
-
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> quant_int8(const at::Tensor& x_in, const std::optional<at::Tensor>& mean,
@@ -25,8 +23,8 @@ std::tuple<at::Tensor, at::Tensor> quant_int8(const at::Tensor& x_in, const std:
   check_half(x_in, "x");
   const at::Tensor x = aligned16(x_in, tensor_layout, "x");
   const Bhnd s = bhnd(x, tensor_layout, "x");
-  TORCH_CHECK(is_pow2(group_block) && group_block <= QuantInt8Shape::kMaxChunkRows,
-              "group_block must be a power of two <= ", QuantInt8Shape::kMaxChunkRows, ", got ", group_block);
+  TORCH_CHECK(is_pow2(group_block) && group_block <= QuantInt8Shape::kChunkRows,
+              "group_block must be a power of two <= ", QuantInt8Shape::kChunkRows, ", got ", group_block);
   TORCH_CHECK(is_pow2(group_stride) && group_stride <= group_block,
               "group_stride must be a power of two <= group_block, got ", group_stride);
   TORCH_CHECK(scale_mult > 0, "scale_mult must be positive, got ", scale_mult);
@@ -47,8 +45,7 @@ std::tuple<at::Tensor, at::Tensor> quant_int8(const at::Tensor& x_in, const std:
                     mean_c.defined() ? mean_c.data_ptr<float>() : nullptr,
                     out.data_ptr<int8_t>(), scale.data_ptr<float>(),
                     int(s.h), int(s.n), int(group_block), int(group_stride), float(scale_mult)};
-  const int chunk_rows = std::max<int>(64, group_block);
-  const dim3 grid((s.n + chunk_rows - 1) / chunk_rows, s.h, s.b);
+  const dim3 grid((s.n + QuantInt8Shape::kChunkRows - 1) / QuantInt8Shape::kChunkRows, s.h, s.b);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   dispatch_half_hd(x.scalar_type(), s.d, [&](auto elem, auto head_dim) {
     using T = typename decltype(elem)::type;
@@ -85,26 +82,6 @@ std::tuple<at::Tensor, at::Tensor> quant_v_fp8(const at::Tensor& v_in, int64_t t
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {out, scale};
-}
-
-at::Tensor transpose_v(const at::Tensor& v_in, int64_t tensor_layout) {
-  check_half(v_in, "v");
-  const at::Tensor v = aligned16(v_in, tensor_layout, "v");
-  const Bhnd s = bhnd(v, tensor_layout, "v");
-  const c10::cuda::CUDAGuard guard(v.device());
-  const int64_t padded = (s.n + 127) / 128 * 128;
-  at::Tensor out = at::empty({s.b, s.h, s.d, padded}, v.options());
-  if (s.b == 0 || s.h == 0) return out;
-  QuantVFp8Params p{v.data_ptr(), s.stride_b, s.stride_h, s.stride_n, nullptr, nullptr,
-                    out.data_ptr(), int(s.h), int(s.n), int(padded)};
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  dispatch_half_hd(v.scalar_type(), s.d, [&](auto elem, auto head_dim) {
-    using T = typename decltype(elem)::type;
-    v_transpose_kernel<T, head_dim()>
-        <<<dim3(padded / QuantVFp8Shape::kKeys, s.h, s.b), QuantVFp8Shape::kThreads, 0, stream>>>(p);
-  });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return out;
 }
 
 }  // namespace sage

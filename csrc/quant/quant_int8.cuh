@@ -5,6 +5,10 @@
 // interleaves rows with the MMA fragment layout (rows congruent mod 8 share a lane).
 // Every token gets its group's scale written out, so the attention kernel needs no
 // notion of granularity: it dequantizes with scale[row] * scale[col].
+//
+// One pass over memory: a CTA loads its whole chunk of rows into registers, reduces
+// the group maxima through shared memory and quantizes what it holds. (Reading the
+// chunk twice, once for the maxima and once to quantize, cost 1.6x the time on H100.)
 #pragma once
 #include <cuda_runtime.h>
 
@@ -24,8 +28,8 @@ struct QuantInt8Params {
 };
 
 struct QuantInt8Shape {
-  static constexpr int kThreads = 128;
-  static constexpr int kMaxChunkRows = 128;  // tokens per CTA; groups never straddle CTAs
+  static constexpr int kThreads = 256;
+  static constexpr int kChunkRows = 128;  // tokens per CTA; groups never straddle CTAs
 };
 
 template <typename T, int D>
@@ -33,26 +37,32 @@ __global__ void __launch_bounds__(QuantInt8Shape::kThreads)
     quant_int8_kernel(const __grid_constant__ QuantInt8Params p) {
   constexpr int kLanesPerRow = D / 8;  // each lane owns 8 channels (16 bytes)
   constexpr int kRowsPerPass = QuantInt8Shape::kThreads / kLanesPerRow;
-  __shared__ float group_amax[QuantInt8Shape::kMaxChunkRows];
+  constexpr int kPasses = QuantInt8Shape::kChunkRows / kRowsPerPass;
+  __shared__ float group_amax[QuantInt8Shape::kChunkRows];
 
-  const int chunk_rows = max(64, p.group_block);
-  const int t0 = blockIdx.x * chunk_rows, head = blockIdx.y, batch = blockIdx.z;
+  const int t0 = blockIdx.x * QuantInt8Shape::kChunkRows, head = blockIdx.y, batch = blockIdx.z;
   const int lane_in_row = threadIdx.x % kLanesPerRow, row0 = threadIdx.x / kLanesPerRow;
-  const int rows = min(chunk_rows, p.len - t0);
+  const int rows = min(QuantInt8Shape::kChunkRows, p.len - t0);
   const int64_t bh = int64_t(batch) * p.heads + head;
   const T* x = static_cast<const T*>(p.x) + batch * p.x_stride_b + head * p.x_stride_h +
                t0 * p.x_stride_n + lane_in_row * 8;
 
-  for (int i = threadIdx.x; i < chunk_rows; i += QuantInt8Shape::kThreads) group_amax[i] = 0.0f;
+  // Issue every load first: kPasses independent 16-byte loads in flight per thread.
+  uint4 raw[kPasses];
+#pragma unroll
+  for (int i = 0; i < kPasses; ++i) {
+    const int r = row0 + i * kRowsPerPass;
+    raw[i] = r < rows ? *reinterpret_cast<const uint4*>(x + r * p.x_stride_n) : make_uint4(0, 0, 0, 0);
+  }
+  if (threadIdx.x < QuantInt8Shape::kChunkRows) group_amax[threadIdx.x] = 0.0f;
   float mean[8] = {};
   if (p.mean != nullptr)
 #pragma unroll
     for (int i = 0; i < 8; ++i) mean[i] = p.mean[bh * D + lane_in_row * 8 + i];
   __syncthreads();
 
-  auto load_row = [&](int r, float (&v)[8]) {
-    const uint4 raw = *reinterpret_cast<const uint4*>(x + r * p.x_stride_n);
-    const auto* pairs = reinterpret_cast<const typename Half2<T>::type*>(&raw);
+  auto values = [&](const uint4& r, float (&v)[8]) {
+    const auto* pairs = reinterpret_cast<const typename Half2<T>::type*>(&r);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const float2 f = Half2<T>::to_floats(pairs[i]);
@@ -60,19 +70,16 @@ __global__ void __launch_bounds__(QuantInt8Shape::kThreads)
       v[2 * i + 1] = f.y - mean[2 * i + 1];
     }
   };
-  auto local_group = [&](int r) {
-    return (r / p.group_block) * p.group_stride + r % p.group_stride;
-  };
+  auto local_group = [&](int r) { return (r / p.group_block) * p.group_stride + r % p.group_stride; };
 
-  // Pass 1: amax per group. A row's lanes are adjacent in one warp: reduce with shuffles.
-  for (int r = row0; r < chunk_rows; r += kRowsPerPass) {
-    float amax = 0.0f;
-    if (r < rows) {
-      float v[8];
-      load_row(r, v);
+  // Group maxima. A row's lanes are adjacent in one warp: reduce with shuffles first.
 #pragma unroll
-      for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fabsf(v[i]));
-    }
+  for (int i = 0; i < kPasses; ++i) {
+    const int r = row0 + i * kRowsPerPass;
+    float v[8], amax = 0.0f;
+    values(raw[i], v);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) amax = fmaxf(amax, fabsf(v[j]));
 #pragma unroll
     for (int off = kLanesPerRow / 2; off > 0; off /= 2)
       amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
@@ -82,18 +89,21 @@ __global__ void __launch_bounds__(QuantInt8Shape::kThreads)
   }
   __syncthreads();
 
-  // Pass 2: quantize (the re-read hits L2) and write each token's scale.
-  for (int r = row0; r < rows; r += kRowsPerPass) {
+  // Quantize from registers and write each token's scale.
+#pragma unroll
+  for (int i = 0; i < kPasses; ++i) {
+    const int r = row0 + i * kRowsPerPass;
+    if (r >= rows) break;
     const float amax = group_amax[local_group(r)];
     const float scale = amax > 0.0f ? amax / 127.0f : 1.0f;
     const float inv = 1.0f / scale;
     float v[8];
-    load_row(r, v);
+    values(raw[i], v);
     uint32_t packed[2] = {0, 0};
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const int q = max(-127, min(127, __float2int_rn(v[i] * inv)));
-      packed[i / 4] |= uint32_t(q & 0xff) << (8 * (i % 4));
+    for (int j = 0; j < 8; ++j) {
+      const int q = max(-127, min(127, __float2int_rn(v[j] * inv)));
+      packed[j / 4] |= uint32_t(q & 0xff) << (8 * (j % 4));
     }
     const int64_t token = bh * p.len + t0 + r;
     *reinterpret_cast<uint2*>(p.out + token * D + lane_in_row * 8) = make_uint2(packed[0], packed[1]);

@@ -19,14 +19,14 @@ struct QuantVFp8Params {
   int64_t v_stride_b, v_stride_h, v_stride_n;
   float* amax;      // [B, H, D], zero-initialised, filled by pass 1
   float* scale;     // [B, H, D] = amax / 448 (1 where amax == 0)
-  void* out;        // [B, H, D, padded_len]: e4m3 (quant_v_fp8) or T (transpose_v)
+  void* out;        // [B, H, D, padded_len] e4m3
   int heads, len, padded_len;
 };
 
 struct QuantVFp8Shape {
   static constexpr int kThreads = 128;
   static constexpr int kAmaxRows = 256;  // tokens per CTA of the amax pass
-  static constexpr int kKeys = 64;       // tokens per CTA of the transpose pass
+  static constexpr int kKeys = 64;       // tokens per CTA of the e4m3 pass
   static constexpr float kE4m3Max = 448.0f;
 };
 
@@ -125,28 +125,6 @@ __global__ void __launch_bounds__(QuantVFp8Shape::kThreads)
       }
       *reinterpret_cast<uint4*>(dst + chunk * 16) = make_uint4(words[0], words[1], words[2], words[3]);
     }
-  }
-}
-
-// One CTA per 64 keys: V (16-bit) -> V^T [B, H, D, padded_len], keys in natural order,
-// zero past the sequence end. Feeds the sm90 kernel's fp16/bf16 P·V.
-template <typename T, int D>
-__global__ void __launch_bounds__(QuantVFp8Shape::kThreads)
-    v_transpose_kernel(const __grid_constant__ QuantVFp8Params p) {
-  constexpr int kKeys = QuantVFp8Shape::kKeys;
-  __shared__ __align__(16) KeyTile<T, D> tile;
-  stage_keys<T, D>(p, tile);
-  const int k0 = blockIdx.x * kKeys;
-  // Thread -> (channel, 8-key chunk): 16-byte stores, a warp covers 4 channels' rows.
-  const int64_t bh = int64_t(blockIdx.z) * p.heads + blockIdx.y;
-  T* out = reinterpret_cast<T*>(p.out);
-  for (int i = threadIdx.x; i < D * (kKeys / 8); i += QuantVFp8Shape::kThreads) {
-    const int d = i / (kKeys / 8), chunk = i % (kKeys / 8);
-    alignas(16) T vals[8];
-#pragma unroll
-    for (int e = 0; e < 8; ++e) vals[e] = tile[chunk * 8 + e][d];
-    *reinterpret_cast<uint4*>(out + (bh * D + d) * p.padded_len + k0 + chunk * 8) =
-        *reinterpret_cast<const uint4*>(vals);
   }
 }
 

@@ -8,40 +8,65 @@
 
 namespace sage {
 
-std::tuple<at::Tensor, at::Tensor> attn_sm90(const at::Tensor& q, const at::Tensor& k,
-                                             const at::Tensor& v, const at::Tensor& q_scale,
+std::tuple<at::Tensor, at::Tensor> attn_sm90(const at::Tensor& q_in, const at::Tensor& k, const at::Tensor& v_in,
                                              const at::Tensor& k_scale, const std::optional<at::Tensor>& v_scale,
-                                             int64_t tensor_layout, at::ScalarType out_dtype,
-                                             bool is_causal, bool return_lse) {
-  const bool fp8 = v.scalar_type() == at::kFloat8_e4m3fn;
-  TORCH_CHECK(v.is_cuda() && (fp8 || v.scalar_type() == out_dtype),
-              "v must be quant_v_fp8's e4m3 output or transpose_v's output in out_dtype, got ", v.scalar_type());
-  TORCH_CHECK(out_dtype == at::kHalf || out_dtype == at::kBFloat16, "out_dtype must be float16 or bfloat16");
+                                             int64_t tensor_layout, int64_t q_group_block, int64_t q_group_stride,
+                                             double q_scale_mult, bool is_causal, bool return_lse) {
+  check_half(q_in, "q");
+  const at::ScalarType dtype = q_in.scalar_type();
+  const bool fp8 = v_in.scalar_type() == at::kFloat8_e4m3fn;
+  TORCH_CHECK(v_in.is_cuda() && (fp8 || v_in.scalar_type() == dtype),
+              "v must be quant_v_fp8's e4m3 output or V itself in q's dtype, got ", v_in.scalar_type());
   TORCH_CHECK(fp8 == v_scale.has_value(), "v_scale is required with (and only with) an e4m3 v");
-  TORCH_CHECK(v.dim() == 4 && v.is_contiguous(), "v must be a contiguous [B, Hkv, D, N_pad] tensor");
-  const int64_t D = v.size(2), padded = v.size(3);
-  AttnParams p = attn_common(q, k, q_scale, k_scale, D, is_causal);
-  TORCH_CHECK(v.size(0) == q.size(0) && v.size(1) == k.size(1) && padded % 128 == 0 && padded >= k.size(2),
-              "v must be [B, Hkv, D, N_pad] with N_pad a multiple of 128 covering the keys, got ", v.sizes());
+  using Tile = sm90::Sm90Traits<64, PV::kFp16, __half>;  // the CTA's row count is the same for all
+  TORCH_CHECK(q_group_block > 0 && Tile::kCtaQ % q_group_block == 0 && q_group_stride > 0 &&
+                  q_group_block % q_group_stride == 0,
+              "q_group_block must divide ", Tile::kCtaQ, " and q_group_stride must divide it, got ", q_group_block,
+              " and ", q_group_stride);
+  TORCH_CHECK(q_scale_mult > 0, "q_scale_mult must be positive, got ", q_scale_mult);
+  const at::Tensor q = aligned16(q_in, tensor_layout, "q");
+  const Bhnd qs = bhnd(q, tensor_layout, "q");
+  sm90::Sm90Params p{};
+  const at::Tensor v = fp8 ? v_in : aligned16(v_in, tensor_layout, "v");
   if (fp8) {
+    TORCH_CHECK(v.dim() == 4 && v.is_contiguous(), "an e4m3 v must be a contiguous [B, Hkv, D, N_pad] tensor");
+    const int64_t D = v.size(2), padded = v.size(3);
+    static_cast<AttnParams&>(p) = attn_keys(qs, k, k_scale, D, is_causal);
+    TORCH_CHECK(v.size(0) == qs.b && v.size(1) == k.size(1) && padded % 128 == 0 && padded >= k.size(2),
+                "v must be [B, Hkv, D, N_pad] with N_pad a multiple of 128 covering the keys, got ", v.sizes());
     check_cuda(*v_scale, "v_scale", at::kFloat);
     TORCH_CHECK(v_scale->sizes() == at::IntArrayRef({v.size(0), v.size(1), D}) && v_scale->is_contiguous(),
                 "v_scale must be a contiguous [B, Hkv, D] tensor");
     p.v_scale = v_scale->data_ptr<float>();
+    p.v_padded_len = int(padded);
+  } else {
+    const Bhnd vs = bhnd(v, tensor_layout, "v");
+    static_cast<AttnParams&>(p) = attn_keys(qs, k, k_scale, vs.d, is_causal);
+    TORCH_CHECK(vs.b == qs.b && vs.h == k.size(1) && vs.n == k.size(2),
+                "v must match k: batch ", k.size(0), ", heads ", k.size(1), ", keys ", k.size(2));
+    p.v_stride_b = vs.stride_b;
+    p.v_stride_h = vs.stride_h;
+    p.v_stride_n = vs.stride_n;
   }
+  p.v = v.data_ptr();
+  p.q_in = q.data_ptr();
+  p.q_stride_b = qs.stride_b;
+  p.q_stride_h = qs.stride_h;
+  p.q_stride_n = qs.stride_n;
+  p.q_group_block = int(q_group_block);
+  p.q_group_stride = int(q_group_stride);
+  p.q_scale_mult = float(q_scale_mult);
   const c10::cuda::CUDAGuard guard(q.device());
   const int cc = device_capability(q.get_device());
   TORCH_CHECK(cc == 90, "the Hopper kernel runs on sm_90 only; this GPU is sm_", cc);
-  p.v = v.data_ptr();
-  p.v_padded_len = int(padded);
-  auto result = attn_outputs(p, q, tensor_layout, out_dtype, return_lse);
-  if (q.size(0) == 0 || q.size(1) == 0 || q.size(2) == 0) return result;
+  auto result = attn_outputs(p, qs, q.options(), tensor_layout, dtype, return_lse);
+  if (qs.b == 0 || qs.h == 0 || qs.n == 0) return result;
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  dispatch_half_hd(out_dtype, D, [&](auto elem, auto head_dim) {
+  dispatch_half_hd(dtype, qs.d, [&](auto elem, auto head_dim) {
     using T = typename decltype(elem)::type;
     auto go = [&](auto traits) {
       using Tr = decltype(traits);
-      launch_attn<Tr>(sm90::attn_sm90_kernel<Tr>, p, int(q.size(0)), stream);
+      launch_attn<Tr>(sm90::attn_sm90_kernel<Tr>, p, int(qs.b), stream);
     };
     if (fp8)
       go(sm90::Sm90Traits<head_dim(), PV::kFp8, T>{});

@@ -1,14 +1,16 @@
 // Hopper (sm_90a) INT8 Q·K^T attention with warpgroup MMAs.
 //
-// Same algorithm as attention/attn_kernel.cuh, but each warpgroup (4 warps) owns 64
-// query rows and issues wgmma: S = Q·K^T with both operands in shared memory (s8),
-// then O += P·V with P from registers (fp16/bf16, or e4m3) and V^T in shared memory.
+// Same algorithm as attention/attn_kernel.cuh, but the kernel quantizes its Q tile
+// itself (each Q tile is read exactly once, so a separate quant_int8 pass over Q would
+// only add traffic), and each warpgroup (4 warps) owns 64 query rows and issues wgmma: S = Q·K^T with both operands in shared memory (s8),
+// then O += P·V with P from registers (fp16/bf16, or e4m3) and V in shared memory.
 // Two warpgroups share each K/V block (halving L2 traffic against one per CTA, which
 // was L2-bound on H100) but are not kept in lockstep: the K/V stages are handed over
 // through mbarriers (full: the block landed; empty: every thread is done with it), so
 // one warpgroup's softmax can overlap the other's MMAs.
-// V arrives pre-transposed ([D][keys], see quant/transpose_v.cuh and quant_v_fp8.cuh)
-// so every wgmma operand is K-major, the one layout all element types support.
+// 16-bit V is read as the caller stores it ([keys][D] rows, through strides) and fed
+// to wgmma as an MN-major operand, so it costs no pass over memory before the kernel.
+// e4m3 wgmma takes K-major operands only: quant_v_fp8 writes V^T ([D][keys]) for it.
 // Shared tiles use the 64/128-byte swizzles of smem_layout.cuh, which are the
 // hardware's; tile bases are 1024-byte aligned.
 #pragma once
@@ -23,6 +25,14 @@
 #include "sm90/wgmma.cuh"
 
 namespace sage::sm90 {
+
+// AttnParams plus the 16-bit Q that the kernel quantizes (q and q_scale are unused).
+struct Sm90Params : AttnParams {
+  const void* q_in;  // [B, Hq, Nq, D] through element strides, fp16/bf16
+  int64_t q_stride_b, q_stride_h, q_stride_n;
+  int q_group_block, q_group_stride;  // quant_int8's group rule; group_block divides kCtaQ
+  float q_scale_mult;                 // sm_scale * log2 e
+};
 
 template <int kHeadDim_, PV kPV_, typename Elem_>
 struct Sm90Traits {
@@ -41,17 +51,19 @@ struct Sm90Traits {
   static constexpr int kOTiles = kHeadDim / 8;
   static constexpr int kQKSteps = kHeadDim / 32;
 
-  // V^T block: [head_dim][keys], split along keys into 128-byte-wide swizzle atoms
-  // (64 fp16 keys or 128 e4m3 keys each), stored one after the other.
+  // V block, in 128-byte-wide swizzle atoms stored one after the other. e4m3: V^T,
+  // [head_dim][128 keys], one atom. 16-bit: V, [keys][head_dim] split along head_dim
+  // into atoms of [keys][64 channels].
   static constexpr int kElemBytesV = kFp8 ? 1 : 2;
-  static constexpr int kVAtomKeys = 128 / kElemBytesV;
-  static constexpr int kVAtoms = kCtaK / kVAtomKeys;
+  static constexpr int kVAtoms = kFp8 ? 1 : kHeadDim / 64;
+  static constexpr int kVAtomRows = kFp8 ? kHeadDim : kCtaK;
   using QKTile = SwizzledTile<kHeadDim>;
   using VTile = SwizzledTile<128>;
   static constexpr int kQBytes = kCtaQ * kHeadDim;
   static constexpr int kKBytes = kCtaK * kHeadDim;
-  static constexpr int kVAtomBytes = kHeadDim * 128;
+  static constexpr int kVAtomBytes = kVAtomRows * 128;
   static constexpr int kVBytes = kVAtoms * kVAtomBytes;
+  static_assert(kVBytes == kCtaK * kHeadDim * kElemBytesV, "V atoms cover the block");
   static constexpr int kScaleBytes = kCtaK * 4;
   // A stage holds one key block: K, V^T and the key scales (1024-aligned: wgmma's
   // swizzle patterns repeat every 1024 bytes).
@@ -61,7 +73,8 @@ struct Sm90Traits {
   // warpgroups may drift up to one block apart before a load waits.
   static constexpr int kStages = 4;
   static constexpr int kAhead = 2;
-  static constexpr int kSmemBytes = 1024 /* alignment slack */ + kQBytes + kStages * kStageBytes + 2 * kStages * 8;
+  static constexpr int kSmemBytes =
+      1024 /* alignment slack */ + kQBytes + kStages * kStageBytes + 2 * kStages * 8 + kCtaQ * 4 /* Q group amax */;
 };
 
 template <class Tr>
@@ -75,9 +88,10 @@ struct Sm90Kernel {
   using Coord = CtaCoord;
   struct Smem {
     uint8_t* q;
-    uint8_t* stages;  // [kStages][K | V^T | key scales]
+    uint8_t* stages;  // [kStages][K | V | key scales]
     uint32_t full;    // mbarriers [kStages]: the block landed
     uint32_t empty;   // mbarriers [kStages]: every thread is done with the block
+    float* q_amax;    // [kCtaQ]: Q's group maxima, indexed by group within the tile
     __device__ uint8_t* k(int b) const { return stages + (b % Tr::kStages) * Tr::kStageBytes; }
     __device__ uint8_t* v(int b) const { return k(b) + Tr::kKBytes; }
     __device__ float* k_scale(int b) const { return reinterpret_cast<float*>(v(b) + Tr::kVBytes); }
@@ -90,7 +104,7 @@ struct Sm90Kernel {
     float max[1][2], sum[1][2], q_scale[1][2];
   };
 
-  // Every thread copies its share of key block b (K, V^T, scales) into b's stage and
+  // Every thread copies its share of key block b (K, V, scales) into b's stage and
   // arrives on the stage's full barrier once its copies land. Blocks past the first
   // kStages wait for the stage's previous block to be released.
   __device__ static void produce(const AttnParams& p, const Coord& c, const Smem& sm, int b) {
@@ -100,18 +114,90 @@ struct Sm90Kernel {
     const int8_t* k_rows = p.k + (bkv * p.kv_len + k0) * D;
     load_tile<typename Tr::QKTile, Tr::kCtaK, Tr::kThreads>(sm.k(b), reinterpret_cast<const uint8_t*>(k_rows), D,
                                                            p.kv_len - k0);
-    constexpr int kElemBytes = Tr::kElemBytesV;
-    const uint8_t* v_rows = static_cast<const uint8_t*>(p.v) + (bkv * D * p.v_padded_len + k0) * kElemBytes;
+    if constexpr (kFp8) {
+      const uint8_t* vt_rows = static_cast<const uint8_t*>(p.v) + bkv * D * p.v_padded_len + k0;
+      load_tile<typename Tr::VTile, D, Tr::kThreads>(sm.v(b), vt_rows, p.v_padded_len, D);
+    } else {
+      const int64_t row_bytes = p.v_stride_n * 2;
+      const uint8_t* v_rows = static_cast<const uint8_t*>(p.v) +
+                              (c.batch * p.v_stride_b + c.kv_head * p.v_stride_h) * 2 + k0 * row_bytes;
 #pragma unroll
-    for (int a = 0; a < Tr::kVAtoms; ++a)
-      load_tile<typename Tr::VTile, D, Tr::kThreads>(sm.v(b) + a * Tr::kVAtomBytes, v_rows + a * 128,
-                                                    int64_t(p.v_padded_len) * kElemBytes, D);
+      for (int a = 0; a < Tr::kVAtoms; ++a)
+        load_tile<typename Tr::VTile, Tr::kCtaK, Tr::kThreads>(sm.v(b) + a * Tr::kVAtomBytes, v_rows + a * 128,
+                                                              row_bytes, p.kv_len - k0);
+    }
     if (threadIdx.x < Tr::kCtaK) {
       const bool valid = k0 + threadIdx.x < p.kv_len;
       ptx::cp_async_4(ptx::smem_addr(sm.k_scale(b) + threadIdx.x),
                       p.k_scale + bkv * p.kv_len + (valid ? k0 + threadIdx.x : 0), valid);
     }
     ptx::cp_async_mbar_arrive(sm.full_bar(b));
+  }
+
+  // Q tile -> INT8 in shared memory (the layout wgmma reads) and this lane's row scales,
+  // by quant_int8's rule: one scale per token group, amax / 127. Each thread holds its
+  // rows in registers between the group reduction and the rounding.
+  __device__ static void quantize_q(const Sm90Params& p, const Coord& c, const Smem& sm, RowState& st) {
+    constexpr int kLanesPerRow = D / 8;  // 8 channels (16 bytes) a lane
+    constexpr int kRowsPerPass = Tr::kThreads / kLanesPerRow;
+    constexpr int kPasses = Tr::kCtaQ / kRowsPerPass;
+    const int lane_in_row = threadIdx.x % kLanesPerRow, row0 = threadIdx.x / kLanesPerRow;
+    const int rows = min(Tr::kCtaQ, p.q_len - c.q0);
+    const Elem* x = static_cast<const Elem*>(p.q_in) + c.batch * p.q_stride_b + c.head * p.q_stride_h +
+                    int64_t(c.q0) * p.q_stride_n + lane_in_row * 8;
+    auto group = [&](int r) { return (r / p.q_group_block) * p.q_group_stride + r % p.q_group_stride; };
+
+    uint4 raw[kPasses];
+#pragma unroll
+    for (int i = 0; i < kPasses; ++i) {
+      const int r = row0 + i * kRowsPerPass;
+      raw[i] = r < rows ? *reinterpret_cast<const uint4*>(x + r * p.q_stride_n) : make_uint4(0, 0, 0, 0);
+    }
+    auto values = [&](const uint4& r, float (&v)[8]) {
+      const auto* pairs = reinterpret_cast<const typename Half2<Elem>::type*>(&r);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float2 f = Half2<Elem>::to_floats(pairs[i]);
+        v[2 * i] = f.x;
+        v[2 * i + 1] = f.y;
+      }
+    };
+#pragma unroll
+    for (int i = 0; i < kPasses; ++i) {
+      float v[8], amax = 0.0f;
+      values(raw[i], v);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) amax = fmaxf(amax, fabsf(v[j]));
+#pragma unroll
+      for (int off = kLanesPerRow / 2; off > 0; off /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
+      // Non-negative floats order like their bit patterns: an integer max is exact.
+      if (lane_in_row == 0) atomicMax(reinterpret_cast<int*>(&sm.q_amax[group(row0 + i * kRowsPerPass)]), __float_as_int(amax));
+    }
+    __syncthreads();
+
+    const uint32_t q_base = ptx::smem_addr(sm.q);
+#pragma unroll
+    for (int i = 0; i < kPasses; ++i) {
+      const int r = row0 + i * kRowsPerPass;
+      const float amax = sm.q_amax[group(r)];
+      const float inv = 1.0f / (amax > 0.0f ? amax / 127.0f : 1.0f);  // as quant_int8 rounds it
+      float v[8];
+      values(raw[i], v);
+      uint32_t packed[2] = {0, 0};
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int q = max(-127, min(127, __float2int_rn(v[j] * inv)));
+        packed[j / 4] |= uint32_t(q & 0xff) << (8 * (j % 4));
+      }
+      const uint32_t dst = q_base + Tr::QKTile::offset(r, lane_in_row / 2) + 8 * (lane_in_row % 2);
+      asm volatile("st.shared.v2.b32 [%0], {%1, %2};\n" ::"r"(dst), "r"(packed[0]), "r"(packed[1]) : "memory");
+    }
+    const int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const float amax = sm.q_amax[group(16 * warp + 8 * h + g)];
+      st.q_scale[0][h] = (amax > 0.0f ? amax / 127.0f : 1.0f) * p.q_scale_mult;
+    }
   }
 
   // Waits until key block b has landed, and makes it visible to the tensor cores.
@@ -149,17 +235,17 @@ struct Sm90Kernel {
   }
 
   // Issues acc (+)= P V for key block `block`; accumulate = false starts from zero.
+  // A k step moves along the keys: e4m3 V^T steps inside its K-major rows (bytes), 16-bit
+  // V steps over whole 128-byte rows (a multiple of the 1024-byte swizzle period).
   __device__ static void issue_pv(const Smem& sm, int block, const uint32_t (&pf)[1][kPVSteps][4],
                                   bool accumulate, OAcc& acc) {
-    constexpr int kStepsPerAtom = Tr::kVAtomKeys / Softmax::kPVStepKeys;
-    constexpr int kStepBytes = Softmax::kPVStepKeys * Tr::kElemBytesV;
+    constexpr int kStepKeys = Softmax::kPVStepKeys;
     const uint32_t base = ptx::smem_addr(sm.v(block));
+    const uint64_t b = kFp8 ? make_desc<128>(base) : make_desc_mn128(base, Tr::kVAtomBytes, 8 * 128);
+    constexpr int kStepBytes = kFp8 ? kStepKeys : kStepKeys * 128;
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < kPVSteps; ++kk) {
-      const uint64_t b = make_desc<128>(base + (kk / kStepsPerAtom) * Tr::kVAtomBytes);
-      pv_mma(acc, pf[0][kk], b + (kk % kStepsPerAtom) * (kStepBytes >> 4), accumulate || kk > 0);
-    }
+    for (int kk = 0; kk < kPVSteps; ++kk) pv_mma(acc, pf[0][kk], b + kk * (kStepBytes >> 4), accumulate || kk > 0);
     wgmma_commit();
   }
 
@@ -239,7 +325,7 @@ struct Sm90Kernel {
     fold_pv(alpha[0]);
   }
 
-  __device__ static void run(const AttnParams& p) {
+  __device__ static void run(const Sm90Params& p) {
     extern __shared__ uint8_t smem_raw[];
     uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
     Smem sm;
@@ -247,10 +333,12 @@ struct Sm90Kernel {
     sm.stages = sm.q + Tr::kQBytes;
     sm.full = ptx::smem_addr(sm.stages + Tr::kStages * Tr::kStageBytes);
     sm.empty = sm.full + Tr::kStages * 8;
+    sm.q_amax = reinterpret_cast<float*>(sm.stages + Tr::kStages * Tr::kStageBytes + 2 * Tr::kStages * 8);
     if (threadIdx.x < Tr::kStages) {
       ptx::mbar_init(sm.full + threadIdx.x * 8, Tr::kThreads);
       ptx::mbar_init(sm.empty + threadIdx.x * 8, Tr::kThreads);
     }
+    if (threadIdx.x < Tr::kCtaQ) sm.q_amax[threadIdx.x] = 0.0f;
     __syncthreads();
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -258,25 +346,18 @@ struct Sm90Kernel {
     const int64_t bh = c.bh, bkv = c.bkv;
     const auto kb = c.key_blocks(p, Tr::kCtaQ, Tr::kCtaK);
 
-    // Q through a cp.async group of its own; key blocks 0 .. kAhead through their stages.
-    const int8_t* q_rows = p.q + (bh * p.q_len + c.q0) * D;
-    load_tile<typename Tr::QKTile, Tr::kCtaQ, Tr::kThreads>(sm.q, reinterpret_cast<const uint8_t*>(q_rows), D,
-                                                           p.q_len - c.q0);
-    ptx::cp_async_commit();
+    // Key blocks 0 .. kAhead go out first, so that they load while Q is quantized.
     for (int b = 0; b <= Tr::kAhead && b < kb.n_blocks; ++b) produce(p, c, sm, b);
-
     RowState st;
+    quantize_q(p, c, sm, st);
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const int row = c.q0 + 16 * warp + h * 8 + g;
-      st.q_scale[0][h] = row < p.q_len ? p.q_scale[bh * p.q_len + row] : 1.0f;
       st.max[0][h] = -INFINITY;
       st.sum[0][h] = 0.0f;
     }
 #pragma unroll
     for (int i = 0; i < Tr::kOTiles * 4; ++i) st.o[i] = 0.0f;
-    ptx::cp_async_wait<0>();  // Q (the stages' copies are tracked by their barriers)
-    fence_proxy_async();
+    fence_proxy_async();  // Q's st.shared, before wgmma reads it
     __syncthreads();
     key_loop(p, c, sm, kb, st);
 
@@ -307,7 +388,7 @@ struct Sm90Kernel {
 };
 
 template <class Tr>
-__global__ void __launch_bounds__(Tr::kThreads, 1) attn_sm90_kernel(const __grid_constant__ AttnParams p) {
+__global__ void __launch_bounds__(Tr::kThreads, 1) attn_sm90_kernel(const __grid_constant__ Sm90Params p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   Sm90Kernel<Tr>::run(p);
 #endif

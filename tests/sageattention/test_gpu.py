@@ -105,27 +105,22 @@ def test_quant_v_fp8_matches_reference(layout, n, dtype):
     assert same.float().mean() > 0.999  # permutation, padding and rounding agree
 
 
-@pytest.mark.parametrize("layout", [0, 1])
-def test_transpose_v_matches_reference(layout):
-    v = make_qkv(b=1, hq=2, nq=300, d=64, layout="HND" if layout == 0 else "NHD", device=DEV)[2]
-    assert torch.equal(ops.transpose_v(v, layout), R.transpose_v(v, layout))
-
-
 # ------------------------------------------------------------- attention ops vs reference
 @pytest.mark.parametrize("name", ["fp16", "fp8", "sm90_fp16", "sm90_fp8"])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("d", [64, 128])
-def test_attention_op_matches_reference_op(name, causal, d):
+@pytest.mark.parametrize("gran", ["per_thread", "per_warp"])
+def test_attention_op_matches_reference_op(name, causal, d, gran):
     """Same quantized inputs through the CUDA op and the reference: the kernel implements
     the contract (it differs only in where P is rounded: against the running max)."""
     if name not in kernels():
         pytest.skip(f"{name} does not run on this GPU/build")
     q, k, v = make_qkv(b=2, hq=4, hkv=2, nq=300, nk=300 if causal else 500, d=d, device=DEV)
     kernel = core.KERNELS[name]
-    qi, qs = ops.quant_int8(q, None, 0, 32, 8, d ** -0.5 * 1.4426950408889634)
-    ki, ks = ops.quant_int8(k, k.mean(2, dtype=torch.float32), 0, 64, 8, 1.0)
-    got = core._run_kernel(ops, kernel, qi, ki, v, qs, ks, 0, q.dtype, causal, True)
-    want = core._run_kernel(R, kernel, qi, ki, v, qs, ks, 0, q.dtype, causal, True)
+    gran = core.quant.granularity(gran)
+    ki, ks = ops.quant_int8(k, k.mean(2, dtype=torch.float32), 0, gran.k.block, gran.k.stride, 1.0)
+    got = core._run_kernel(ops, kernel, q, ki, ks, v, 0, gran, d ** -0.5, causal, True)
+    want = core._run_kernel(R, kernel, q, ki, ks, v, 0, gran, d ** -0.5, causal, True)
     cos, l1 = metrics(got[0], want[0])
     # fp8: the kernel rounds P to e4m3 against the running max, the reference against the
     # final one, so the two roundings differ in early blocks (each ~0.024 from exact); a
@@ -281,7 +276,7 @@ def test_dispatch_on_this_gpu():
 
 
 def test_cuda_kernels_registered():
-    for name in ("quant_int8", "quant_v_fp8", "transpose_v", "attn_fp16pv", "attn_fp8pv"):
+    for name in ("quant_int8", "quant_v_fp8", "attn_fp16pv", "attn_fp8pv"):
         assert core._extension.has_cuda_kernel(name), name
 
 

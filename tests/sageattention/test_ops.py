@@ -49,7 +49,6 @@ def test_opcheck_quant_int8():
 def test_opcheck_v_ops():
     v = torch.randn(1, 2, 130, 64, dtype=torch.float16)
     torch.library.opcheck(ops.quant_v_fp8, (v, 0), test_utils=FP8_UTILS)
-    torch.library.opcheck(ops.transpose_v, (v.transpose(1, 2), 1))
 
 
 @pytest.mark.parametrize("causal,lse", [(False, False), (True, True)])
@@ -59,9 +58,9 @@ def test_opcheck_attention(causal, lse):
     v8, vs = ops.quant_v_fp8(v, 0)
     torch.library.opcheck(ops.attn_fp8pv, (qi, ki, v8, qs, ks, vs, 1, torch.bfloat16, causal, lse),
                           test_utils=FP8_UTILS)
-    torch.library.opcheck(ops.attn_sm90, (qi, ki, v8, qs, ks, vs, 0, torch.float16, causal, lse),
-                          test_utils=FP8_UTILS)
-    torch.library.opcheck(ops.attn_sm90, (qi, ki, ops.transpose_v(v, 0), qs, ks, None, 0, torch.float16, causal, lse))
+    torch.library.opcheck(ops.attn_sm90, (q, ki, v8, ks, vs, 0, 32, 8, 0.18, causal, lse), test_utils=FP8_UTILS)
+    torch.library.opcheck(ops.attn_sm90, (q.transpose(1, 2), ki, v.transpose(1, 2), ks, None, 1, 64, 1, 0.18,
+                                          causal, lse))
 
 
 def test_fake_shapes():

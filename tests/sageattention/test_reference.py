@@ -162,13 +162,6 @@ def test_dequant_v_fp8_roundtrip():
     assert cos > 0.999 and l1 < 0.04
 
 
-def test_transpose_v():
-    v = torch.randn(1, 2, 130, 64, dtype=torch.bfloat16)
-    vt = R.transpose_v(v.transpose(1, 2), R.NHD)
-    assert vt.shape == (1, 2, 64, 256) and vt.dtype == torch.bfloat16 and vt.is_contiguous()
-    assert torch.equal(vt[..., :130], v.transpose(2, 3)) and torch.all(vt[..., 130:] == 0)
-
-
 # ------------------------------------------------------------------------------- attention
 def naive_attn(q_int8, k_int8, v, q_scale, k_scale, causal, p_round):
     """Row-by-row contract with GQA: s in base 2, P = 2^(s - max), rounded by p_round."""
@@ -216,19 +209,30 @@ def test_attn_fp8pv_matches_naive_contract(causal):
     torch.testing.assert_close(out.double(), ref, atol=1e-2, rtol=1e-2)
 
 
-def test_attn_sm90_dispatches_on_v_dtype():
-    q, k, v = make_qkv(b=1, hq=2, nq=30, d=64)
-    qi, qs = R.quant_int8(q, None, R.HND, 32, 8, 0.18)
-    ki, ks = R.quant_int8(k, None, R.HND, 64, 8, 1.0)
-    a = R.attn_sm90(qi, ki, R.transpose_v(v, R.HND), qs, ks, None, R.HND, torch.float16, False, True)
-    b = R.attn_fp16pv(qi, ki, v, qs, ks, R.HND, False, True)
+@pytest.mark.parametrize("layout", [R.HND, R.NHD])
+def test_attn_sm90_quantizes_q_and_dispatches_on_v_dtype(layout):
+    q, k, v = make_qkv(b=1, hq=2, nq=30, d=64, layout="HND" if layout == R.HND else "NHD")
+    qi, qs = R.quant_int8(q, None, layout, 32, 8, 0.18)
+    ki, ks = R.quant_int8(k, None, layout, 64, 8, 1.0)
+    a = R.attn_sm90(q, ki, v, ks, None, layout, 32, 8, 0.18, False, True)
+    b = R.attn_fp16pv(qi, ki, v, qs, ks, layout, False, True)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    v8, vs = R.quant_v_fp8(v, R.HND)
-    c = R.attn_sm90(qi, ki, v8, qs, ks, vs, R.HND, torch.float16, False, False)
-    d = R.attn_fp8pv(qi, ki, v8, qs, ks, vs, R.HND, torch.float16, False, False)
+    v8, vs = R.quant_v_fp8(v, layout)
+    c = R.attn_sm90(q, ki, v8, ks, vs, layout, 32, 8, 0.18, True, False)
+    d = R.attn_fp8pv(qi, ki, v8, qs, ks, vs, layout, q.dtype, True, False)
     assert torch.equal(c[0], d[0])
+
+
+def test_attn_sm90_rejects_bad_arguments():
+    q, k, v = make_qkv(b=1, hq=2, nq=30, d=64)
+    ki, ks = R.quant_int8(k, None, R.HND, 64, 8, 1.0)
+    v8, _ = R.quant_v_fp8(v, R.HND)
     with pytest.raises(ValueError, match="v_scale"):
-        R.attn_sm90(qi, ki, v8, qs, ks, None, R.HND, torch.float16, False, False)
+        R.attn_sm90(q, ki, v8, ks, None, R.HND, 32, 8, 0.18, False, False)
+    with pytest.raises(ValueError, match="q's dtype"):
+        R.attn_sm90(q, ki, v.bfloat16(), ks, None, R.HND, 32, 8, 0.18, False, False)
+    with pytest.raises(ValueError, match="must divide 128"):
+        R.attn_sm90(q, ki, v, ks, None, R.HND, 48, 8, 0.18, False, False)
 
 
 def test_attn_layout_nhd_output():
