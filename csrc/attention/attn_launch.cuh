@@ -11,14 +11,19 @@
 
 namespace sage {
 
-// Launches `kernel` (either family) over (query blocks, q heads, batch) with Tr's tile.
+// Launches `kernel` with Tr's CTA size and shared memory over `grid`.
 template <class Tr, class Params>
-void launch_attn(void (*kernel)(const Params), const Params& p, int batch, cudaStream_t stream) {
+void launch_kernel(void (*kernel)(const Params), const Params& p, dim3 grid, cudaStream_t stream) {
   // Per device (the current one); a cheap driver call, as in FlashAttention.
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
-  const dim3 grid((p.q_len + Tr::kCtaQ - 1) / Tr::kCtaQ, p.q_heads, batch);
   kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// The mma.sync kernels: one CTA per (query block, q head, batch).
+template <class Tr>
+void launch_attn(void (*kernel)(const AttnParams), const AttnParams& p, int batch, cudaStream_t stream) {
+  launch_kernel<Tr>(kernel, p, dim3((p.q_len + Tr::kCtaQ - 1) / Tr::kCtaQ, p.q_heads, batch), stream);
 }
 
 // Checks of K, its scales and their agreement with Q's sizes `qs`; fills everything in
@@ -77,17 +82,24 @@ inline std::tuple<at::Tensor, at::Tensor> attn_outputs(AttnParams& p, const Bhnd
   return {out, lse};
 }
 
-// Compute capability as major * 10 + minor, read once per device.
-inline int device_capability(int device) {
-  static int cache[64] = {};
+// What the launchers need to know of a device, read once per device.
+struct DeviceInfo {
+  int capability = 0;  // major * 10 + minor
+  int multiprocessors = 0;
+};
+inline const DeviceInfo& device_info(int device) {
+  static DeviceInfo cache[64];
   TORCH_CHECK(device >= 0 && device < 64, "device index out of range: ", device);
-  if (cache[device] == 0) {
-    int major = 0, minor = 0;
+  DeviceInfo& info = cache[device];
+  if (info.capability == 0) {
+    int major = 0, minor = 0, sms = 0;
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
-    cache[device] = major * 10 + minor;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    info.multiprocessors = sms;
+    info.capability = major * 10 + minor;
   }
-  return cache[device];
+  return info;
 }
 
 }  // namespace sage
