@@ -20,7 +20,7 @@ std::tuple<at::Tensor, at::Tensor> attn_fp8pv(const at::Tensor& q, const at::Ten
   TORCH_CHECK(v_scale.sizes() == at::IntArrayRef({v.size(0), v.size(1), D}) && v_scale.is_contiguous(),
               "v_scale must be a contiguous [B, Hkv, D] tensor");
   const c10::cuda::CUDAGuard guard(q.device());
-  const int cc = device_info(q.get_device()).capability;
+  const int cc = device_capability(q.get_device());
   TORCH_CHECK(cc >= 89, "the fp8 P·V kernel needs sm_89 or newer; this GPU is sm_", cc);
   p.v = v.data_ptr();
   p.v_scale = v_scale.data_ptr<float>();

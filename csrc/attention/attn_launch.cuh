@@ -20,7 +20,7 @@ void launch_kernel(void (*kernel)(const Params), const Params& p, dim3 grid, cud
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// The mma.sync kernels: one CTA per (query block, q head, batch).
+// The mma.sync kernels: one CTA per (query block, q head, batch), see CtaCoord.
 template <class Tr>
 void launch_attn(void (*kernel)(const AttnParams), const AttnParams& p, int batch, cudaStream_t stream) {
   launch_kernel<Tr>(kernel, p, dim3((p.q_len + Tr::kCtaQ - 1) / Tr::kCtaQ, p.q_heads, batch), stream);
@@ -82,24 +82,17 @@ inline std::tuple<at::Tensor, at::Tensor> attn_outputs(AttnParams& p, const Bhnd
   return {out, lse};
 }
 
-// What the launchers need to know of a device, read once per device.
-struct DeviceInfo {
-  int capability = 0;  // major * 10 + minor
-  int multiprocessors = 0;
-};
-inline const DeviceInfo& device_info(int device) {
-  static DeviceInfo cache[64];
+// Compute capability as major * 10 + minor, read once per device.
+inline int device_capability(int device) {
+  static int cache[64] = {};
   TORCH_CHECK(device >= 0 && device < 64, "device index out of range: ", device);
-  DeviceInfo& info = cache[device];
-  if (info.capability == 0) {
-    int major = 0, minor = 0, sms = 0;
+  if (cache[device] == 0) {
+    int major = 0, minor = 0;
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    info.multiprocessors = sms;
-    info.capability = major * 10 + minor;
+    cache[device] = major * 10 + minor;
   }
-  return info;
+  return cache[device];
 }
 
 }  // namespace sage

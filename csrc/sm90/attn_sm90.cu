@@ -2,9 +2,6 @@
 // registers its own op implementation, so builds without it simply lack the op.
 #include <torch/library.h>
 
-#include <algorithm>
-#include <cstdlib>
-
 #include "attention/attn_launch.cuh"
 #include "ops.h"
 #include "sm90/attn_sm90.cuh"
@@ -21,10 +18,10 @@ std::tuple<at::Tensor, at::Tensor> attn_sm90(const at::Tensor& q_in, const at::T
   TORCH_CHECK(v_in.is_cuda() && (fp8 || v_in.scalar_type() == dtype),
               "v must be quant_v_fp8's e4m3 output or V itself in q's dtype, got ", v_in.scalar_type());
   TORCH_CHECK(fp8 == v_scale.has_value(), "v_scale is required with (and only with) an e4m3 v");
-  using Tile = sm90::Sm90Traits<64, PV::kFp16, __half>;  // the row counts are the same for all
-  TORCH_CHECK(q_group_block > 0 && Tile::kWgQ % q_group_block == 0 && q_group_stride > 0 &&
+  using Tile = sm90::Sm90Traits<64, PV::kFp16, __half>;  // the CTA's row count is the same for all
+  TORCH_CHECK(q_group_block > 0 && Tile::kCtaQ % q_group_block == 0 && q_group_stride > 0 &&
                   q_group_block % q_group_stride == 0,
-              "q_group_block must divide ", Tile::kWgQ, " and q_group_stride must divide it, got ", q_group_block,
+              "q_group_block must divide ", Tile::kCtaQ, " and q_group_stride must divide it, got ", q_group_block,
               " and ", q_group_stride);
   TORCH_CHECK(q_scale_mult > 0, "q_scale_mult must be positive, got ", q_scale_mult);
   const at::Tensor q = aligned16(q_in, tensor_layout, "q");
@@ -60,25 +57,19 @@ std::tuple<at::Tensor, at::Tensor> attn_sm90(const at::Tensor& q_in, const at::T
   p.q_group_stride = int(q_group_stride);
   p.q_scale_mult = float(q_scale_mult);
   const c10::cuda::CUDAGuard guard(q.device());
-  const DeviceInfo& device = device_info(q.get_device());
-  TORCH_CHECK(device.capability == 90, "the Hopper kernel runs on sm_90 only; this GPU is sm_", device.capability);
+  const int cc = device_capability(q.get_device());
+  TORCH_CHECK(cc == 90, "the Hopper kernel runs on sm_90 only; this GPU is sm_", cc);
   auto result = attn_outputs(p, qs, q.options(), tensor_layout, dtype, return_lse);
   if (qs.b == 0 || qs.h == 0 || qs.n == 0) return result;
-  const int64_t q_blocks = (qs.n + Tile::kCtaQ - 1) / Tile::kCtaQ, tiles = qs.b * qs.h * q_blocks;
+  const int64_t tiles = qs.b * qs.h * ((qs.n + Tile::kCtaQ - 1) / Tile::kCtaQ);
   TORCH_CHECK(tiles < (int64_t(1) << 31), "too many query tiles: ", tiles);
   p.batch = int(qs.b);
-  p.q_blocks = int(q_blocks);
-  p.tiles = int(tiles);
-  // Persistent: one CTA per SM (a CTA takes most of an SM's shared memory), each walking
-  // its share of the tiles.
-  static const bool one_tile_per_cta = std::getenv("SAGE_SM90_ONE_TILE_PER_CTA") != nullptr;  // EXPERIMENT
-  const dim3 grid(one_tile_per_cta ? p.tiles : std::min<int64_t>(tiles, device.multiprocessors));
   const auto stream = c10::cuda::getCurrentCUDAStream();
   dispatch_half_hd(dtype, qs.d, [&](auto elem, auto head_dim) {
     using T = typename decltype(elem)::type;
     auto go = [&](auto traits) {
       using Tr = decltype(traits);
-      launch_kernel<Tr>(sm90::attn_sm90_kernel<Tr>, p, grid, stream);
+      launch_kernel<Tr>(sm90::attn_sm90_kernel<Tr>, p, dim3(tiles), stream);
     };
     if (fp8)
       go(sm90::Sm90Traits<head_dim(), PV::kFp8, T>{});

@@ -26,14 +26,13 @@
 
 namespace sage::sm90 {
 
-// AttnParams plus the 16-bit Q that the kernel quantizes (q and q_scale are unused) and
-// the tile count of the persistent grid.
+// AttnParams plus the 16-bit Q that the kernel quantizes (q and q_scale are unused).
 struct Sm90Params : AttnParams {
   const void* q_in;  // [B, Hq, Nq, D] through element strides, fp16/bf16
   int64_t q_stride_b, q_stride_h, q_stride_n;
-  int q_group_block, q_group_stride;  // quant_int8's group rule; group_block divides kWgQ
+  int q_group_block, q_group_stride;  // quant_int8's group rule; group_block divides kCtaQ
   float q_scale_mult;                 // sm_scale * log2 e
-  int batch, q_blocks, tiles;         // tiles = batch * q_heads * q_blocks (of kCtaQ rows)
+  int batch;
 };
 
 template <int kHeadDim_, PV kPV_, typename Elem_>
@@ -72,14 +71,9 @@ struct Sm90Traits {
   static constexpr int kStageBytes = (kKBytes + kVBytes + kScaleBytes + 1023) / 1024 * 1024;
   // Block j + kAhead is loaded while block j's Q K^T and block j - 1's P V run; its stage
   // was freed by block j + kAhead - kStages, released one iteration earlier, so the two
-  // warpgroups may drift up to one block apart before a load waits. The block sequence
-  // runs on from one tile into the next (the CTAs are persistent).
-  // Tiles are numbered in runs of kHeadGroup (batch, head) pairs, longest query blocks
-  // first within a run: the CTAs at work at one time share a few heads' K and V in L2,
-  // and under a causal mask the short tiles come last, where they even out the tail.
+  // warpgroups may drift up to one block apart before a load waits.
   static constexpr int kStages = 4;
   static constexpr int kAhead = 2;
-  static constexpr int kHeadGroup = 8;
   static constexpr int kSmemBytes =
       1024 /* alignment slack */ + kQBytes + kStages * kStageBytes + 2 * kStages * 8 + kCtaQ * 4 /* Q group amax */;
 };
@@ -93,13 +87,35 @@ struct Sm90Kernel {
   static constexpr int kPVSteps = Softmax::kPVSteps;
 
   using Coord = CtaCoord;
+
+  // The grid is one-dimensional, one CTA per (batch, head, query block) tile, numbered in
+  // runs of kHeadGroup (batch, head) pairs with the longest query blocks first inside a
+  // run. The CTAs resident at one time then share a few heads' K and V in L2, and under
+  // a causal mask (where the last query blocks see the most keys) the block scheduler
+  // hands out the long tiles first and the short ones last, where they even out the tail.
+  static constexpr int kHeadGroup = 8;
+  __device__ static Coord tile_coord(const Sm90Params& p) {
+    const int q_blocks = (p.q_len + Tr::kCtaQ - 1) / Tr::kCtaQ;
+    const int span = kHeadGroup * q_blocks;
+    const int run = blockIdx.x / span, r = blockIdx.x % span;
+    const int pairs = min(kHeadGroup, p.batch * p.q_heads - run * kHeadGroup);
+    const int bh = run * kHeadGroup + r % pairs;
+    Coord c;
+    c.q0 = (q_blocks - 1 - r / pairs) * Tr::kCtaQ;
+    c.batch = bh / p.q_heads;
+    c.head = bh % p.q_heads;
+    c.kv_head = c.head / (p.q_heads / p.kv_heads);
+    c.bh = bh;
+    c.bkv = int64_t(c.batch) * p.kv_heads + c.kv_head;
+    return c;
+  }
+
   struct Smem {
     uint8_t* q;
     uint8_t* stages;  // [kStages][K | V | key scales]
     uint32_t full;    // mbarriers [kStages]: the block landed
     uint32_t empty;   // mbarriers [kStages]: every thread is done with the block
     float* q_amax;    // [kCtaQ]: Q's group maxima, indexed by group within the tile
-                      // (each warpgroup owns its kWgQ rows' groups)
     __device__ uint8_t* k(int b) const { return stages + (b % Tr::kStages) * Tr::kStageBytes; }
     __device__ uint8_t* v(int b) const { return k(b) + Tr::kKBytes; }
     __device__ float* k_scale(int b) const { return reinterpret_cast<float*>(v(b) + Tr::kVBytes); }
@@ -112,31 +128,12 @@ struct Sm90Kernel {
     float max[1][2], sum[1][2], q_scale[1][2];
   };
 
-  __device__ static Coord tile_coord(const Sm90Params& p, int tile) {
-    const int span = Tr::kHeadGroup * p.q_blocks;
-    const int run = tile / span, r = tile % span;
-    const int pairs = min(Tr::kHeadGroup, p.batch * p.q_heads - run * Tr::kHeadGroup);
-    const int bh = run * Tr::kHeadGroup + r % pairs;
-    Coord c;
-    c.q0 = (p.q_blocks - 1 - r / pairs) * Tr::kCtaQ;
-    c.batch = bh / p.q_heads;
-    c.head = bh % p.q_heads;
-    c.kv_head = c.head / (p.q_heads / p.kv_heads);
-    c.bh = bh;
-    c.bkv = int64_t(c.batch) * p.kv_heads + c.kv_head;
-    return c;
-  }
-  __device__ static int tile_blocks(const Sm90Params& p, int tile) {
-    return tile < p.tiles ? tile_coord(p, tile).key_blocks(p, Tr::kCtaQ, Tr::kCtaK).n_blocks : 0;
-  }
-
-  // Every thread copies its share of key block `block` (K, V, scales) into the stage of
-  // sequence number `seq` and arrives on its full barrier once its copies land. Past the
-  // first kStages, a load waits for the stage's previous block to be released.
-  __device__ static void produce(const AttnParams& p, const Coord& c, const Smem& sm, int seq, int block) {
-    const int b = seq;
+  // Every thread copies its share of key block b (K, V, scales) into b's stage and
+  // arrives on the stage's full barrier once its copies land. Blocks past the first
+  // kStages wait for the stage's previous block to be released.
+  __device__ static void produce(const AttnParams& p, const Coord& c, const Smem& sm, int b) {
     if (b >= Tr::kStages) ptx::mbar_wait(sm.empty_bar(b), (b / Tr::kStages - 1) & 1);
-    const int k0 = block * Tr::kCtaK;
+    const int k0 = b * Tr::kCtaK;
     const int64_t bkv = int64_t(c.batch) * p.kv_heads + c.kv_head;
     const int8_t* k_rows = p.k + (bkv * p.kv_len + k0) * D;
     load_tile<typename Tr::QKTile, Tr::kCtaK, Tr::kThreads>(sm.k(b), reinterpret_cast<const uint8_t*>(k_rows), D,
@@ -161,59 +158,32 @@ struct Sm90Kernel {
     ptx::cp_async_mbar_arrive(sm.full_bar(b));
   }
 
-  // The next load of the sequence: key block `block` of `tile` (which has n_blocks).
-  struct Loads {
-    int tile, block, n_blocks, seq;
-  };
-  __device__ static void load_next(const Sm90Params& p, const Smem& sm, Loads& ld) {
-    if (ld.tile >= p.tiles) return;
-    produce(p, tile_coord(p, ld.tile), sm, ld.seq, ld.block);
-    ++ld.seq;
-    if (++ld.block == ld.n_blocks) {
-      ld.tile += gridDim.x;
-      ld.block = 0;
-      ld.n_blocks = tile_blocks(p, ld.tile);
-    }
-  }
+  // The Q tile, 16-bit, as this thread loads it: kQPasses rows of 8 channels (16 bytes).
+  static constexpr int kQLanesPerRow = D / 8;
+  static constexpr int kQRowsPerPass = Tr::kThreads / kQLanesPerRow;
+  static constexpr int kQPasses = Tr::kCtaQ / kQRowsPerPass;
+  using QRegs = uint4[kQPasses];
 
-  // Synchronizes the 128 threads of this warpgroup (named barrier 1 + wg; 0 is the CTA's).
-  __device__ static void wg_sync() {
-    if (threadIdx.x < 128)
-      asm volatile("bar.sync 1, 128;\n" ::: "memory");
-    else
-      asm volatile("bar.sync 2, 128;\n" ::: "memory");
-  }
-
-  // This warpgroup's kWgQ rows of the Q tile -> INT8 in shared memory (the layout wgmma
-  // reads) and this lane's row scales, by quant_int8's rule: one scale per token group,
-  // amax / 127. Each thread holds its rows in registers between the group reduction and
-  // the rounding. Per warpgroup, so that one warpgroup can start its next tile while the
-  // other still reads its half of the previous Q.
-  __device__ static void quantize_q(const Sm90Params& p, const Coord& c, const Smem& sm, RowState& st) {
-    constexpr int kLanesPerRow = D / 8;  // 8 channels (16 bytes) a lane
-    constexpr int kRowsPerPass = 128 / kLanesPerRow;
-    constexpr int kPasses = Tr::kWgQ / kRowsPerPass;
-    const int wg = threadIdx.x / 128, wg_row0 = wg * Tr::kWgQ;
-    const int lane_in_row = threadIdx.x % kLanesPerRow, row0 = wg_row0 + threadIdx.x % 128 / kLanesPerRow;
+  __device__ static void load_q(const Sm90Params& p, const Coord& c, QRegs& raw) {
+    const int lane_in_row = threadIdx.x % kQLanesPerRow, row0 = threadIdx.x / kQLanesPerRow;
     const int rows = min(Tr::kCtaQ, p.q_len - c.q0);
     const Elem* x = static_cast<const Elem*>(p.q_in) + c.batch * p.q_stride_b + c.head * p.q_stride_h +
                     int64_t(c.q0) * p.q_stride_n + lane_in_row * 8;
-    // Slot of row r's group in q_amax: the warpgroup's own kWgQ slots (groups never
-    // straddle warpgroups: q_group_block divides kWgQ).
-    auto group = [&](int r) {
-      const int l = r - wg_row0;
-      return wg_row0 + (l / p.q_group_block) * p.q_group_stride + l % p.q_group_stride;
-    };
-
-    uint4 raw[kPasses];
 #pragma unroll
-    for (int i = 0; i < kPasses; ++i) {
-      const int r = row0 + i * kRowsPerPass;
+    for (int i = 0; i < kQPasses; ++i) {
+      const int r = row0 + i * kQRowsPerPass;
       raw[i] = r < rows ? *reinterpret_cast<const uint4*>(x + r * p.q_stride_n) : make_uint4(0, 0, 0, 0);
     }
-    wg_sync();  // every read of the previous tile's maxima is done
-    if (threadIdx.x % 128 < Tr::kWgQ) sm.q_amax[wg_row0 + threadIdx.x % 128] = 0.0f;
-    wg_sync();
+  }
+
+  // Q tile -> INT8 in shared memory (the layout wgmma reads) and this lane's row scales,
+  // by quant_int8's rule: one scale per token group, amax / 127. Each thread keeps its
+  // rows in registers between the group reduction and the rounding.
+  __device__ static void quantize_q(const Sm90Params& p, const Smem& sm, const QRegs& raw, RowState& st) {
+    constexpr int kLanesPerRow = kQLanesPerRow, kRowsPerPass = kQRowsPerPass, kPasses = kQPasses;
+    const int lane_in_row = threadIdx.x % kLanesPerRow, row0 = threadIdx.x / kLanesPerRow;
+    auto group = [&](int r) { return (r / p.q_group_block) * p.q_group_stride + r % p.q_group_stride; };
+
     auto values = [&](const uint4& r, float (&v)[8]) {
       const auto* pairs = reinterpret_cast<const typename Half2<Elem>::type*>(&r);
 #pragma unroll
@@ -234,7 +204,7 @@ struct Sm90Kernel {
       // Non-negative floats order like their bit patterns: an integer max is exact.
       if (lane_in_row == 0) atomicMax(reinterpret_cast<int*>(&sm.q_amax[group(row0 + i * kRowsPerPass)]), __float_as_int(amax));
     }
-    wg_sync();
+    __syncthreads();
 
     const uint32_t q_base = ptx::smem_addr(sm.q);
 #pragma unroll
@@ -259,8 +229,6 @@ struct Sm90Kernel {
       const float amax = sm.q_amax[group(16 * warp + 8 * h + g)];
       st.q_scale[0][h] = (amax > 0.0f ? amax / 127.0f : 1.0f) * p.q_scale_mult;
     }
-    fence_proxy_async();  // the st.shared above, before wgmma reads them
-    wg_sync();
   }
 
   // Waits until key block b has landed, and makes it visible to the tensor cores.
@@ -312,13 +280,12 @@ struct Sm90Kernel {
     wgmma_commit();
   }
 
-  // The key loop of one tile, software-pipelined as in FlashAttention-3: block j's Q K^T
-  // and block j - 1's P V are issued back to back, and block j's softmax runs on the CUDA
-  // cores while the tensor cores finish P V. Registers that a wgmma reads (P, O) are only
-  // written once no wgmma is in flight, so ptxas does not serialize the MMAs. Block j of
-  // the tile has sequence number seq0 + j; each block consumed issues the next load.
-  __device__ static void key_loop(const Sm90Params& p, const Coord& c, const Smem& sm,
-                                  const typename Coord::KeyBlocks& kb, int seq0, Loads& ld, RowState& st) {
+  // The key loop, software-pipelined as in FlashAttention-3: block j's Q K^T and block
+  // j - 1's P V are issued back to back, and block j's softmax runs on the CUDA cores
+  // while the tensor cores finish P V. Registers that a wgmma reads (P, O) are only
+  // written once no wgmma is in flight, so ptxas does not serialize the MMAs.
+  __device__ static void key_loop(const AttnParams& p, const Coord& c, const Smem& sm,
+                                  const typename Coord::KeyBlocks& kb, RowState& st) {
     const int warp = threadIdx.x / 32;
     const int n_blocks = kb.n_blocks;
 
@@ -333,21 +300,21 @@ struct Sm90Kernel {
       // Past n_unmasked the mask test is per warp: only warps that cross the diagonal pay.
       const bool masked = j >= kb.n_unmasked &&
                           (k0 + Tr::kCtaK > p.kv_len || (p.causal && k0 + Tr::kCtaK - 1 > c.q0 + 16 * warp));
-      Softmax::scores(reinterpret_cast<const int32_t(&)[1][Tr::kSTiles][4]>(s), sm.k_scale(seq0 + j),
-                      c.q0 + 16 * warp, k0, p.kv_len, p.causal, masked, x);
+      Softmax::scores(reinterpret_cast<const int32_t(&)[1][Tr::kSTiles][4]>(s), sm.k_scale(j), c.q0 + 16 * warp,
+                      k0, p.kv_len, p.causal, masked, x);
       Softmax::update(x, st.q_scale, st.max, st.sum, alpha);
     };
-    // O = O * alpha + P V, with P V of block j issued here (fp16: rescale then
+    // O = O * alpha + P V, with P V of block `v_block` issued here (fp16: rescale then
     // accumulate in place; fp8: accumulate from zero, folded in by fold_pv).
-    auto issue_block_pv = [&](int j) {
+    auto issue_block_pv = [&](int v_block) {
       if constexpr (!kFp8) {
         // Once the row maxima settle, alpha is 1 for whole warps: skip the 64 multiplies.
         if (!__all_sync(0xffffffffu, alpha[0][0] == 1.0f && alpha[0][1] == 1.0f))
 #pragma unroll
           for (int i = 0; i < Tr::kOTiles * 4; ++i) st.o[i] *= alpha[0][(i % 4) / 2];
-        issue_pv(sm, seq0 + j, pf, true, st.o);
+        issue_pv(sm, v_block, pf, true, st.o);
       } else {
-        issue_pv(sm, seq0 + j, pf, false, pv_acc);
+        issue_pv(sm, v_block, pf, false, pv_acc);
       }
     };
     auto fold_pv = [&](const float (&a)[2]) {  // fp8 only, once P V is complete
@@ -356,9 +323,8 @@ struct Sm90Kernel {
         for (int i = 0; i < Tr::kOTiles * 4; ++i) st.o[i] = fmaf(st.o[i], a[(i % 4) / 2], pv_acc[i]);
     };
 
-    load_next(p, sm, ld);
-    consume(sm, seq0);
-    issue_qk(sm, seq0, s);
+    consume(sm, 0);
+    issue_qk(sm, 0, s);
     wgmma_wait<0>();
     fence_regs(s);
     {
@@ -367,10 +333,10 @@ struct Sm90Kernel {
       Softmax::pack(x, pf);
     }
     for (int j = 1; j < n_blocks; ++j) {
-      load_next(p, sm, ld);
-      consume(sm, seq0 + j);
+      if (j + Tr::kAhead < n_blocks) produce(p, c, sm, j + Tr::kAhead);
+      consume(sm, j);
       const float alpha_prev[2] = {alpha[0][0], alpha[0][1]};
-      issue_qk(sm, seq0 + j, s);
+      issue_qk(sm, j, s);
       issue_block_pv(j - 1);
       wgmma_wait<1>();  // S of block j
       fence_regs(s);
@@ -379,7 +345,7 @@ struct Sm90Kernel {
       wgmma_wait<0>();  // P V of block j - 1
       fence_regs(st.o);
       fence_regs(pv_acc);
-      ptx::mbar_arrive(sm.empty_bar(seq0 + j - 1));
+      ptx::mbar_arrive(sm.empty_bar(j - 1));
       fold_pv(alpha_prev);
       Softmax::pack(x, pf);
     }
@@ -387,38 +353,9 @@ struct Sm90Kernel {
     wgmma_wait<0>();
     fence_regs(st.o);
     fence_regs(pv_acc);
-    ptx::mbar_arrive(sm.empty_bar(seq0 + n_blocks - 1));
     fold_pv(alpha[0]);
   }
 
-  // O / l (fp8: times the per-channel V scale / 448) to global memory, and the LSE.
-  __device__ static void epilogue(const Sm90Params& p, const Coord& c, const RowState& st) {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    Elem* out = static_cast<Elem*>(p.out) + c.batch * p.o_stride_b + c.head * p.o_stride_h;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int row = c.q0 + 16 * warp + h * 8 + g;
-      const float sum = Softmax::quad_sum(st.sum[0][h]);
-      if (row >= p.q_len) continue;
-      const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-      Elem* dst = out + row * p.o_stride_n + 2 * t;
-#pragma unroll
-      for (int nt = 0; nt < Tr::kOTiles; ++nt) {
-        float s0 = inv, s1 = inv;
-        if constexpr (kFp8) {
-          const float* vs = p.v_scale + c.bkv * D + nt * 8 + 2 * t;
-          s0 *= vs[0] / Softmax::kPScale;
-          s1 *= vs[1] / Softmax::kPScale;
-        }
-        *reinterpret_cast<uint32_t*>(dst + nt * 8) =
-            pack_pair<Elem>(st.o[nt * 4 + 2 * h] * s0, st.o[nt * 4 + 2 * h + 1] * s1);
-      }
-      if (p.lse != nullptr && t == 0)
-        p.lse[c.bh * p.q_len + row] = (st.max[0][h] + __log2f(sum)) * 0.69314718055994531f;
-    }
-  }
-
-  // A persistent CTA: tiles blockIdx.x, blockIdx.x + gridDim.x, ...
   __device__ static void run(const Sm90Params& p) {
     extern __shared__ uint8_t smem_raw[];
     uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
@@ -432,27 +369,54 @@ struct Sm90Kernel {
       ptx::mbar_init(sm.full + threadIdx.x * 8, Tr::kThreads);
       ptx::mbar_init(sm.empty + threadIdx.x * 8, Tr::kThreads);
     }
+    if (threadIdx.x < Tr::kCtaQ) sm.q_amax[threadIdx.x] = 0.0f;
     __syncthreads();
 
-    // The first kAhead key blocks go out first, so that they load while Q is quantized.
-    Loads ld{int(blockIdx.x), 0, tile_blocks(p, blockIdx.x), 0};
-    for (int i = 0; i < Tr::kAhead; ++i) load_next(p, sm, ld);
-    int seq0 = 0;
-    for (int tile = blockIdx.x; tile < p.tiles; tile += gridDim.x) {
-      const Coord c = tile_coord(p, tile);
-      const auto kb = c.key_blocks(p, Tr::kCtaQ, Tr::kCtaK);
-      RowState st;
-      quantize_q(p, c, sm, st);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const Coord c = tile_coord(p);
+    const int64_t bh = c.bh, bkv = c.bkv;
+    const auto kb = c.key_blocks(p, Tr::kCtaQ, Tr::kCtaK);
+
+    // Q's loads go out first (the first Q K^T waits on them), then key blocks 0 .. kAhead,
+    // which land while Q is quantized.
+    QRegs q_raw;
+    load_q(p, c, q_raw);
+    for (int b = 0; b <= Tr::kAhead && b < kb.n_blocks; ++b) produce(p, c, sm, b);
+    RowState st;
+    quantize_q(p, sm, q_raw, st);
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        st.max[0][h] = -INFINITY;
-        st.sum[0][h] = 0.0f;
+    for (int h = 0; h < 2; ++h) {
+      st.max[0][h] = -INFINITY;
+      st.sum[0][h] = 0.0f;
+    }
+#pragma unroll
+    for (int i = 0; i < Tr::kOTiles * 4; ++i) st.o[i] = 0.0f;
+    fence_proxy_async();  // Q's st.shared, before wgmma reads it
+    __syncthreads();
+    key_loop(p, c, sm, kb, st);
+
+    // Epilogue: O / l (fp8: times the per-channel V scale / 448), LSE.
+    Elem* out = static_cast<Elem*>(p.out) + c.batch * p.o_stride_b + c.head * p.o_stride_h;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = c.q0 + 16 * warp + h * 8 + g;
+      const float sum = Softmax::quad_sum(st.sum[0][h]);
+      if (row >= p.q_len) continue;
+      const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+      Elem* dst = out + row * p.o_stride_n + 2 * t;
+#pragma unroll
+      for (int nt = 0; nt < Tr::kOTiles; ++nt) {
+        float s0 = inv, s1 = inv;
+        if constexpr (kFp8) {
+          const float* vs = p.v_scale + bkv * D + nt * 8 + 2 * t;
+          s0 *= vs[0] / Softmax::kPScale;
+          s1 *= vs[1] / Softmax::kPScale;
+        }
+        *reinterpret_cast<uint32_t*>(dst + nt * 8) =
+            pack_pair<Elem>(st.o[nt * 4 + 2 * h] * s0, st.o[nt * 4 + 2 * h + 1] * s1);
       }
-#pragma unroll
-      for (int i = 0; i < Tr::kOTiles * 4; ++i) st.o[i] = 0.0f;
-      key_loop(p, c, sm, kb, seq0, ld, st);
-      epilogue(p, c, st);
-      seq0 += kb.n_blocks;
+      if (p.lse != nullptr && t == 0)
+        p.lse[bh * p.q_len + row] = (st.max[0][h] + __log2f(sum)) * 0.69314718055994531f;
     }
   }
 };
