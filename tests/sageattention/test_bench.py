@@ -53,3 +53,24 @@ def test_ratios_and_table(bench, capsys):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU exit")
 def test_main_without_gpu_exits_2(bench, tmp_path):
     assert bench.main(["--out", str(tmp_path / "b.json")]) == 2
+
+
+def test_report_table_rows_and_ratios(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "bench" / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    data = {"env": {"gpu": "H100", "torch": "2.11", "commit": "abc", "dtype": "fp16"}, "rows": [
+        {"N": 1024, "D": 64, "causal": True, "results": {"sageattn": {"tflops": 100.0}}},
+        {"N": 4096, "D": 128, "causal": False, "results": {
+            "sageattn": {"tflops": 450.0, "cos": 0.99994, "rel_l1": 0.0106}, "sdpa_flash": {"tflops": 300.0},
+            "sdpa_cudnn": {"tflops": 600.0}, "sage_sm90_fp8": {"tflops": 400.0, "rel_l1": 0.037},
+            "kernel_sm90_fp16": {"tflops": 480.0}}},
+    ]}
+    path = tmp_path / "bench.json"
+    path.write_text(__import__("json").dumps(data))
+    assert report.main([str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "commit abc" in lines[0] and lines[1].startswith("| hd |")
+    assert lines[3] == ("| 128 | 4k | no | 450 | 300 | 600 | 1.50x | 0.75x | 400 (L1 0.037) "
+                        "| 0.99994 / 0.0106 | 480 / n/a |")  # hd128 sorts first
+    assert lines[4] == "| 64 | 1k | yes | 100 | n/a | n/a | n/a | n/a | n/a | n/a | n/a / n/a |"
