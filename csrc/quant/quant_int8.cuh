@@ -13,6 +13,7 @@
 #include <cuda_runtime.h>
 
 #include "common/numeric.cuh"
+#include "quant/int8_rows.cuh"
 
 namespace sage {
 
@@ -62,30 +63,20 @@ __global__ void __launch_bounds__(QuantInt8Shape::kThreads)
   __syncthreads();
 
   auto values = [&](const uint4& r, float (&v)[8]) {
-    const auto* pairs = reinterpret_cast<const typename Half2<T>::type*>(&r);
+    int8::unpack<T>(r, v);
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const float2 f = Half2<T>::to_floats(pairs[i]);
-      v[2 * i] = f.x - mean[2 * i];
-      v[2 * i + 1] = f.y - mean[2 * i + 1];
-    }
+    for (int j = 0; j < 8; ++j) v[j] -= mean[j];
   };
   auto local_group = [&](int r) { return (r / p.group_block) * p.group_stride + r % p.group_stride; };
 
-  // Group maxima. A row's lanes are adjacent in one warp: reduce with shuffles first.
+  // Group maxima: each row reduced across its lanes, then merged per group.
 #pragma unroll
   for (int i = 0; i < kPasses; ++i) {
     const int r = row0 + i * kRowsPerPass;
-    float v[8], amax = 0.0f;
+    float v[8];
     values(raw[i], v);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) amax = fmaxf(amax, fabsf(v[j]));
-#pragma unroll
-    for (int off = kLanesPerRow / 2; off > 0; off /= 2)
-      amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
-    // Non-negative floats order like their bit patterns: an integer max is exact.
-    if (lane_in_row == 0 && r < rows)
-      atomicMax(reinterpret_cast<int*>(&group_amax[local_group(r)]), __float_as_int(amax));
+    const float amax = int8::row_amax<kLanesPerRow>(v);
+    if (lane_in_row == 0 && r < rows) int8::atomic_amax(&group_amax[local_group(r)], amax);
   }
   __syncthreads();
 
@@ -94,19 +85,11 @@ __global__ void __launch_bounds__(QuantInt8Shape::kThreads)
   for (int i = 0; i < kPasses; ++i) {
     const int r = row0 + i * kRowsPerPass;
     if (r >= rows) break;
-    const float amax = group_amax[local_group(r)];
-    const float scale = amax > 0.0f ? amax / 127.0f : 1.0f;
-    const float inv = 1.0f / scale;
+    const float scale = int8::scale_of(group_amax[local_group(r)]);
     float v[8];
     values(raw[i], v);
-    uint32_t packed[2] = {0, 0};
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const int q = max(-127, min(127, __float2int_rn(v[j] * inv)));
-      packed[j / 4] |= uint32_t(q & 0xff) << (8 * (j % 4));
-    }
     const int64_t token = bh * p.len + t0 + r;
-    *reinterpret_cast<uint2*>(p.out + token * D + lane_in_row * 8) = make_uint2(packed[0], packed[1]);
+    *reinterpret_cast<uint2*>(p.out + token * D + lane_in_row * 8) = int8::quantize(v, scale);
     if (lane_in_row == 0) p.scale[token] = scale * p.scale_mult;
   }
 }

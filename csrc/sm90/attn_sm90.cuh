@@ -22,6 +22,7 @@
 #include "common/ptx.cuh"
 #include "common/smem_layout.cuh"
 #include "common/tile_copy.cuh"
+#include "quant/int8_rows.cuh"
 #include "sm90/wgmma.cuh"
 
 namespace sage::sm90 {
@@ -184,25 +185,12 @@ struct Sm90Kernel {
     const int lane_in_row = threadIdx.x % kLanesPerRow, row0 = threadIdx.x / kLanesPerRow;
     auto group = [&](int r) { return (r / p.q_group_block) * p.q_group_stride + r % p.q_group_stride; };
 
-    auto values = [&](const uint4& r, float (&v)[8]) {
-      const auto* pairs = reinterpret_cast<const typename Half2<Elem>::type*>(&r);
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const float2 f = Half2<Elem>::to_floats(pairs[i]);
-        v[2 * i] = f.x;
-        v[2 * i + 1] = f.y;
-      }
-    };
 #pragma unroll
     for (int i = 0; i < kPasses; ++i) {
-      float v[8], amax = 0.0f;
-      values(raw[i], v);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) amax = fmaxf(amax, fabsf(v[j]));
-#pragma unroll
-      for (int off = kLanesPerRow / 2; off > 0; off /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
-      // Non-negative floats order like their bit patterns: an integer max is exact.
-      if (lane_in_row == 0) atomicMax(reinterpret_cast<int*>(&sm.q_amax[group(row0 + i * kRowsPerPass)]), __float_as_int(amax));
+      float v[8];
+      int8::unpack<Elem>(raw[i], v);
+      const float amax = int8::row_amax<kLanesPerRow>(v);
+      if (lane_in_row == 0) int8::atomic_amax(&sm.q_amax[group(row0 + i * kRowsPerPass)], amax);
     }
     __syncthreads();
 
@@ -210,24 +198,17 @@ struct Sm90Kernel {
 #pragma unroll
     for (int i = 0; i < kPasses; ++i) {
       const int r = row0 + i * kRowsPerPass;
-      const float amax = sm.q_amax[group(r)];
-      const float inv = 1.0f / (amax > 0.0f ? amax / 127.0f : 1.0f);  // as quant_int8 rounds it
       float v[8];
-      values(raw[i], v);
-      uint32_t packed[2] = {0, 0};
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const int q = max(-127, min(127, __float2int_rn(v[j] * inv)));
-        packed[j / 4] |= uint32_t(q & 0xff) << (8 * (j % 4));
-      }
+      int8::unpack<Elem>(raw[i], v);
+      const uint2 packed = int8::quantize(v, int8::scale_of(sm.q_amax[group(r)]));
       const uint32_t dst = q_base + Tr::QKTile::offset(r, lane_in_row / 2) + 8 * (lane_in_row % 2);
-      asm volatile("st.shared.v2.b32 [%0], {%1, %2};\n" ::"r"(dst), "r"(packed[0]), "r"(packed[1]) : "memory");
+      asm volatile("st.shared.v2.b32 [%0], {%1, %2};\n" ::"r"(dst), "r"(packed.x), "r"(packed.y) : "memory");
     }
     const int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const float amax = sm.q_amax[group(16 * warp + 8 * h + g)];
-      st.q_scale[0][h] = (amax > 0.0f ? amax / 127.0f : 1.0f) * p.q_scale_mult;
+      st.q_scale[0][h] = int8::scale_of(amax) * p.q_scale_mult;
     }
   }
 

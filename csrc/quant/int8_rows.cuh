@@ -1,0 +1,54 @@
+// The INT8 rule of quant_int8, shared with the Hopper kernel, which quantizes its Q tile
+// itself. A lane holds 8 channels (one 16-byte load) of a row; a group's scale is
+// amax / 127 (1 where amax == 0, so zeros stay 0 without NaN); values are multiplied by
+// 1 / scale, rounded to nearest even and clamped to [-127, 127].
+#pragma once
+#include <cuda_runtime.h>
+
+#include "common/numeric.cuh"
+
+namespace sage::int8 {
+
+template <typename T>
+__device__ __forceinline__ void unpack(const uint4& raw, float (&v)[8]) {
+  const auto* pairs = reinterpret_cast<const typename Half2<T>::type*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = Half2<T>::to_floats(pairs[i]);
+    v[2 * i] = f.x;
+    v[2 * i + 1] = f.y;
+  }
+}
+
+// |v| max over a row whose kLanesPerRow lanes are adjacent in one warp.
+template <int kLanesPerRow>
+__device__ __forceinline__ float row_amax(const float (&v)[8]) {
+  float amax = 0.0f;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) amax = fmaxf(amax, fabsf(v[j]));
+#pragma unroll
+  for (int off = kLanesPerRow / 2; off > 0; off /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
+  return amax;
+}
+
+// Merges a non-negative value into a shared-memory maximum: non-negative floats order
+// like their bit patterns, so an integer max is exact.
+__device__ __forceinline__ void atomic_amax(float* dst, float amax) {
+  atomicMax(reinterpret_cast<int*>(dst), __float_as_int(amax));
+}
+
+__device__ __forceinline__ float scale_of(float amax) { return amax > 0.0f ? amax / 127.0f : 1.0f; }
+
+// 8 values -> 8 int8 (little-endian in two words).
+__device__ __forceinline__ uint2 quantize(const float (&v)[8], float scale) {
+  const float inv = 1.0f / scale;
+  uint32_t packed[2] = {0, 0};
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const int q = max(-127, min(127, __float2int_rn(v[j] * inv)));
+    packed[j / 4] |= uint32_t(q & 0xff) << (8 * (j % 4));
+  }
+  return make_uint2(packed[0], packed[1]);
+}
+
+}  // namespace sage::int8
