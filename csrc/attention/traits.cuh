@@ -63,21 +63,26 @@ struct AttnParams {
   bool causal;
 };
 
-// Which rows, head and batch a CTA owns. Query blocks run in reverse order so that
-// under a causal mask the longest rows start first.
+// Which rows, head and batch a CTA owns.
 struct CtaCoord {
   int batch, head, kv_head, q0;
   int64_t bh, bkv;  // flat (batch, head) and (batch, kv head) indices
 
-  __device__ static CtaCoord from_grid(const AttnParams& p, int cta_q) {
+  __device__ static CtaCoord at(const AttnParams& p, int batch, int head, int q0) {
     CtaCoord c;
-    c.q0 = (gridDim.x - 1 - blockIdx.x) * cta_q;
-    c.head = blockIdx.y;
-    c.batch = blockIdx.z;
-    c.kv_head = c.head / (p.q_heads / p.kv_heads);
-    c.bh = int64_t(c.batch) * p.q_heads + c.head;
-    c.bkv = int64_t(c.batch) * p.kv_heads + c.kv_head;
+    c.batch = batch;
+    c.head = head;
+    c.q0 = q0;
+    c.kv_head = head / (p.q_heads / p.kv_heads);
+    c.bh = int64_t(batch) * p.q_heads + head;
+    c.bkv = int64_t(batch) * p.kv_heads + c.kv_head;
     return c;
+  }
+
+  // The mma.sync kernels' grid (query blocks, q heads, batch). Query blocks run in
+  // reverse order so that under a causal mask the longest rows start first.
+  __device__ static CtaCoord from_grid(const AttnParams& p, int cta_q) {
+    return at(p, blockIdx.z, blockIdx.y, (gridDim.x - 1 - blockIdx.x) * cta_q);
   }
 
   // Key blocks of cta_k keys this CTA visits (causal: none right of its last row's

@@ -36,25 +36,16 @@ struct QuantInt8Shape {
 template <typename T, int D>
 __global__ void __launch_bounds__(QuantInt8Shape::kThreads)
     quant_int8_kernel(const __grid_constant__ QuantInt8Params p) {
-  constexpr int kLanesPerRow = D / 8;  // each lane owns 8 channels (16 bytes)
-  constexpr int kRowsPerPass = QuantInt8Shape::kThreads / kLanesPerRow;
-  constexpr int kPasses = QuantInt8Shape::kChunkRows / kRowsPerPass;
+  using Chunk = int8::RowChunk<D, QuantInt8Shape::kThreads, QuantInt8Shape::kChunkRows>;
   __shared__ float group_amax[QuantInt8Shape::kChunkRows];
 
   const int t0 = blockIdx.x * QuantInt8Shape::kChunkRows, head = blockIdx.y, batch = blockIdx.z;
-  const int lane_in_row = threadIdx.x % kLanesPerRow, row0 = threadIdx.x / kLanesPerRow;
+  const int lane_in_row = Chunk::lane_in_row();
   const int rows = min(QuantInt8Shape::kChunkRows, p.len - t0);
   const int64_t bh = int64_t(batch) * p.heads + head;
-  const T* x = static_cast<const T*>(p.x) + batch * p.x_stride_b + head * p.x_stride_h +
-               t0 * p.x_stride_n + lane_in_row * 8;
-
-  // Issue every load first: kPasses independent 16-byte loads in flight per thread.
-  uint4 raw[kPasses];
-#pragma unroll
-  for (int i = 0; i < kPasses; ++i) {
-    const int r = row0 + i * kRowsPerPass;
-    raw[i] = r < rows ? *reinterpret_cast<const uint4*>(x + r * p.x_stride_n) : make_uint4(0, 0, 0, 0);
-  }
+  uint4 raw[Chunk::kPasses];
+  Chunk::load(static_cast<const T*>(p.x) + batch * p.x_stride_b + head * p.x_stride_h + t0 * p.x_stride_n,
+              p.x_stride_n, rows, raw);
   if (threadIdx.x < QuantInt8Shape::kChunkRows) group_amax[threadIdx.x] = 0.0f;
   float mean[8] = {};
   if (p.mean != nullptr)
@@ -67,23 +58,23 @@ __global__ void __launch_bounds__(QuantInt8Shape::kThreads)
 #pragma unroll
     for (int j = 0; j < 8; ++j) v[j] -= mean[j];
   };
-  auto local_group = [&](int r) { return (r / p.group_block) * p.group_stride + r % p.group_stride; };
+  auto local_group = [&](int r) { return int8::group_of(r, p.group_block, p.group_stride); };
 
   // Group maxima: each row reduced across its lanes, then merged per group.
 #pragma unroll
-  for (int i = 0; i < kPasses; ++i) {
-    const int r = row0 + i * kRowsPerPass;
+  for (int i = 0; i < Chunk::kPasses; ++i) {
+    const int r = Chunk::row(i);
     float v[8];
     values(raw[i], v);
-    const float amax = int8::row_amax<kLanesPerRow>(v);
+    const float amax = int8::row_amax<Chunk::kLanesPerRow>(v);
     if (lane_in_row == 0 && r < rows) int8::atomic_amax(&group_amax[local_group(r)], amax);
   }
   __syncthreads();
 
   // Quantize from registers and write each token's scale.
 #pragma unroll
-  for (int i = 0; i < kPasses; ++i) {
-    const int r = row0 + i * kRowsPerPass;
+  for (int i = 0; i < Chunk::kPasses; ++i) {
+    const int r = Chunk::row(i);
     if (r >= rows) break;
     const float scale = int8::scale_of(group_amax[local_group(r)]);
     float v[8];

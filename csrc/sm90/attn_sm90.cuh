@@ -2,8 +2,9 @@
 //
 // Same algorithm as attention/attn_kernel.cuh, but the kernel quantizes its Q tile
 // itself (each Q tile is read exactly once, so a separate quant_int8 pass over Q would
-// only add traffic), and each warpgroup (4 warps) owns 64 query rows and issues wgmma: S = Q·K^T with both operands in shared memory (s8),
-// then O += P·V with P from registers (fp16/bf16, or e4m3) and V in shared memory.
+// only add traffic), and each warpgroup (4 warps) owns 64 query rows and issues wgmma:
+// S = Q·K^T with both operands in shared memory (s8), then O += P·V with P from
+// registers (fp16/bf16, or e4m3) and V in shared memory.
 // Two warpgroups share each K/V block (halving L2 traffic against one per CTA, which
 // was L2-bound on H100) but are not kept in lockstep: the K/V stages are handed over
 // through mbarriers (full: the block landed; empty: every thread is done with it), so
@@ -67,7 +68,7 @@ struct Sm90Traits {
   static constexpr int kVBytes = kVAtoms * kVAtomBytes;
   static_assert(kVBytes == kCtaK * kHeadDim * kElemBytesV, "V atoms cover the block");
   static constexpr int kScaleBytes = kCtaK * 4;
-  // A stage holds one key block: K, V^T and the key scales (1024-aligned: wgmma's
+  // A stage holds one key block: K, V and the key scales (1024-aligned: wgmma's
   // swizzle patterns repeat every 1024 bytes).
   static constexpr int kStageBytes = (kKBytes + kVBytes + kScaleBytes + 1023) / 1024 * 1024;
   // Block j + kAhead is loaded while block j's Q K^T and block j - 1's P V run; its stage
@@ -101,14 +102,7 @@ struct Sm90Kernel {
     const int run = blockIdx.x / span, r = blockIdx.x % span;
     const int pairs = min(kHeadGroup, p.batch * p.q_heads - run * kHeadGroup);
     const int bh = run * kHeadGroup + r % pairs;
-    Coord c;
-    c.q0 = (q_blocks - 1 - r / pairs) * Tr::kCtaQ;
-    c.batch = bh / p.q_heads;
-    c.head = bh % p.q_heads;
-    c.kv_head = c.head / (p.q_heads / p.kv_heads);
-    c.bh = bh;
-    c.bkv = int64_t(c.batch) * p.kv_heads + c.kv_head;
-    return c;
+    return Coord::at(p, bh / p.q_heads, bh % p.q_heads, (q_blocks - 1 - r / pairs) * Tr::kCtaQ);
   }
 
   struct Smem {
@@ -135,7 +129,7 @@ struct Sm90Kernel {
   __device__ static void produce(const AttnParams& p, const Coord& c, const Smem& sm, int b) {
     if (b >= Tr::kStages) ptx::mbar_wait(sm.empty_bar(b), (b / Tr::kStages - 1) & 1);
     const int k0 = b * Tr::kCtaK;
-    const int64_t bkv = int64_t(c.batch) * p.kv_heads + c.kv_head;
+    const int64_t bkv = c.bkv;
     const int8_t* k_rows = p.k + (bkv * p.kv_len + k0) * D;
     load_tile<typename Tr::QKTile, Tr::kCtaK, Tr::kThreads>(sm.k(b), reinterpret_cast<const uint8_t*>(k_rows), D,
                                                            p.kv_len - k0);
@@ -159,45 +153,36 @@ struct Sm90Kernel {
     ptx::cp_async_mbar_arrive(sm.full_bar(b));
   }
 
-  // The Q tile, 16-bit, as this thread loads it: kQPasses rows of 8 channels (16 bytes).
-  static constexpr int kQLanesPerRow = D / 8;
-  static constexpr int kQRowsPerPass = Tr::kThreads / kQLanesPerRow;
-  static constexpr int kQPasses = Tr::kCtaQ / kQRowsPerPass;
-  using QRegs = uint4[kQPasses];
+  // The Q tile, 16-bit, in this thread's registers as quant_int8 would hold it.
+  using QChunk = int8::RowChunk<D, Tr::kThreads, Tr::kCtaQ>;
+  using QRegs = uint4[QChunk::kPasses];
 
   __device__ static void load_q(const Sm90Params& p, const Coord& c, QRegs& raw) {
-    const int lane_in_row = threadIdx.x % kQLanesPerRow, row0 = threadIdx.x / kQLanesPerRow;
-    const int rows = min(Tr::kCtaQ, p.q_len - c.q0);
-    const Elem* x = static_cast<const Elem*>(p.q_in) + c.batch * p.q_stride_b + c.head * p.q_stride_h +
-                    int64_t(c.q0) * p.q_stride_n + lane_in_row * 8;
-#pragma unroll
-    for (int i = 0; i < kQPasses; ++i) {
-      const int r = row0 + i * kQRowsPerPass;
-      raw[i] = r < rows ? *reinterpret_cast<const uint4*>(x + r * p.q_stride_n) : make_uint4(0, 0, 0, 0);
-    }
+    QChunk::load(static_cast<const Elem*>(p.q_in) + c.batch * p.q_stride_b + c.head * p.q_stride_h +
+                     int64_t(c.q0) * p.q_stride_n,
+                 p.q_stride_n, min(Tr::kCtaQ, p.q_len - c.q0), raw);
   }
 
   // Q tile -> INT8 in shared memory (the layout wgmma reads) and this lane's row scales,
   // by quant_int8's rule: one scale per token group, amax / 127. Each thread keeps its
   // rows in registers between the group reduction and the rounding.
   __device__ static void quantize_q(const Sm90Params& p, const Smem& sm, const QRegs& raw, RowState& st) {
-    constexpr int kLanesPerRow = kQLanesPerRow, kRowsPerPass = kQRowsPerPass, kPasses = kQPasses;
-    const int lane_in_row = threadIdx.x % kLanesPerRow, row0 = threadIdx.x / kLanesPerRow;
-    auto group = [&](int r) { return (r / p.q_group_block) * p.q_group_stride + r % p.q_group_stride; };
+    const int lane_in_row = QChunk::lane_in_row();
+    auto group = [&](int r) { return int8::group_of(r, p.q_group_block, p.q_group_stride); };
 
 #pragma unroll
-    for (int i = 0; i < kPasses; ++i) {
+    for (int i = 0; i < QChunk::kPasses; ++i) {
       float v[8];
       int8::unpack<Elem>(raw[i], v);
-      const float amax = int8::row_amax<kLanesPerRow>(v);
-      if (lane_in_row == 0) int8::atomic_amax(&sm.q_amax[group(row0 + i * kRowsPerPass)], amax);
+      const float amax = int8::row_amax<QChunk::kLanesPerRow>(v);
+      if (lane_in_row == 0) int8::atomic_amax(&sm.q_amax[group(QChunk::row(i))], amax);
     }
     __syncthreads();
 
     const uint32_t q_base = ptx::smem_addr(sm.q);
 #pragma unroll
-    for (int i = 0; i < kPasses; ++i) {
-      const int r = row0 + i * kRowsPerPass;
+    for (int i = 0; i < QChunk::kPasses; ++i) {
+      const int r = QChunk::row(i);
       float v[8];
       int8::unpack<Elem>(raw[i], v);
       const uint2 packed = int8::quantize(v, int8::scale_of(sm.q_amax[group(r)]));
