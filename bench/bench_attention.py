@@ -103,18 +103,9 @@ def kernel_only(kernel_name: str, gran: str, causal: bool, q, k, v):
     """Pre-quantize once; return a closure timing only the attention op (the Hopper op
     quantizes Q itself, so its time includes that)."""
     ops = torch.ops.sageattention
-    kernel = core.KERNELS[kernel_name]
     g = quant.granularity(gran)
-    d = q.shape[-1]
     ki, ks = quant.quant_k(ops, k, 0, g, quant.k_mean(k, 0))
-    vv, vs = quant.quant_v_fp8(ops, v, 0) if kernel.pv == "fp8" else (v, None)
-    if kernel.op == "attn_sm90":
-        return lambda: ops.attn_sm90(q, ki, vv, ks, vs, 0, g.q.block, g.q.stride, d ** -0.5 * quant.LOG2E,
-                                     causal, False)
-    qi, qs = quant.quant_q(ops, q, 0, g, d ** -0.5)
-    if kernel.op == "attn_fp16pv":
-        return lambda: ops.attn_fp16pv(qi, ki, vv, qs, ks, 0, causal, False)
-    return lambda: ops.attn_fp8pv(qi, ki, vv, qs, ks, vs, 0, q.dtype, causal, False)
+    return core._kernel_call(ops, core.KERNELS[kernel_name], q, ki, ks, v, 0, g, q.shape[-1] ** -0.5, causal, False)
 
 
 def sdpa(backend_name: str, causal: bool):

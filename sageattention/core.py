@@ -236,15 +236,22 @@ def _attention(q, k, v, tensor_layout: str, is_causal: bool, sm_scale, return_ls
 def _run_kernel(ops, kernel: Kernel, q, k_int8, k_scale, v, layout: int, gran, sm_scale: float,
                 is_causal: bool, return_lse: bool):
     """Q and V as the caller laid them out (head dim padded), K already quantized."""
+    return _kernel_call(ops, kernel, q, k_int8, k_scale, v, layout, gran, sm_scale, is_causal, return_lse)()
+
+
+def _kernel_call(ops, kernel: Kernel, q, k_int8, k_scale, v, layout: int, gran, sm_scale: float,
+                 is_causal: bool, return_lse: bool):
+    """Quantizes what ``kernel`` needs of Q and V now; returns the attention op's call
+    (which the benchmark times alone)."""
     v_fp8, v_scale = quant.quant_v_fp8(ops, v, layout) if kernel.pv == "fp8" else (v, None)
     if kernel.op == "attn_sm90":  # quantizes Q itself, as it loads each Q tile
-        return ops.attn_sm90(q, k_int8, v_fp8, k_scale, v_scale, layout, gran.q.block, gran.q.stride,
-                             sm_scale * quant.LOG2E, is_causal, return_lse)
+        return lambda: ops.attn_sm90(q, k_int8, v_fp8, k_scale, v_scale, layout, gran.q.block, gran.q.stride,
+                                     sm_scale * quant.LOG2E, is_causal, return_lse)
     q_int8, q_scale = quant.quant_q(ops, q, layout, gran, sm_scale)
     if kernel.op == "attn_fp8pv":
-        return ops.attn_fp8pv(q_int8, k_int8, v_fp8, q_scale, k_scale, v_scale, layout, q.dtype,
-                              is_causal, return_lse)
-    return ops.attn_fp16pv(q_int8, k_int8, v, q_scale, k_scale, layout, is_causal, return_lse)
+        return lambda: ops.attn_fp8pv(q_int8, k_int8, v_fp8, q_scale, k_scale, v_scale, layout, q.dtype,
+                                      is_causal, return_lse)
+    return lambda: ops.attn_fp16pv(q_int8, k_int8, v, q_scale, k_scale, layout, is_causal, return_lse)
 
 
 def _on_gpu(q: torch.Tensor) -> bool:
