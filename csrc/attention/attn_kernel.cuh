@@ -168,11 +168,11 @@ struct AttnKernel {
     float* k_scale;  // [kStages][kCtaK]
   };
 
-  // One key block: S = Q K^T, mask (`masked`: the block crosses the sequence end or the
+  // One key block: S = Q K^T, mask (kMasked: the block crosses the sequence end or the
   // causal diagonal), online softmax, O = O * alpha + P V. Prefetches block j + 1.
+  template <bool kMasked>
   __device__ static void block(const AttnParams& p, const Coord& c, const Smem& sm,
-                               const FragBases& fb, const QFrags& qf, int j, int n_blocks,
-                               bool masked, RowState& st) {
+                               const FragBases& fb, const QFrags& qf, int j, int n_blocks, RowState& st) {
     const int warp = threadIdx.x / 32;
     const int stage = j % Tr::kStages, k0 = j * Tr::kCtaK;
     const bool has_next = j + 1 < n_blocks;
@@ -192,8 +192,10 @@ struct AttnKernel {
     qk(qf, fb.q, fb.k + stage * Tr::kKBytes, s);
 
     float x[Tr::kMTiles][Tr::kSTiles][4];
-    Softmax::scores(s, sm.k_scale + stage * Tr::kCtaK, c.q0 + warp * Tr::kWarpQ, k0, p.kv_len,
-                    p.causal, masked, x);
+    const float* k_scale = sm.k_scale + stage * Tr::kCtaK + 2 * (threadIdx.x % 4);
+    Softmax::template scores<kMasked>(
+        s, [&](int nt) { return Softmax::KeyScales::of(*reinterpret_cast<const float2*>(k_scale + nt * 8)); },
+        c.q0 + warp * Tr::kWarpQ, k0, p.kv_len, p.causal, x);
     float alpha[Tr::kMTiles][2];
     Softmax::update(x, st.q_scale, st.max, st.sum, alpha);
     uint32_t pf[Tr::kMTiles][Softmax::kPVSteps][4];
@@ -256,7 +258,9 @@ struct AttnKernel {
     }
 
     const auto kb = c.key_blocks(p, Tr::kCtaQ, Tr::kCtaK);
-    for (int j = 0; j < kb.n_blocks; ++j) block(p, c, sm, fb, qf, j, kb.n_blocks, j >= kb.n_unmasked, st);
+    int j = 0;
+    for (; j < kb.n_unmasked; ++j) block<false>(p, c, sm, fb, qf, j, kb.n_blocks, st);
+    for (; j < kb.n_blocks; ++j) block<true>(p, c, sm, fb, qf, j, kb.n_blocks, st);
     ptx::cp_async_wait<0>();
     store(p, c, bh, bkv, st);
   }

@@ -27,27 +27,34 @@ struct OnlineSoftmax {
     return x + __shfl_xor_sync(0xffffffffu, x, 2);
   }
 
+  // A lane's key scales for one n8 tile of S (keys 2t and 2t + 1): the scales and the
+  // FMA offsets -kMagicBias * scale that turn a biased int32 into the scaled logit.
+  struct KeyScales {
+    float scale[2], offset[2];
+    __device__ static KeyScales of(float2 s) {
+      return {{s.x, s.y}, {-kMagicBias * s.x, -kMagicBias * s.y}};
+    }
+  };
+
   // int32 Q·K^T -> logits in units of 1/q_scale (the row scale is applied inside exp2
-  // by update()), -inf where the key is past the end or right of the causal diagonal.
-  // `k_scale` points at the block's key scales in shared memory.
-  __device__ static void scores(const int32_t (&s)[kMTiles][kSTiles][4], const float* k_scale,
-                                int row_base, int k0, int kv_len, bool causal, bool masked,
-                                float (&x)[kMTiles][kSTiles][4]) {
+  // by update()). kMasked: -inf where the key is past the end or right of the causal
+  // diagonal; a separate instantiation, so that blocks without a mask pay nothing for
+  // it. `scales(nt)` returns the lane's KeyScales of n8 tile nt.
+  template <bool kMasked, class ScalesOf>
+  __device__ static void scores(const int32_t (&s)[kMTiles][kSTiles][4], ScalesOf scales, int row_base, int k0,
+                                int kv_len, bool causal, float (&x)[kMTiles][kSTiles][4]) {
     const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    const float* ks = k_scale + 2 * t;
 #pragma unroll
     for (int nt = 0; nt < kSTiles; ++nt) {
       // x = (biased - bias) * scale as one FMA: the product is exact inside the FMA, so
       // the only extra error is bias * scale's rounding, under one integer step.
-      const float2 scale = *reinterpret_cast<const float2*>(ks + nt * 8);
-      const float sc[2] = {scale.x, scale.y};
-      const float offset[2] = {-kMagicBias * scale.x, -kMagicBias * scale.y};
+      const KeyScales ks = scales(nt);
 #pragma unroll
       for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          x[mt][nt][e] = fmaf(biased_int_to_float(s[mt][nt][e]), sc[e % 2], offset[e % 2]);
-          if (masked) {
+          x[mt][nt][e] = fmaf(biased_int_to_float(s[mt][nt][e]), ks.scale[e % 2], ks.offset[e % 2]);
+          if constexpr (kMasked) {
             const int row = row_base + mt * 16 + (e / 2) * 8 + g;
             const int col = k0 + nt * 8 + 2 * t + e % 2;
             if (col >= kv_len || (causal && col > row)) x[mt][nt][e] = -INFINITY;

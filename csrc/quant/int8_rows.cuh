@@ -13,24 +13,25 @@ namespace sage::int8 {
 __device__ __forceinline__ int group_of(int r, int block, int stride) { return (r / block) * stride + r % stride; }
 
 // How kThreads threads hold kRows rows of D 16-bit channels in registers: each lane 8
-// channels (16 bytes) of kPasses rows, a row's lanes adjacent in one warp.
+// channels (16 bytes) of kPasses rows, a row's lanes adjacent in one warp. `tid` is the
+// thread's index among the kThreads.
 template <int D, int kThreads, int kRows>
 struct RowChunk {
   static constexpr int kLanesPerRow = D / 8;
   static constexpr int kRowsPerPass = kThreads / kLanesPerRow;
   static constexpr int kPasses = kRows / kRowsPerPass;
   static_assert(kRows % kRowsPerPass == 0, "whole passes");
-  __device__ static int lane_in_row() { return threadIdx.x % kLanesPerRow; }
-  __device__ static int row(int pass) { return threadIdx.x / kLanesPerRow + pass * kRowsPerPass; }
+  __device__ static int lane_in_row(int tid) { return tid % kLanesPerRow; }
+  __device__ static int row(int tid, int pass) { return tid / kLanesPerRow + pass * kRowsPerPass; }
 
   // Issues every load at once (kPasses 16-byte loads in flight); rows at and past
   // `rows` read as zeros. `x` points at the chunk's first row, `stride` in elements.
   template <typename T>
-  __device__ static void load(const T* x, int64_t stride, int rows, uint4 (&raw)[kPasses]) {
-    x += lane_in_row() * 8;
+  __device__ static void load(const T* x, int64_t stride, int rows, int tid, uint4 (&raw)[kPasses]) {
+    x += lane_in_row(tid) * 8;
 #pragma unroll
     for (int i = 0; i < kPasses; ++i)
-      raw[i] = row(i) < rows ? *reinterpret_cast<const uint4*>(x + row(i) * stride) : make_uint4(0, 0, 0, 0);
+      raw[i] = row(tid, i) < rows ? *reinterpret_cast<const uint4*>(x + row(tid, i) * stride) : make_uint4(0, 0, 0, 0);
   }
 };
 

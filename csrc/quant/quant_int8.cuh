@@ -40,12 +40,12 @@ __global__ void __launch_bounds__(QuantInt8Shape::kThreads)
   __shared__ float group_amax[QuantInt8Shape::kChunkRows];
 
   const int t0 = blockIdx.x * QuantInt8Shape::kChunkRows, head = blockIdx.y, batch = blockIdx.z;
-  const int lane_in_row = Chunk::lane_in_row();
+  const int lane_in_row = Chunk::lane_in_row(threadIdx.x);
   const int rows = min(QuantInt8Shape::kChunkRows, p.len - t0);
   const int64_t bh = int64_t(batch) * p.heads + head;
   uint4 raw[Chunk::kPasses];
   Chunk::load(static_cast<const T*>(p.x) + batch * p.x_stride_b + head * p.x_stride_h + t0 * p.x_stride_n,
-              p.x_stride_n, rows, raw);
+              p.x_stride_n, rows, threadIdx.x, raw);
   if (threadIdx.x < QuantInt8Shape::kChunkRows) group_amax[threadIdx.x] = 0.0f;
   float mean[8] = {};
   if (p.mean != nullptr)
@@ -63,7 +63,7 @@ __global__ void __launch_bounds__(QuantInt8Shape::kThreads)
   // Group maxima: each row reduced across its lanes, then merged per group.
 #pragma unroll
   for (int i = 0; i < Chunk::kPasses; ++i) {
-    const int r = Chunk::row(i);
+    const int r = Chunk::row(threadIdx.x, i);
     float v[8];
     values(raw[i], v);
     const float amax = int8::row_amax<Chunk::kLanesPerRow>(v);
@@ -74,7 +74,7 @@ __global__ void __launch_bounds__(QuantInt8Shape::kThreads)
   // Quantize from registers and write each token's scale.
 #pragma unroll
   for (int i = 0; i < Chunk::kPasses; ++i) {
-    const int r = Chunk::row(i);
+    const int r = Chunk::row(threadIdx.x, i);
     if (r >= rows) break;
     const float scale = int8::scale_of(group_amax[local_group(r)]);
     float v[8];

@@ -1,12 +1,55 @@
 // Host side of the Hopper kernel. Built only when the arch list has sm_90a, and it
 // registers its own op implementation, so builds without it simply lack the op.
+#include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
 #include <torch/library.h>
+
+#include <array>
 
 #include "attention/attn_launch.cuh"
 #include "ops.h"
 #include "sm90/attn_sm90.cuh"
 
 namespace sage {
+namespace {
+
+// cuTensorMapEncodeTiled, from the driver through the runtime (no link to libcuda).
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static const auto encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    C10_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found));
+    TORCH_CHECK(found == cudaDriverEntryPointSuccess && fn != nullptr,
+                "the CUDA driver does not provide cuTensorMapEncodeTiled (needed by the Hopper kernel)");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  return encode;
+}
+
+// A TMA descriptor of a rank-R tensor of bytes or 16-bit elements: sizes and box
+// innermost first, byte strides of dimensions 1 .. R-1. Out-of-range rows read as zeros.
+template <int R>
+CUtensorMap tensor_map(const void* base, int elem_bytes, std::array<int64_t, R> dims,
+                       std::array<int64_t, R - 1> byte_strides, std::array<int, R> box, int swizzle_bytes) {
+  std::array<cuuint64_t, R> d;
+  std::array<cuuint64_t, R - 1> st;
+  std::array<cuuint32_t, R> b, ones;
+  for (int i = 0; i < R; ++i) {
+    d[i] = cuuint64_t(dims[i]);
+    b[i] = cuuint32_t(box[i]);
+    ones[i] = 1;
+  }
+  for (int i = 0; i < R - 1; ++i) st[i] = cuuint64_t(byte_strides[i]);
+  CUtensorMap map;
+  const CUresult r = tensor_map_encoder()(
+      &map, elem_bytes == 1 ? CU_TENSOR_MAP_DATA_TYPE_UINT8 : CU_TENSOR_MAP_DATA_TYPE_UINT16, R,
+      const_cast<void*>(base), d.data(), st.data(), b.data(), ones.data(), CU_TENSOR_MAP_INTERLEAVE_NONE,
+      swizzle_bytes == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  TORCH_CHECK(r == CUDA_SUCCESS, "cuTensorMapEncodeTiled failed (error ", int(r), ")");
+  return map;
+}
+
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor> attn_sm90(const at::Tensor& q_in, const at::Tensor& k, const at::Tensor& v_in,
                                              const at::Tensor& k_scale, const std::optional<at::Tensor>& v_scale,
@@ -18,7 +61,7 @@ std::tuple<at::Tensor, at::Tensor> attn_sm90(const at::Tensor& q_in, const at::T
   TORCH_CHECK(v_in.is_cuda() && (fp8 || v_in.scalar_type() == dtype),
               "v must be quant_v_fp8's e4m3 output or V itself in q's dtype, got ", v_in.scalar_type());
   TORCH_CHECK(fp8 == v_scale.has_value(), "v_scale is required with (and only with) an e4m3 v");
-  using Tile = sm90::Sm90Traits<64, PV::kFp16, __half>;  // the CTA's row count is the same for all
+  using Tile = sm90::Sm90Traits<64, PV::kFp16, __half>;  // the CTA's shape is the same for all
   TORCH_CHECK(q_group_block > 0 && Tile::kCtaQ % q_group_block == 0 && q_group_stride > 0 &&
                   q_group_block % q_group_stride == 0,
               "q_group_block must divide ", Tile::kCtaQ, " and q_group_stride must divide it, got ", q_group_block,
@@ -64,6 +107,16 @@ std::tuple<at::Tensor, at::Tensor> attn_sm90(const at::Tensor& q_in, const at::T
   const int64_t tiles = qs.b * qs.h * ((qs.n + Tile::kCtaQ - 1) / Tile::kCtaQ);
   TORCH_CHECK(tiles < (int64_t(1) << 31), "too many query tiles: ", tiles);
   p.batch = int(qs.b);
+  TORCH_CHECK(qs.d == 64 || qs.d == 128, "the Hopper kernel supports head dims 64 and 128, got ", qs.d);
+  // TMA boxes: one key block of K (D bytes a row), of V in 64-channel atoms, of V^T.
+  const int64_t D = qs.d, keys = p.kv_len, kv_rows = qs.b * p.kv_heads;
+  p.k_map = tensor_map<3>(k.data_ptr(), 1, {D, keys, kv_rows}, {D, keys * D}, {int(D), Tile::kCtaK, 1}, int(D));
+  if (fp8)
+    p.v_map = tensor_map<3>(v.data_ptr(), 1, {p.v_padded_len, D, kv_rows}, {p.v_padded_len, D * p.v_padded_len},
+                            {Tile::kCtaK, int(D), 1}, 128);
+  else
+    p.v_map = tensor_map<4>(v.data_ptr(), 2, {D, keys, p.kv_heads, qs.b},
+                            {p.v_stride_n * 2, p.v_stride_h * 2, p.v_stride_b * 2}, {64, Tile::kCtaK, 1, 1}, 128);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   dispatch_half_hd(dtype, qs.d, [&](auto elem, auto head_dim) {
     using T = typename decltype(elem)::type;

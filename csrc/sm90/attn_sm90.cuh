@@ -1,36 +1,46 @@
-// Hopper (sm_90a) INT8 Q·K^T attention with warpgroup MMAs.
+// Hopper (sm_90a) INT8 Q·K^T attention with warpgroup MMAs, warp-specialized.
 //
-// Same algorithm as attention/attn_kernel.cuh, but the kernel quantizes its Q tile
-// itself (each Q tile is read exactly once, so a separate quant_int8 pass over Q would
-// only add traffic), and each warpgroup (4 warps) owns 64 query rows and issues wgmma:
-// S = Q·K^T with both operands in shared memory (s8), then O += P·V with P from
-// registers (fp16/bf16, or e4m3) and V in shared memory.
-// Two warpgroups share each K/V block (halving L2 traffic against one per CTA, which
-// was L2-bound on H100) but are not kept in lockstep: the K/V stages are handed over
-// through mbarriers (full: the block landed; empty: every thread is done with it), so
-// one warpgroup's softmax can overlap the other's MMAs.
-// 16-bit V is read as the caller stores it ([keys][D] rows, through strides) and fed
-// to wgmma as an MN-major operand, so it costs no pass over memory before the kernel.
-// e4m3 wgmma takes K-major operands only: quant_v_fp8 writes V^T ([D][keys]) for it.
-// Shared tiles use the 64/128-byte swizzles of smem_layout.cuh, which are the
-// hardware's; tile bases are 1024-byte aligned.
+// Same algorithm as attention/attn_kernel.cuh. A CTA owns 128 query rows of one
+// (batch, head) and is three warpgroups with different jobs, as in FlashAttention-3:
+// - The producer (warpgroup 0) streams key blocks through a ring of kStages shared-memory
+//   stages. One warp does it: K and V arrive by TMA, which counts its bytes on the
+//   stage's `full` mbarrier; its lanes also write the block's key scales. A stage is
+//   reused once the consumers have arrived on its `empty` mbarrier. The producer needs
+//   few registers and gives them to the consumers (setmaxnreg).
+// - Two consumers (warpgroups 1 and 2), 64 query rows each, only compute: S = Q·K^T by
+//   wgmma (s8, both operands in shared memory), online softmax, O += P·V by wgmma with P
+//   from registers (fp16/bf16, or e4m3). The kernel is issue-bound: every instruction a
+//   consumer does not execute (address arithmetic, copies, masks of blocks that need
+//   none) is time the tensor cores would otherwise wait. (FA3's ping-pong turns between
+//   the consumers, enforced with named barriers, measured no faster here: left out.)
+// Each Q tile is read once, so the consumers quantize it themselves as they load it
+// (quant_int8's rule), instead of a separate pass over Q.
+// 16-bit V is read as the caller stores it ([keys][D] rows, through strides) and fed to
+// wgmma as an MN-major operand. e4m3 wgmma takes K-major operands only: quant_v_fp8
+// writes V^T ([D][keys]) for it. Shared tiles use the 64/128-byte swizzles that TMA
+// writes and wgmma reads; tile bases are 1024-byte aligned.
 #pragma once
 #include <cuda_runtime.h>
+
+#include <type_traits>
 
 #include "attention/softmax.cuh"
 #include "attention/traits.cuh"
 #include "common/numeric.cuh"
 #include "common/ptx.cuh"
 #include "common/smem_layout.cuh"
-#include "common/tile_copy.cuh"
 #include "quant/int8_rows.cuh"
+#include "sm90/async.cuh"
 #include "sm90/wgmma.cuh"
 
 namespace sage::sm90 {
 
-// AttnParams plus the 16-bit Q that the kernel quantizes (q and q_scale are unused).
+// AttnParams plus the 16-bit Q that the kernel quantizes (q and q_scale are unused) and
+// the TMA descriptors of K and V.
 struct Sm90Params : AttnParams {
-  const void* q_in;  // [B, Hq, Nq, D] through element strides, fp16/bf16
+  CUtensorMap k_map;  // int8 K: (D, keys, B * Hkv), box (D, kCtaK, 1)
+  CUtensorMap v_map;  // 16-bit V: (D, keys, Hkv, B), box (64, kCtaK, 1, 1); e4m3 V^T: (keys, D, B * Hkv)
+  const void* q_in;   // [B, Hq, Nq, D] through element strides, fp16/bf16
   int64_t q_stride_b, q_stride_h, q_stride_n;
   int q_group_block, q_group_stride;  // quant_int8's group rule; group_block divides kCtaQ
   float q_scale_mult;                 // sm_scale * log2 e
@@ -45,37 +55,36 @@ struct Sm90Traits {
   static_assert(kHeadDim == 64 || kHeadDim == 128, "head dims 64 and 128");
   static constexpr bool kFp8 = kPV == PV::kFp8;
 
-  static constexpr int kWarpGroups = 2;
-  static constexpr int kWgQ = 64;  // rows per warpgroup: the wgmma M
-  static constexpr int kCtaQ = kWarpGroups * kWgQ;
+  static constexpr int kConsumers = 2;  // consumer warpgroups
+  static constexpr int kWgQ = 64;       // rows per consumer: the wgmma M
+  static constexpr int kCtaQ = kConsumers * kWgQ;
   static constexpr int kCtaK = 128;  // the wgmma N of Q K^T
-  static constexpr int kThreads = kWarpGroups * 128;
+  static constexpr int kConsumerThreads = kConsumers * 128;
+  static constexpr int kThreads = 128 + kConsumerThreads;
+  // FlashAttention-3's split of the 64K registers: the producer keeps 24 a thread.
+  static constexpr int kProducerRegs = 24;
+  static constexpr int kConsumerRegs = 240;
+  static_assert(128 * kProducerRegs + kConsumerThreads * kConsumerRegs <= 65536, "register file");
   static constexpr int kSTiles = kCtaK / 8;
   static constexpr int kOTiles = kHeadDim / 8;
   static constexpr int kQKSteps = kHeadDim / 32;
 
-  // V block, in 128-byte-wide swizzle atoms stored one after the other. e4m3: V^T,
+  // V block, in swizzle atoms of 128-byte rows stored one after the other. e4m3: V^T,
   // [head_dim][128 keys], one atom. 16-bit: V, [keys][head_dim] split along head_dim
-  // into atoms of [keys][64 channels].
-  static constexpr int kElemBytesV = kFp8 ? 1 : 2;
+  // into atoms of [keys][64 channels] (one TMA box each).
   static constexpr int kVAtoms = kFp8 ? 1 : kHeadDim / 64;
   static constexpr int kVAtomRows = kFp8 ? kHeadDim : kCtaK;
-  using QKTile = SwizzledTile<kHeadDim>;
-  using VTile = SwizzledTile<128>;
   static constexpr int kQBytes = kCtaQ * kHeadDim;
   static constexpr int kKBytes = kCtaK * kHeadDim;
   static constexpr int kVAtomBytes = kVAtomRows * 128;
   static constexpr int kVBytes = kVAtoms * kVAtomBytes;
-  static_assert(kVBytes == kCtaK * kHeadDim * kElemBytesV, "V atoms cover the block");
-  static constexpr int kScaleBytes = kCtaK * 4;
-  // A stage holds one key block: K, V and the key scales (1024-aligned: wgmma's
-  // swizzle patterns repeat every 1024 bytes).
-  static constexpr int kStageBytes = (kKBytes + kVBytes + kScaleBytes + 1023) / 1024 * 1024;
-  // Block j + kAhead is loaded while block j's Q K^T and block j - 1's P V run; its stage
-  // was freed by block j + kAhead - kStages, released one iteration earlier, so the two
-  // warpgroups may drift up to one block apart before a load waits.
+  static_assert(kVBytes == kCtaK * kHeadDim * (kFp8 ? 1 : 2), "V atoms cover the block");
+  static constexpr int kTmaBytes = kKBytes + kVBytes;
+  static constexpr int kScaleBytes = kCtaK / 2 * 16;  // a float4 per key pair: 2 scales, 2 offsets
+  // A stage holds one key block: K, V and the key scales (1024-aligned: the swizzle
+  // patterns repeat every 1024 bytes).
+  static constexpr int kStageBytes = (kTmaBytes + kScaleBytes + 1023) / 1024 * 1024;
   static constexpr int kStages = 4;
-  static constexpr int kAhead = 2;
   static constexpr int kSmemBytes =
       1024 /* alignment slack */ + kQBytes + kStages * kStageBytes + 2 * kStages * 8 + kCtaQ * 4 /* Q group amax */;
 };
@@ -87,8 +96,9 @@ struct Sm90Kernel {
   static constexpr bool kFp8 = Tr::kFp8;
   using Softmax = OnlineSoftmax<1, Tr::kSTiles, Tr::kPV, Elem>;
   static constexpr int kPVSteps = Softmax::kPVSteps;
-
   using Coord = CtaCoord;
+
+  static constexpr int kConsumerBarrier = 1;  // named barrier of the consumer threads
 
   // The grid is one-dimensional, one CTA per (batch, head, query block) tile, numbered in
   // runs of kHeadGroup (batch, head) pairs with the longest query blocks first inside a
@@ -106,68 +116,74 @@ struct Sm90Kernel {
   }
 
   struct Smem {
-    uint8_t* q;
-    uint8_t* stages;  // [kStages][K | V | key scales]
+    uint32_t q;       // int8 Q tile, [kCtaQ][D]
+    uint32_t stages;  // [kStages][K | V | key scales]
     uint32_t full;    // mbarriers [kStages]: the block landed
-    uint32_t empty;   // mbarriers [kStages]: every thread is done with the block
+    uint32_t empty;   // mbarriers [kStages]: every consumer warp is done with the block
     float* q_amax;    // [kCtaQ]: Q's group maxima, indexed by group within the tile
-    __device__ uint8_t* k(int b) const { return stages + (b % Tr::kStages) * Tr::kStageBytes; }
-    __device__ uint8_t* v(int b) const { return k(b) + Tr::kKBytes; }
-    __device__ float* k_scale(int b) const { return reinterpret_cast<float*>(v(b) + Tr::kVBytes); }
+    __device__ uint32_t k(int b) const { return stages + (b % Tr::kStages) * Tr::kStageBytes; }
+    __device__ uint32_t v(int b) const { return k(b) + Tr::kKBytes; }
+    __device__ uint32_t scales(int b) const { return v(b) + Tr::kVBytes; }
     __device__ uint32_t full_bar(int b) const { return full + (b % Tr::kStages) * 8; }
     __device__ uint32_t empty_bar(int b) const { return empty + (b % Tr::kStages) * 8; }
   };
-  // This lane's rows: q0 + 16 warp + h * 8 + g.
+
+  // ------------------------------------------------------------------ producer warp
+  // Loads key blocks 0 .. n_blocks - 1 into the stage ring. Lane 0 issues the TMA copies;
+  // every lane writes two key pairs' scales (with their FMA offsets, which would cost
+  // the consumers an instruction per key) and arrives.
+  __device__ static void load_blocks(const Sm90Params& p, const Coord& c, const Smem& sm, int n_blocks) {
+    const int lane = threadIdx.x % 32;
+    const float* k_scale = p.k_scale + c.bkv * p.kv_len;
+    for (int b = 0; b < n_blocks; ++b) {
+      if (b >= Tr::kStages) ptx::mbar_wait(sm.empty_bar(b), (b / Tr::kStages - 1) & 1);
+      const int k0 = b * Tr::kCtaK;
+      const uint32_t full = sm.full_bar(b);
+      if (lane == 0) {
+        mbar_arrive_expect_tx(full, Tr::kTmaBytes);
+        tma_load_3d(sm.k(b), &p.k_map, full, 0, k0, int(c.bkv));
+        if constexpr (kFp8) {
+          tma_load_3d(sm.v(b), &p.v_map, full, k0, 0, int(c.bkv));
+        } else {
+#pragma unroll
+          for (int a = 0; a < Tr::kVAtoms; ++a)
+            tma_load_4d(sm.v(b) + a * Tr::kVAtomBytes, &p.v_map, full, a * 64, k0, c.kv_head, c.batch);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < Tr::kCtaK / 64; ++i) {
+        const int pair = lane + 32 * i, key = k0 + 2 * pair;
+        const float2 s = {key < p.kv_len ? __ldg(k_scale + key) : 0.0f,
+                          key + 1 < p.kv_len ? __ldg(k_scale + key + 1) : 0.0f};
+        const auto ks = Softmax::KeyScales::of(s);
+        st_shared_f4(sm.scales(b) + pair * 16, make_float4(ks.scale[0], ks.scale[1], ks.offset[0], ks.offset[1]));
+      }
+      ptx::mbar_arrive(full);
+    }
+  }
+
+  // ------------------------------------------------------------------ consumers
+  // `tid` is the thread's index among the consumers; its rows are q0 + 16 warp + 8 h + g.
   struct RowState {
     float o[Tr::kOTiles * 4];  // wgmma accumulator order: [n8 tile][4]
     float max[1][2], sum[1][2], q_scale[1][2];
   };
 
-  // Every thread copies its share of key block b (K, V, scales) into b's stage and
-  // arrives on the stage's full barrier once its copies land. Blocks past the first
-  // kStages wait for the stage's previous block to be released.
-  __device__ static void produce(const AttnParams& p, const Coord& c, const Smem& sm, int b) {
-    if (b >= Tr::kStages) ptx::mbar_wait(sm.empty_bar(b), (b / Tr::kStages - 1) & 1);
-    const int k0 = b * Tr::kCtaK;
-    const int64_t bkv = c.bkv;
-    const int8_t* k_rows = p.k + (bkv * p.kv_len + k0) * D;
-    load_tile<typename Tr::QKTile, Tr::kCtaK, Tr::kThreads>(sm.k(b), reinterpret_cast<const uint8_t*>(k_rows), D,
-                                                           p.kv_len - k0);
-    if constexpr (kFp8) {
-      const uint8_t* vt_rows = static_cast<const uint8_t*>(p.v) + bkv * D * p.v_padded_len + k0;
-      load_tile<typename Tr::VTile, D, Tr::kThreads>(sm.v(b), vt_rows, p.v_padded_len, D);
-    } else {
-      const int64_t row_bytes = p.v_stride_n * 2;
-      const uint8_t* v_rows = static_cast<const uint8_t*>(p.v) +
-                              (c.batch * p.v_stride_b + c.kv_head * p.v_stride_h) * 2 + k0 * row_bytes;
-#pragma unroll
-      for (int a = 0; a < Tr::kVAtoms; ++a)
-        load_tile<typename Tr::VTile, Tr::kCtaK, Tr::kThreads>(sm.v(b) + a * Tr::kVAtomBytes, v_rows + a * 128,
-                                                              row_bytes, p.kv_len - k0);
-    }
-    if (threadIdx.x < Tr::kCtaK) {
-      const bool valid = k0 + threadIdx.x < p.kv_len;
-      ptx::cp_async_4(ptx::smem_addr(sm.k_scale(b) + threadIdx.x),
-                      p.k_scale + bkv * p.kv_len + (valid ? k0 + threadIdx.x : 0), valid);
-    }
-    ptx::cp_async_mbar_arrive(sm.full_bar(b));
-  }
-
-  // The Q tile, 16-bit, in this thread's registers as quant_int8 would hold it.
-  using QChunk = int8::RowChunk<D, Tr::kThreads, Tr::kCtaQ>;
+  // The Q tile, 16-bit, in the consumers' registers as quant_int8 would hold it.
+  using QChunk = int8::RowChunk<D, Tr::kConsumerThreads, Tr::kCtaQ>;
   using QRegs = uint4[QChunk::kPasses];
 
-  __device__ static void load_q(const Sm90Params& p, const Coord& c, QRegs& raw) {
+  __device__ static void load_q(const Sm90Params& p, const Coord& c, int tid, QRegs& raw) {
     QChunk::load(static_cast<const Elem*>(p.q_in) + c.batch * p.q_stride_b + c.head * p.q_stride_h +
                      int64_t(c.q0) * p.q_stride_n,
-                 p.q_stride_n, min(Tr::kCtaQ, p.q_len - c.q0), raw);
+                 p.q_stride_n, min(Tr::kCtaQ, p.q_len - c.q0), tid, raw);
   }
 
   // Q tile -> INT8 in shared memory (the layout wgmma reads) and this lane's row scales,
-  // by quant_int8's rule: one scale per token group, amax / 127. Each thread keeps its
-  // rows in registers between the group reduction and the rounding.
-  __device__ static void quantize_q(const Sm90Params& p, const Smem& sm, const QRegs& raw, RowState& st) {
-    const int lane_in_row = QChunk::lane_in_row();
+  // by quant_int8's rule: one scale per token group, amax / 127. Groups may span both
+  // consumers, so the group maxima meet in shared memory.
+  __device__ static void quantize_q(const Sm90Params& p, const Smem& sm, int tid, const QRegs& raw, RowState& st) {
+    const int lane_in_row = QChunk::lane_in_row(tid);
     auto group = [&](int r) { return int8::group_of(r, p.q_group_block, p.q_group_stride); };
 
 #pragma unroll
@@ -175,32 +191,24 @@ struct Sm90Kernel {
       float v[8];
       int8::unpack<Elem>(raw[i], v);
       const float amax = int8::row_amax<QChunk::kLanesPerRow>(v);
-      if (lane_in_row == 0) int8::atomic_amax(&sm.q_amax[group(QChunk::row(i))], amax);
+      if (lane_in_row == 0) int8::atomic_amax(&sm.q_amax[group(QChunk::row(tid, i))], amax);
     }
-    __syncthreads();
+    named_sync<kConsumerBarrier>(Tr::kConsumerThreads);
 
-    const uint32_t q_base = ptx::smem_addr(sm.q);
 #pragma unroll
     for (int i = 0; i < QChunk::kPasses; ++i) {
-      const int r = QChunk::row(i);
+      const int r = QChunk::row(tid, i);
       float v[8];
       int8::unpack<Elem>(raw[i], v);
       const uint2 packed = int8::quantize(v, int8::scale_of(sm.q_amax[group(r)]));
-      const uint32_t dst = q_base + Tr::QKTile::offset(r, lane_in_row / 2) + 8 * (lane_in_row % 2);
+      const uint32_t dst = sm.q + SwizzledTile<D>::offset(r, lane_in_row / 2) + 8 * (lane_in_row % 2);
       asm volatile("st.shared.v2.b32 [%0], {%1, %2};\n" ::"r"(dst), "r"(packed.x), "r"(packed.y) : "memory");
     }
-    const int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4;
+    const int warp = tid / 32, g = tid % 32 / 4;
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const float amax = sm.q_amax[group(16 * warp + 8 * h + g)];
-      st.q_scale[0][h] = int8::scale_of(amax) * p.q_scale_mult;
-    }
-  }
-
-  // Waits until key block b has landed, and makes it visible to the tensor cores.
-  __device__ static void consume(const Smem& sm, int b) {
-    ptx::mbar_wait(sm.full_bar(b), (b / Tr::kStages) & 1);
-    fence_proxy_async();
+    for (int h = 0; h < 2; ++h) st.q_scale[0][h] = int8::scale_of(sm.q_amax[group(16 * warp + 8 * h + g)]) * p.q_scale_mult;
+    fence_proxy_async();  // Q's st.shared, before wgmma reads it
+    named_sync<kConsumerBarrier>(Tr::kConsumerThreads);
   }
 
   __device__ static void pv_mma(float (&acc)[Tr::kOTiles * 4], const uint32_t (&a)[4], uint64_t b, int scale_d) {
@@ -218,26 +226,25 @@ struct Sm90Kernel {
 
   using SAcc = int32_t[Tr::kSTiles * 4];  // wgmma accumulator order: [n8 tile][4]
   using OAcc = float[Tr::kOTiles * 4];
+  using PFrags = uint32_t[1][kPVSteps][4];
 
-  // Issues S = Q K^T for key block `block` (asynchronous: wgmma_wait before use).
-  // The descriptor start address steps 32 bytes (>> 4 = 2) per k32 step.
-  __device__ static void issue_qk(const Smem& sm, int block, SAcc& s) {
-    const int wg = threadIdx.x / 128;
-    const uint64_t a = make_desc<D>(ptx::smem_addr(sm.q + wg * Tr::kWgQ * D));
-    const uint64_t b = make_desc<D>(ptx::smem_addr(sm.k(block)));
+  // Issues S = Q K^T of key block `block` for consumer `wg` (asynchronous: wgmma_wait
+  // before use). The descriptor start address steps 32 bytes (>> 4 = 2) per k32 step.
+  __device__ static void issue_qk(const Smem& sm, int wg, int block, SAcc& s) {
+    const uint64_t a = make_desc<D>(sm.q + wg * Tr::kWgQ * D);
+    const uint64_t b = make_desc<D>(sm.k(block));
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < Tr::kQKSteps; ++ks) wgmma_m64n128k32_s8(s, a + 2 * ks, b + 2 * ks, ks);
     wgmma_commit();
   }
 
-  // Issues acc (+)= P V for key block `block`; accumulate = false starts from zero.
+  // Issues acc (+)= P V of key block `block`; accumulate = false starts from zero.
   // A k step moves along the keys: e4m3 V^T steps inside its K-major rows (bytes), 16-bit
   // V steps over whole 128-byte rows (a multiple of the 1024-byte swizzle period).
-  __device__ static void issue_pv(const Smem& sm, int block, const uint32_t (&pf)[1][kPVSteps][4],
-                                  bool accumulate, OAcc& acc) {
+  __device__ static void issue_pv(const Smem& sm, int block, const PFrags& pf, bool accumulate, OAcc& acc) {
     constexpr int kStepKeys = Softmax::kPVStepKeys;
-    const uint32_t base = ptx::smem_addr(sm.v(block));
+    const uint32_t base = sm.v(block);
     const uint64_t b = kFp8 ? make_desc<128>(base) : make_desc_mn128(base, Tr::kVAtomBytes, 8 * 128);
     constexpr int kStepBytes = kFp8 ? kStepKeys : kStepKeys * 128;
     wgmma_fence();
@@ -246,30 +253,41 @@ struct Sm90Kernel {
     wgmma_commit();
   }
 
+  // Scores and softmax of key block j: S -> P (as floats), alpha = the rescale of O.
+  // kMasked blocks cross the sequence end or the causal diagonal; in them the mask is
+  // applied per warp, so that only warps whose rows it touches pay for it.
+  template <bool kMasked>
+  __device__ static void softmax(const AttnParams& p, const Coord& c, const Smem& sm, int warp, int j, const SAcc& s,
+                                 RowState& st, float (&x)[1][Tr::kSTiles][4], float (&alpha)[1][2]) {
+    const int k0 = j * Tr::kCtaK, row0 = c.q0 + 16 * warp;
+    const uint32_t scales = sm.scales(j) + (threadIdx.x % 4) * 16;
+    auto scales_of = [&](int nt) {
+      const float4 v = ld_shared_f4(scales + nt * 4 * 16);
+      return typename Softmax::KeyScales{{v.x, v.y}, {v.z, v.w}};
+    };
+    const auto& s3 = reinterpret_cast<const int32_t(&)[1][Tr::kSTiles][4]>(s);
+    if (kMasked && (k0 + Tr::kCtaK > p.kv_len || (p.causal && k0 + Tr::kCtaK - 1 > row0)))
+      Softmax::template scores<true>(s3, scales_of, row0, k0, p.kv_len, p.causal, x);
+    else
+      Softmax::template scores<false>(s3, scales_of, row0, k0, p.kv_len, p.causal, x);
+    Softmax::update(x, st.q_scale, st.max, st.sum, alpha);
+  }
+
   // The key loop, software-pipelined as in FlashAttention-3: block j's Q K^T and block
   // j - 1's P V are issued back to back, and block j's softmax runs on the CUDA cores
   // while the tensor cores finish P V. Registers that a wgmma reads (P, O) are only
   // written once no wgmma is in flight, so ptxas does not serialize the MMAs.
-  __device__ static void key_loop(const AttnParams& p, const Coord& c, const Smem& sm,
+  __device__ static void key_loop(const AttnParams& p, const Coord& c, const Smem& sm, int tid,
                                   const typename Coord::KeyBlocks& kb, RowState& st) {
-    const int warp = threadIdx.x / 32;
+    const int warp = tid / 32, wg = tid / 128, lane = tid % 32;
     const int n_blocks = kb.n_blocks;
+    auto wait_full = [&](int b) { ptx::mbar_wait(sm.full_bar(b), (b / Tr::kStages) & 1); };
 
     SAcc s;
     OAcc pv_acc;  // fp8: block j - 1's P V before it is folded into O
-    uint32_t pf[1][kPVSteps][4];
-    float alpha[1][2];
+    PFrags pf;
+    float alpha[1][2] = {{1.0f, 1.0f}};
 
-    // Softmax of block j: S -> P (packed later), alpha = rescale factor of O.
-    auto softmax = [&](int j, float (&x)[1][Tr::kSTiles][4]) {
-      const int k0 = j * Tr::kCtaK;
-      // Past n_unmasked the mask test is per warp: only warps that cross the diagonal pay.
-      const bool masked = j >= kb.n_unmasked &&
-                          (k0 + Tr::kCtaK > p.kv_len || (p.causal && k0 + Tr::kCtaK - 1 > c.q0 + 16 * warp));
-      Softmax::scores(reinterpret_cast<const int32_t(&)[1][Tr::kSTiles][4]>(s), sm.k_scale(j), c.q0 + 16 * warp,
-                      k0, p.kv_len, p.causal, masked, x);
-      Softmax::update(x, st.q_scale, st.max, st.sum, alpha);
-    };
     // O = O * alpha + P V, with P V of block `v_block` issued here (fp16: rescale then
     // accumulate in place; fp8: accumulate from zero, folded in by fold_pv).
     auto issue_block_pv = [&](int v_block) {
@@ -288,33 +306,40 @@ struct Sm90Kernel {
 #pragma unroll
         for (int i = 0; i < Tr::kOTiles * 4; ++i) st.o[i] = fmaf(st.o[i], a[(i % 4) / 2], pv_acc[i]);
     };
-
-    consume(sm, 0);
-    issue_qk(sm, 0, s);
-    wgmma_wait<0>();
-    fence_regs(s);
-    {
-      float x[1][Tr::kSTiles][4];
-      softmax(0, x);
-      Softmax::pack(x, pf);
-    }
-    for (int j = 1; j < n_blocks; ++j) {
-      if (j + Tr::kAhead < n_blocks) produce(p, c, sm, j + Tr::kAhead);
-      consume(sm, j);
+    // One iteration: Q K^T of block j with P V of block j - 1, softmax of block j.
+    auto step = [&](int j, auto masked) {
+      wait_full(j);
       const float alpha_prev[2] = {alpha[0][0], alpha[0][1]};
-      issue_qk(sm, j, s);
+      issue_qk(sm, wg, j, s);
       issue_block_pv(j - 1);
       wgmma_wait<1>();  // S of block j
       fence_regs(s);
       float x[1][Tr::kSTiles][4];
-      softmax(j, x);
+      softmax<decltype(masked)::value>(p, c, sm, warp, j, s, st, x, alpha);
       wgmma_wait<0>();  // P V of block j - 1
       fence_regs(st.o);
       fence_regs(pv_acc);
-      ptx::mbar_arrive(sm.empty_bar(j - 1));
+      __syncwarp();
+      if (lane == 0) ptx::mbar_arrive(sm.empty_bar(j - 1));
       fold_pv(alpha_prev);
       Softmax::pack(x, pf);
+    };
+
+    wait_full(0);
+    issue_qk(sm, wg, 0, s);
+    wgmma_wait<0>();
+    fence_regs(s);
+    {
+      float x[1][Tr::kSTiles][4];
+      if (kb.n_unmasked > 0)
+        softmax<false>(p, c, sm, warp, 0, s, st, x, alpha);
+      else
+        softmax<true>(p, c, sm, warp, 0, s, st, x, alpha);
+      Softmax::pack(x, pf);
     }
+    int j = 1;
+    for (; j < kb.n_unmasked; ++j) step(j, std::false_type{});
+    for (; j < n_blocks; ++j) step(j, std::true_type{});
     issue_block_pv(n_blocks - 1);
     wgmma_wait<0>();
     fence_regs(st.o);
@@ -322,46 +347,9 @@ struct Sm90Kernel {
     fold_pv(alpha[0]);
   }
 
-  __device__ static void run(const Sm90Params& p) {
-    extern __shared__ uint8_t smem_raw[];
-    uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-    Smem sm;
-    sm.q = smem;
-    sm.stages = sm.q + Tr::kQBytes;
-    sm.full = ptx::smem_addr(sm.stages + Tr::kStages * Tr::kStageBytes);
-    sm.empty = sm.full + Tr::kStages * 8;
-    sm.q_amax = reinterpret_cast<float*>(sm.stages + Tr::kStages * Tr::kStageBytes + 2 * Tr::kStages * 8);
-    if (threadIdx.x < Tr::kStages) {
-      ptx::mbar_init(sm.full + threadIdx.x * 8, Tr::kThreads);
-      ptx::mbar_init(sm.empty + threadIdx.x * 8, Tr::kThreads);
-    }
-    if (threadIdx.x < Tr::kCtaQ) sm.q_amax[threadIdx.x] = 0.0f;
-    __syncthreads();
-
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    const Coord c = tile_coord(p);
-    const int64_t bh = c.bh, bkv = c.bkv;
-    const auto kb = c.key_blocks(p, Tr::kCtaQ, Tr::kCtaK);
-
-    // Q's loads go out first (the first Q K^T waits on them), then key blocks 0 .. kAhead,
-    // which land while Q is quantized.
-    QRegs q_raw;
-    load_q(p, c, q_raw);
-    for (int b = 0; b <= Tr::kAhead && b < kb.n_blocks; ++b) produce(p, c, sm, b);
-    RowState st;
-    quantize_q(p, sm, q_raw, st);
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      st.max[0][h] = -INFINITY;
-      st.sum[0][h] = 0.0f;
-    }
-#pragma unroll
-    for (int i = 0; i < Tr::kOTiles * 4; ++i) st.o[i] = 0.0f;
-    fence_proxy_async();  // Q's st.shared, before wgmma reads it
-    __syncthreads();
-    key_loop(p, c, sm, kb, st);
-
-    // Epilogue: O / l (fp8: times the per-channel V scale / 448), LSE.
+  // O / l (fp8: times the per-channel V scale / 448) to the caller's layout, and the LSE.
+  __device__ static void store(const AttnParams& p, const Coord& c, int tid, const RowState& st) {
+    const int warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
     Elem* out = static_cast<Elem*>(p.out) + c.batch * p.o_stride_b + c.head * p.o_stride_h;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -374,15 +362,60 @@ struct Sm90Kernel {
       for (int nt = 0; nt < Tr::kOTiles; ++nt) {
         float s0 = inv, s1 = inv;
         if constexpr (kFp8) {
-          const float* vs = p.v_scale + bkv * D + nt * 8 + 2 * t;
+          const float* vs = p.v_scale + c.bkv * D + nt * 8 + 2 * t;
           s0 *= vs[0] / Softmax::kPScale;
           s1 *= vs[1] / Softmax::kPScale;
         }
         *reinterpret_cast<uint32_t*>(dst + nt * 8) =
             pack_pair<Elem>(st.o[nt * 4 + 2 * h] * s0, st.o[nt * 4 + 2 * h + 1] * s1);
       }
-      if (p.lse != nullptr && t == 0)
-        p.lse[bh * p.q_len + row] = (st.max[0][h] + __log2f(sum)) * 0.69314718055994531f;
+      if (p.lse != nullptr && t == 0) p.lse[c.bh * p.q_len + row] = (st.max[0][h] + __log2f(sum)) * 0.69314718055994531f;
+    }
+  }
+
+  __device__ static void consume(const Sm90Params& p, const Coord& c, const Smem& sm,
+                                 const typename Coord::KeyBlocks& kb) {
+    const int tid = threadIdx.x - 128;
+    QRegs q_raw;
+    load_q(p, c, tid, q_raw);
+    RowState st;
+    quantize_q(p, sm, tid, q_raw, st);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      st.max[0][h] = -INFINITY;
+      st.sum[0][h] = 0.0f;
+    }
+#pragma unroll
+    for (int i = 0; i < Tr::kOTiles * 4; ++i) st.o[i] = 0.0f;
+    key_loop(p, c, sm, tid, kb, st);
+    store(p, c, tid, st);
+  }
+
+  __device__ static void run(const Sm90Params& p) {
+    extern __shared__ uint8_t smem_raw[];
+    uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+    Smem sm;
+    sm.q = ptx::smem_addr(smem);
+    sm.stages = sm.q + Tr::kQBytes;
+    sm.full = sm.stages + Tr::kStages * Tr::kStageBytes;
+    sm.empty = sm.full + Tr::kStages * 8;
+    sm.q_amax = reinterpret_cast<float*>(smem + Tr::kQBytes + Tr::kStages * Tr::kStageBytes + 2 * Tr::kStages * 8);
+    if (threadIdx.x < Tr::kStages) {
+      ptx::mbar_init(sm.full + threadIdx.x * 8, 1 + 32);  // the TMA byte count + 32 lanes' scales
+      ptx::mbar_init(sm.empty + threadIdx.x * 8, Tr::kConsumerThreads / 32);
+    }
+    if (threadIdx.x < Tr::kCtaQ) sm.q_amax[threadIdx.x] = 0.0f;
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");  // initialized, for TMA
+    __syncthreads();
+
+    const Coord c = tile_coord(p);
+    const auto kb = c.key_blocks(p, Tr::kCtaQ, Tr::kCtaK);
+    if (threadIdx.x < 128) {
+      setmaxnreg_dec<Tr::kProducerRegs>();
+      if (threadIdx.x < 32) load_blocks(p, c, sm, kb.n_blocks);
+    } else {
+      setmaxnreg_inc<Tr::kConsumerRegs>();
+      consume(p, c, sm, kb);
     }
   }
 };
