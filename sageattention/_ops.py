@@ -28,7 +28,9 @@ is_causal, return_lse)``
     quantized as ``quant_int8(q, None, tensor_layout, q_group_block, q_group_stride,
     q_scale_mult)`` (q_group_block divides 128); v is V itself (q's dtype and layout:
     attn_fp16pv semantics) or quant_v_fp8's output (with v_scale: attn_fp8pv semantics).
-    Out in q's dtype.
+    k_scale must be constant over each class of keys (64-key group, key mod 8): the kernel
+    reads one scale per class, which holds for quant_int8's K groups (group_block 64,
+    group_stride dividing 8). Out in q's dtype.
 """
 
 from __future__ import annotations

@@ -226,6 +226,17 @@ def attn_fp8pv(q, k, v, q_scale, k_scale, v_scale, tensor_layout: int, out_dtype
 
 
 SM90_CTA_Q = 128  # query rows per CTA of the Hopper kernel: Q's groups must not straddle it
+SM90_K_GROUP = 64  # the Hopper kernel reads one K scale per 64 keys and key residue mod 8
+
+
+def _check_sm90_k_scale(k_scale):
+    """The Hopper kernel applies K's scales per class of keys (64-key group, key mod 8),
+    which holds for quant_int8's K groups of 64 keys with a stride dividing 8."""
+    keys = torch.arange(k_scale.shape[-1], device=k_scale.device)
+    first_of_class = keys // SM90_K_GROUP * SM90_K_GROUP + keys % 8
+    if not torch.equal(k_scale, k_scale[..., first_of_class]):
+        raise ValueError("k_scale must be constant over each class of keys (64-key group, key mod 8), "
+                         "as quant_int8 with group_block 64 and a group_stride dividing 8 makes it")
 
 
 def attn_sm90(q, k, v, k_scale, v_scale, tensor_layout: int, q_group_block: int, q_group_stride: int,
@@ -233,11 +244,13 @@ def attn_sm90(q, k, v, k_scale, v_scale, tensor_layout: int, q_group_block: int,
     """The Hopper kernel's op. q is 16-bit in ``tensor_layout`` and is quantized inside it
     exactly as ``quant_int8(q, None, tensor_layout, q_group_block, q_group_stride,
     q_scale_mult)``; v is V itself (q's dtype, ``tensor_layout``: fp16 semantics) or
-    quant_v_fp8's output (with v_scale: fp8 semantics). Out in q's dtype."""
+    quant_v_fp8's output (with v_scale: fp8 semantics). k_scale must be constant over
+    each (64-key group, key mod 8) class, as quant_int8's K groups make it. Out in q's dtype."""
     if q.dtype not in (torch.float16, torch.bfloat16):
         raise ValueError(f"q must be float16 or bfloat16, got {q.dtype}")
     if SM90_CTA_Q % q_group_block:
         raise ValueError(f"q_group_block must divide {SM90_CTA_Q}, got {q_group_block}")
+    _check_sm90_k_scale(k_scale)
     q_int8, q_scale = quant_int8(q, None, tensor_layout, q_group_block, q_group_stride, q_scale_mult)
     if v.dtype == torch.float8_e4m3fn:
         if v_scale is None:

@@ -4,7 +4,7 @@
 // (batch, head) and is three warpgroups with different jobs, as in FlashAttention-3:
 // - The producer (warpgroup 0) streams key blocks through a ring of kStages shared-memory
 //   stages. One warp does it: K and V arrive by TMA, which counts its bytes on the
-//   stage's `full` mbarrier; its lanes also write the block's key scales. A stage is
+//   stage's `full` mbarrier; its lanes also copy the block's key scales. A stage is
 //   reused once the consumers have arrived on its `empty` mbarrier. The producer needs
 //   few registers and gives them to the consumers (setmaxnreg).
 // - Two consumers (warpgroups 1 and 2), 64 query rows each, only compute: S = Q·K^T by
@@ -80,7 +80,11 @@ struct Sm90Traits {
   static constexpr int kVBytes = kVAtoms * kVAtomBytes;
   static_assert(kVBytes == kCtaK * kHeadDim * (kFp8 ? 1 : 2), "V atoms cover the block");
   static constexpr int kTmaBytes = kKBytes + kVBytes;
-  static constexpr int kScaleBytes = kCtaK / 2 * 16;  // a float4 per key pair: 2 scales, 2 offsets
+  // K's scales: one per 64-key group, or per key residue mod 8 inside it (quant_int8's
+  // per_warp / per_thread groups). A lane's columns of S are keys 8 n + 2t + e, so in
+  // each 64-key half of a block it meets two scales (e = 0, 1): 16 distinct a block.
+  static constexpr int kKeyGroup = 64;
+  static constexpr int kScaleBytes = kCtaK / kKeyGroup * 8 * 4;
   // A stage holds one key block: K, V and the key scales (1024-aligned: the swizzle
   // patterns repeat every 1024 bytes).
   static constexpr int kStageBytes = (kTmaBytes + kScaleBytes + 1023) / 1024 * 1024;
@@ -97,6 +101,7 @@ struct Sm90Kernel {
   using Softmax = OnlineSoftmax<1, Tr::kSTiles, Tr::kPV, Elem>;
   static constexpr int kPVSteps = Softmax::kPVSteps;
   using Coord = CtaCoord;
+  static constexpr float kLog2PScale = kFp8 ? 8.8073549220576041f : 0.0f;  // log2(Softmax::kPScale)
 
   static constexpr int kConsumerBarrier = 1;  // named barrier of the consumer threads
 
@@ -130,8 +135,8 @@ struct Sm90Kernel {
 
   // ------------------------------------------------------------------ producer warp
   // Loads key blocks 0 .. n_blocks - 1 into the stage ring. Lane 0 issues the TMA copies;
-  // every lane writes two key pairs' scales (with their FMA offsets, which would cost
-  // the consumers an instruction per key) and arrives.
+  // lanes copy the block's distinct key scales (those of keys 64 h + r, r < 8) and all
+  // arrive.
   __device__ static void load_blocks(const Sm90Params& p, const Coord& c, const Smem& sm, int n_blocks) {
     const int lane = threadIdx.x % 32;
     const float* k_scale = p.k_scale + c.bkv * p.kv_len;
@@ -150,13 +155,11 @@ struct Sm90Kernel {
             tma_load_4d(sm.v(b) + a * Tr::kVAtomBytes, &p.v_map, full, a * 64, k0, c.kv_head, c.batch);
         }
       }
-#pragma unroll
-      for (int i = 0; i < Tr::kCtaK / 64; ++i) {
-        const int pair = lane + 32 * i, key = k0 + 2 * pair;
-        const float2 s = {key < p.kv_len ? __ldg(k_scale + key) : 0.0f,
-                          key + 1 < p.kv_len ? __ldg(k_scale + key + 1) : 0.0f};
-        const auto ks = Softmax::KeyScales::of(s);
-        st_shared_f4(sm.scales(b) + pair * 16, make_float4(ks.scale[0], ks.scale[1], ks.offset[0], ks.offset[1]));
+      if (lane < Tr::kScaleBytes / 4) {
+        // Past the end: any finite positive scale (those keys are masked to -inf).
+        const int key = k0 + lane / 8 * Tr::kKeyGroup + lane % 8;
+        const float scale = key < p.kv_len ? __ldg(k_scale + key) : 1.0f;
+        asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(sm.scales(b) + lane * 4), "f"(scale) : "memory");
       }
       ptx::mbar_arrive(full);
     }
@@ -166,7 +169,9 @@ struct Sm90Kernel {
   // `tid` is the thread's index among the consumers; its rows are q0 + 16 warp + 8 h + g.
   struct RowState {
     float o[Tr::kOTiles * 4];  // wgmma accumulator order: [n8 tile][4]
-    float max[1][2], sum[1][2], q_scale[1][2];
+    float max[1][2];      // base-2 logits
+    float sum[1][2];      // this lane's partial row sums of P (fp8: of 448 P)
+    float q_scale[1][2];  // Q's scale times sm_scale * log2 e
   };
 
   // The Q tile, 16-bit, in the consumers' registers as quant_int8 would hold it.
@@ -253,24 +258,90 @@ struct Sm90Kernel {
     wgmma_commit();
   }
 
-  // Scores and softmax of key block j: S -> P (as floats), alpha = the rescale of O.
-  // kMasked blocks cross the sequence end or the causal diagonal; in them the mask is
-  // applied per warp, so that only warps whose rows it touches pay for it.
+  // Online softmax of key block j: S -> P (as floats), alpha = the rescale of O.
+  // A column class (64-key half, e) shares one key scale, so the scales are applied per
+  // class, not per score: the maximum is taken over the raw scores of each class, and
+  // exp2's argument is one FMA of the raw score, 2^(s * k_scale * q_scale - m).
+  // Scores stay in the biased form b = 1.5 * 2^23 + s (an exact float, one integer add
+  // from int32); the bias is folded into the FMA's addend, whose rounding costs under an
+  // integer step of s: far below INT8's own rounding. The fp8 path's P scale (448, to use
+  // e4m3's range) is a term of the exponent too, so it scales the row sums alike and
+  // cancels in O / l.
+  // kMasked blocks cross the sequence end or the causal diagonal (with query and key
+  // blocks of one size, the diagonal crosses every warp's rows).
   template <bool kMasked>
   __device__ static void softmax(const AttnParams& p, const Coord& c, const Smem& sm, int warp, int j, const SAcc& s,
                                  RowState& st, float (&x)[1][Tr::kSTiles][4], float (&alpha)[1][2]) {
+    constexpr int kHalves = Tr::kCtaK / Tr::kKeyGroup, kTilesPerHalf = Tr::kSTiles / kHalves;
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const int k0 = j * Tr::kCtaK, row0 = c.q0 + 16 * warp;
-    const uint32_t scales = sm.scales(j) + (threadIdx.x % 4) * 16;
-    auto scales_of = [&](int nt) {
-      const float4 v = ld_shared_f4(scales + nt * 4 * 16);
-      return typename Softmax::KeyScales{{v.x, v.y}, {v.z, v.w}};
-    };
-    const auto& s3 = reinterpret_cast<const int32_t(&)[1][Tr::kSTiles][4]>(s);
-    if (kMasked && (k0 + Tr::kCtaK > p.kv_len || (p.causal && k0 + Tr::kCtaK - 1 > row0)))
-      Softmax::template scores<true>(s3, scales_of, row0, k0, p.kv_len, p.causal, x);
-    else
-      Softmax::template scores<false>(s3, scales_of, row0, k0, p.kv_len, p.causal, x);
-    Softmax::update(x, st.q_scale, st.max, st.sum, alpha);
+    float scale[kHalves][2];
+#pragma unroll
+    for (int hf = 0; hf < kHalves; ++hf) {
+      float2 v;
+      asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];\n" : "=f"(v.x), "=f"(v.y) : "r"(sm.scales(j) + (hf * 8 + 2 * t) * 4));
+      scale[hf][0] = v.x;
+      scale[hf][1] = v.y;
+    }
+#pragma unroll
+    for (int nt = 0; nt < Tr::kSTiles; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) x[0][nt][e] = biased_int_to_float(s[nt * 4 + e]);
+    if constexpr (kMasked) {
+      // Column 8 nt + 2t + i of row h is visible below `limit[h]`: one compare with a
+      // constant per score.
+      int limit[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        limit[h] = min(p.kv_len, p.causal ? row0 + 8 * h + g + 1 : p.kv_len) - k0 - 2 * t;
+#pragma unroll
+      for (int nt = 0; nt < Tr::kSTiles; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          if (nt * 8 + e % 2 >= limit[e / 2]) x[0][nt][e] = -INFINITY;
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float class_max[kHalves][2];
+#pragma unroll
+      for (int hf = 0; hf < kHalves; ++hf) class_max[hf][0] = class_max[hf][1] = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < Tr::kSTiles; ++nt)
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+          class_max[nt / kTilesPerHalf][i] = fmaxf(class_max[nt / kTilesPerHalf][i], x[0][nt][2 * h + i]);
+      float mx = -INFINITY;  // the block's row maximum of s * k_scale (-inf stays -inf)
+#pragma unroll
+      for (int hf = 0; hf < kHalves; ++hf)
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+          mx = fmaxf(mx, fmaf(class_max[hf][i], scale[hf][i], -kMagicBias * scale[hf][i]));
+      const float sq = st.q_scale[0][h];
+      const float m_new = fmaxf(st.max[0][h], Softmax::quad_max(mx) * sq);
+      // A row with no visible key so far keeps m = -inf; subtract 0 instead so that its
+      // probabilities are exp2(-inf) = 0 rather than NaN.
+      const float m_sub = m_new == -INFINITY ? 0.0f : m_new;
+      alpha[0][h] = ptx::exp2_approx(st.max[0][h] - m_sub);
+      st.max[0][h] = m_new;
+      float mul[kHalves][2], add[kHalves][2];
+#pragma unroll
+      for (int hf = 0; hf < kHalves; ++hf)
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          mul[hf][i] = scale[hf][i] * sq;
+          add[hf][i] = fmaf(-kMagicBias, mul[hf][i], kLog2PScale - m_sub);
+        }
+      float sum = 0.0f;
+#pragma unroll
+      for (int nt = 0; nt < Tr::kSTiles; ++nt)
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          float& v = x[0][nt][2 * h + i];
+          v = ptx::exp2_approx(fmaf(v, mul[nt / kTilesPerHalf][i], add[nt / kTilesPerHalf][i]));
+          sum += v;
+        }
+      st.sum[0][h] = fmaf(st.sum[0][h], alpha[0][h], sum);
+    }
   }
 
   // The key loop, software-pipelined as in FlashAttention-3: block j's Q K^T and block
@@ -363,13 +434,14 @@ struct Sm90Kernel {
         float s0 = inv, s1 = inv;
         if constexpr (kFp8) {
           const float* vs = p.v_scale + c.bkv * D + nt * 8 + 2 * t;
-          s0 *= vs[0] / Softmax::kPScale;
-          s1 *= vs[1] / Softmax::kPScale;
+          s0 *= vs[0];
+          s1 *= vs[1];
         }
         *reinterpret_cast<uint32_t*>(dst + nt * 8) =
             pack_pair<Elem>(st.o[nt * 4 + 2 * h] * s0, st.o[nt * 4 + 2 * h + 1] * s1);
       }
-      if (p.lse != nullptr && t == 0) p.lse[c.bh * p.q_len + row] = (st.max[0][h] + __log2f(sum)) * 0.69314718055994531f;
+      if (p.lse != nullptr && t == 0)
+        p.lse[c.bh * p.q_len + row] = (st.max[0][h] + __log2f(sum) - kLog2PScale) * 0.69314718055994531f;
     }
   }
 
@@ -401,7 +473,7 @@ struct Sm90Kernel {
     sm.empty = sm.full + Tr::kStages * 8;
     sm.q_amax = reinterpret_cast<float*>(smem + Tr::kQBytes + Tr::kStages * Tr::kStageBytes + 2 * Tr::kStages * 8);
     if (threadIdx.x < Tr::kStages) {
-      ptx::mbar_init(sm.full + threadIdx.x * 8, 1 + 32);  // the TMA byte count + 32 lanes' scales
+      ptx::mbar_init(sm.full + threadIdx.x * 8, 1 + 32);  // the TMA byte count + the producer's lanes
       ptx::mbar_init(sm.empty + threadIdx.x * 8, Tr::kConsumerThreads / 32);
     }
     if (threadIdx.x < Tr::kCtaQ) sm.q_amax[threadIdx.x] = 0.0f;

@@ -235,6 +235,18 @@ def test_attn_sm90_rejects_bad_arguments():
         R.attn_sm90(q, ki, v, ks, None, R.HND, 48, 8, 0.18, False, False)
 
 
+@pytest.mark.parametrize("group_block,group_stride,ok", [(64, 1, True), (64, 8, True), (64, 4, True),
+                                                         (32, 1, False), (64, 16, False)])
+def test_attn_sm90_needs_k_scale_per_key_class(group_block, group_stride, ok):
+    q, k, v = make_qkv(b=1, hq=2, nq=20, nk=150, d=64)
+    ki, ks = R.quant_int8(k, None, R.HND, group_block, group_stride, 1.0)
+    if ok:
+        R.attn_sm90(q, ki, v, ks, None, R.HND, 32, 8, 0.18, False, False)
+    else:
+        with pytest.raises(ValueError, match="constant over each class"):
+            R.attn_sm90(q, ki, v, ks, None, R.HND, 32, 8, 0.18, False, False)
+
+
 def test_attn_layout_nhd_output():
     q, k, v = make_qkv(b=1, hq=2, nq=20, nk=33, d=64, layout="NHD")
     qi, qs = R.quant_int8(q, None, R.NHD, 32, 8, 0.18)
