@@ -26,7 +26,7 @@ Op contract (the CUDA kernels implement exactly this):
 is_causal, return_lse)``
     the Hopper kernel, which quantizes Q itself: q is 16-bit in ``tensor_layout`` and is
     quantized as ``quant_int8(q, None, tensor_layout, q_group_block, q_group_stride,
-    q_scale_mult)`` (q_group_block divides 128); v is V itself (q's dtype and layout:
+    q_scale_mult)`` (q_group_block divides 64); v is V itself (q's dtype and layout:
     attn_fp16pv semantics) or quant_v_fp8's output (with v_scale: attn_fp8pv semantics).
     k_scale must be constant over each class of keys (64-key group, key mod 8): the kernel
     reads one scale per class, which holds for quant_int8's K groups (group_block 64,

@@ -225,7 +225,7 @@ def attn_fp8pv(q, k, v, q_scale, k_scale, v_scale, tensor_layout: int, out_dtype
     return _attn_fp8(q, k, v, q_scale, k_scale, v_scale, tensor_layout, out_dtype, is_causal, return_lse)
 
 
-SM90_CTA_Q = 128  # query rows per CTA of the Hopper kernel: Q's groups must not straddle it
+SM90_WG_Q = 64  # query rows per consumer warpgroup of the Hopper kernel: Q's groups divide it
 SM90_K_GROUP = 64  # the Hopper kernel reads one K scale per 64 keys and key residue mod 8
 
 
@@ -248,8 +248,8 @@ def attn_sm90(q, k, v, k_scale, v_scale, tensor_layout: int, q_group_block: int,
     each (64-key group, key mod 8) class, as quant_int8's K groups make it. Out in q's dtype."""
     if q.dtype not in (torch.float16, torch.bfloat16):
         raise ValueError(f"q must be float16 or bfloat16, got {q.dtype}")
-    if SM90_CTA_Q % q_group_block:
-        raise ValueError(f"q_group_block must divide {SM90_CTA_Q}, got {q_group_block}")
+    if SM90_WG_Q % q_group_block:
+        raise ValueError(f"q_group_block must divide {SM90_WG_Q}, got {q_group_block}")
     _check_sm90_k_scale(k_scale)
     q_int8, q_scale = quant_int8(q, None, tensor_layout, q_group_block, q_group_stride, q_scale_mult)
     if v.dtype == torch.float8_e4m3fn:

@@ -61,10 +61,10 @@ std::tuple<at::Tensor, at::Tensor> attn_sm90(const at::Tensor& q_in, const at::T
   TORCH_CHECK(v_in.is_cuda() && (fp8 || v_in.scalar_type() == dtype),
               "v must be quant_v_fp8's e4m3 output or V itself in q's dtype, got ", v_in.scalar_type());
   TORCH_CHECK(fp8 == v_scale.has_value(), "v_scale is required with (and only with) an e4m3 v");
-  using Tile = sm90::Sm90Traits<64, PV::kFp16, __half>;  // the CTA's shape is the same for all
-  TORCH_CHECK(q_group_block > 0 && Tile::kCtaQ % q_group_block == 0 && q_group_stride > 0 &&
+  using Tile = sm90::Sm90Traits<128, PV::kFp16, __half>;  // key blocks and consumer rows: the same for all
+  TORCH_CHECK(q_group_block > 0 && Tile::kWgQ % q_group_block == 0 && q_group_stride > 0 &&
                   q_group_block % q_group_stride == 0,
-              "q_group_block must divide ", Tile::kCtaQ, " and q_group_stride must divide it, got ", q_group_block,
+              "q_group_block must divide ", Tile::kWgQ, " and q_group_stride must divide it, got ", q_group_block,
               " and ", q_group_stride);
   TORCH_CHECK(q_scale_mult > 0, "q_scale_mult must be positive, got ", q_scale_mult);
   const at::Tensor q = aligned16(q_in, tensor_layout, "q");
@@ -104,8 +104,6 @@ std::tuple<at::Tensor, at::Tensor> attn_sm90(const at::Tensor& q_in, const at::T
   TORCH_CHECK(cc == 90, "the Hopper kernel runs on sm_90 only; this GPU is sm_", cc);
   auto result = attn_outputs(p, qs, q.options(), tensor_layout, dtype, return_lse);
   if (qs.b == 0 || qs.h == 0 || qs.n == 0) return result;
-  const int64_t tiles = qs.b * qs.h * ((qs.n + Tile::kCtaQ - 1) / Tile::kCtaQ);
-  TORCH_CHECK(tiles < (int64_t(1) << 31), "too many query tiles: ", tiles);
   p.batch = int(qs.b);
   TORCH_CHECK(qs.d == 64 || qs.d == 128, "the Hopper kernel supports head dims 64 and 128, got ", qs.d);
   // TMA boxes: one key block of K (D bytes a row), of V in 64-channel atoms, of V^T.
@@ -122,6 +120,8 @@ std::tuple<at::Tensor, at::Tensor> attn_sm90(const at::Tensor& q_in, const at::T
     using T = typename decltype(elem)::type;
     auto go = [&](auto traits) {
       using Tr = decltype(traits);
+      const int64_t tiles = qs.b * qs.h * ((qs.n + Tr::kCtaQ - 1) / Tr::kCtaQ);
+      TORCH_CHECK(tiles < (int64_t(1) << 31), "too many query tiles: ", tiles);
       launch_kernel<Tr>(sm90::attn_sm90_kernel<Tr>, p, dim3(tiles), stream);
     };
     if (fp8)

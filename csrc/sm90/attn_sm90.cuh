@@ -42,7 +42,7 @@ struct Sm90Params : AttnParams {
   CUtensorMap v_map;  // 16-bit V: (D, keys, Hkv, B), box (64, kCtaK, 1, 1); e4m3 V^T: (keys, D, B * Hkv)
   const void* q_in;   // [B, Hq, Nq, D] through element strides, fp16/bf16
   int64_t q_stride_b, q_stride_h, q_stride_n;
-  int q_group_block, q_group_stride;  // quant_int8's group rule; group_block divides kCtaQ
+  int q_group_block, q_group_stride;  // quant_int8's group rule; group_block divides kWgQ
   float q_scale_mult;                 // sm_scale * log2 e
   int batch;
 };
@@ -55,16 +55,19 @@ struct Sm90Traits {
   static_assert(kHeadDim == 64 || kHeadDim == 128, "head dims 64 and 128");
   static constexpr bool kFp8 = kPV == PV::kFp8;
 
-  static constexpr int kConsumers = 2;  // consumer warpgroups
-  static constexpr int kWgQ = 64;       // rows per consumer: the wgmma M
+  // Consumer warpgroups: at head dim 64 a consumer's O is half as large, so three fit in
+  // the register file (three warps a scheduler to hide the softmax's latencies), as in
+  // FlashAttention-3's hdim-64 kernel.
+  static constexpr int kConsumers = kHeadDim == 64 ? 3 : 2;
+  static constexpr int kWgQ = 64;  // rows per consumer: the wgmma M
   static constexpr int kCtaQ = kConsumers * kWgQ;
   static constexpr int kCtaK = 128;  // the wgmma N of Q K^T
   static constexpr int kConsumerThreads = kConsumers * 128;
   static constexpr int kThreads = 128 + kConsumerThreads;
-  // FlashAttention-3's split of the 64K registers: the producer keeps 24 a thread.
+  // The split of the 64K registers (setmaxnreg, multiples of 8): the producer keeps 24.
   static constexpr int kProducerRegs = 24;
-  static constexpr int kConsumerRegs = 240;
-  static_assert(128 * kProducerRegs + kConsumerThreads * kConsumerRegs <= 65536, "register file");
+  static constexpr int kConsumerRegs = (65536 - 128 * kProducerRegs) / kConsumerThreads / 8 * 8;
+  static_assert(kConsumerRegs <= 256 && 128 * kProducerRegs + kConsumerThreads * kConsumerRegs <= 65536, "registers");
   static constexpr int kSTiles = kCtaK / 8;
   static constexpr int kOTiles = kHeadDim / 8;
   static constexpr int kQKSteps = kHeadDim / 32;

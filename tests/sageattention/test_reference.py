@@ -231,7 +231,7 @@ def test_attn_sm90_rejects_bad_arguments():
         R.attn_sm90(q, ki, v8, ks, None, R.HND, 32, 8, 0.18, False, False)
     with pytest.raises(ValueError, match="q's dtype"):
         R.attn_sm90(q, ki, v.bfloat16(), ks, None, R.HND, 32, 8, 0.18, False, False)
-    with pytest.raises(ValueError, match="must divide 128"):
+    with pytest.raises(ValueError, match="must divide 64"):
         R.attn_sm90(q, ki, v, ks, None, R.HND, 48, 8, 0.18, False, False)
 
 
