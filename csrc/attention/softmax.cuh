@@ -63,6 +63,19 @@ struct OnlineSoftmax {
     }
   }
 
+  // Folds a key block's row maximum (`block_max`, this lane's part, in units of 1/sq)
+  // into the running maximum `row_max` (base-2 logits). Sets alpha = 2^(m_old - m_new),
+  // the factor by which O and the row sum are rescaled, and returns the maximum that
+  // exp2's argument subtracts. A row with no visible key so far keeps m = -inf; 0 is
+  // subtracted instead, so that its probabilities are exp2(-inf) = 0 rather than NaN.
+  __device__ static float advance_max(float& row_max, float block_max, float sq, float& alpha) {
+    const float m_new = fmaxf(row_max, quad_max(block_max) * sq);
+    const float m_sub = m_new == -INFINITY ? 0.0f : m_new;
+    alpha = ptx::exp2_approx(row_max - m_sub);
+    row_max = m_new;
+    return m_sub;
+  }
+
   // Running max/sum update; x becomes the (P-scaled) probabilities, alpha the factor
   // 2^(m_old - m_new) by which O must be rescaled.
   __device__ static void update(float (&x)[kMTiles][kSTiles][4], const float (&q_scale)[kMTiles][2],
@@ -76,12 +89,7 @@ struct OnlineSoftmax {
 #pragma unroll
         for (int nt = 0; nt < kSTiles; ++nt) mx = fmaxf(mx, fmaxf(x[mt][nt][2 * h], x[mt][nt][2 * h + 1]));
         const float sq = q_scale[mt][h];
-        const float m_new = fmaxf(row_max[mt][h], quad_max(mx) * sq);
-        // A row with no visible key so far keeps m = -inf; subtract 0 instead so that
-        // its probabilities are exp2(-inf) = 0 rather than NaN.
-        const float m_sub = m_new == -INFINITY ? 0.0f : m_new;
-        alpha[mt][h] = ptx::exp2_approx(row_max[mt][h] - m_sub);
-        row_max[mt][h] = m_new;
+        const float m_sub = advance_max(row_max[mt][h], mx, sq, alpha[mt][h]);
         float sum = 0.0f;
 #pragma unroll
         for (int nt = 0; nt < kSTiles; ++nt)

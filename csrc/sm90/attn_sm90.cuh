@@ -320,12 +320,7 @@ struct Sm90Kernel {
         for (int i = 0; i < 2; ++i)
           mx = fmaxf(mx, fmaf(class_max[hf][i], scale[hf][i], -kMagicBias * scale[hf][i]));
       const float sq = st.q_scale[0][h];
-      const float m_new = fmaxf(st.max[0][h], Softmax::quad_max(mx) * sq);
-      // A row with no visible key so far keeps m = -inf; subtract 0 instead so that its
-      // probabilities are exp2(-inf) = 0 rather than NaN.
-      const float m_sub = m_new == -INFINITY ? 0.0f : m_new;
-      alpha[0][h] = ptx::exp2_approx(st.max[0][h] - m_sub);
-      st.max[0][h] = m_new;
+      const float m_sub = Softmax::advance_max(st.max[0][h], mx, sq, alpha[0][h]);
       float mul[kHalves][2], add[kHalves][2];
 #pragma unroll
       for (int hf = 0; hf < kHalves; ++hf)
