@@ -416,9 +416,17 @@ struct Sm90Kernel {
     fold_pv(alpha[0]);
   }
 
-  // O / l (fp8: times the per-channel V scale / 448) to the caller's layout, and the LSE.
+  // O / l (fp8: times the per-channel V scale) to the caller's layout, and the LSE.
+  // The fp8 path's V scales are all loaded before the first store: a load may not pass a
+  // store that could alias it, so loads between the stores would each wait a full L2
+  // round trip (on H100 this cost the fp8 kernel 4% at N = 4k, 12% at 4k causal).
   __device__ static void store(const AttnParams& p, const Coord& c, int tid, const RowState& st) {
     const int warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+    float v_scale[Tr::kOTiles][2];
+#pragma unroll
+    for (int nt = 0; nt < Tr::kOTiles; ++nt)
+#pragma unroll
+      for (int i = 0; i < 2; ++i) v_scale[nt][i] = kFp8 ? __ldg(p.v_scale + c.bkv * D + nt * 8 + 2 * t + i) : 1.0f;
     Elem* out = static_cast<Elem*>(p.out) + c.batch * p.o_stride_b + c.head * p.o_stride_h;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -428,16 +436,9 @@ struct Sm90Kernel {
       const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
       Elem* dst = out + row * p.o_stride_n + 2 * t;
 #pragma unroll
-      for (int nt = 0; nt < Tr::kOTiles; ++nt) {
-        float s0 = inv, s1 = inv;
-        if constexpr (kFp8) {
-          const float* vs = p.v_scale + c.bkv * D + nt * 8 + 2 * t;
-          s0 *= vs[0];
-          s1 *= vs[1];
-        }
-        *reinterpret_cast<uint32_t*>(dst + nt * 8) =
-            pack_pair<Elem>(st.o[nt * 4 + 2 * h] * s0, st.o[nt * 4 + 2 * h + 1] * s1);
-      }
+      for (int nt = 0; nt < Tr::kOTiles; ++nt)
+        *reinterpret_cast<uint32_t*>(dst + nt * 8) = pack_pair<Elem>(st.o[nt * 4 + 2 * h] * (inv * v_scale[nt][0]),
+                                                                     st.o[nt * 4 + 2 * h + 1] * (inv * v_scale[nt][1]));
       if (p.lse != nullptr && t == 0)
         p.lse[c.bh * p.q_len + row] = (st.max[0][h] + __log2f(sum) - kLog2PScale) * 0.69314718055994531f;
     }
