@@ -192,10 +192,8 @@ struct AttnKernel {
     qk(qf, fb.q, fb.k + stage * Tr::kKBytes, s);
 
     float x[Tr::kMTiles][Tr::kSTiles][4];
-    const float* k_scale = sm.k_scale + stage * Tr::kCtaK + 2 * (threadIdx.x % 4);
-    Softmax::template scores<kMasked>(
-        s, [&](int nt) { return Softmax::KeyScales::of(*reinterpret_cast<const float2*>(k_scale + nt * 8)); },
-        c.q0 + warp * Tr::kWarpQ, k0, p.kv_len, p.causal, x);
+    Softmax::template scores<kMasked>(s, sm.k_scale + stage * Tr::kCtaK, c.q0 + warp * Tr::kWarpQ, k0, p.kv_len,
+                                      p.causal, x);
     float alpha[Tr::kMTiles][2];
     Softmax::update(x, st.q_scale, st.max, st.sum, alpha);
     uint32_t pf[Tr::kMTiles][Softmax::kPVSteps][4];

@@ -27,33 +27,25 @@ struct OnlineSoftmax {
     return x + __shfl_xor_sync(0xffffffffu, x, 2);
   }
 
-  // A lane's key scales for one n8 tile of S (keys 2t and 2t + 1): the scales and the
-  // FMA offsets -kMagicBias * scale that turn a biased int32 into the scaled logit.
-  struct KeyScales {
-    float scale[2], offset[2];
-    __device__ static KeyScales of(float2 s) {
-      return {{s.x, s.y}, {-kMagicBias * s.x, -kMagicBias * s.y}};
-    }
-  };
-
   // int32 Q·K^T -> logits in units of 1/q_scale (the row scale is applied inside exp2
   // by update()). kMasked: -inf where the key is past the end or right of the causal
   // diagonal; a separate instantiation, so that blocks without a mask pay nothing for
-  // it. `scales(nt)` returns the lane's KeyScales of n8 tile nt.
-  template <bool kMasked, class ScalesOf>
-  __device__ static void scores(const int32_t (&s)[kMTiles][kSTiles][4], ScalesOf scales, int row_base, int k0,
+  // it. `k_scale` points at the block's key scales.
+  template <bool kMasked>
+  __device__ static void scores(const int32_t (&s)[kMTiles][kSTiles][4], const float* k_scale, int row_base, int k0,
                                 int kv_len, bool causal, float (&x)[kMTiles][kSTiles][4]) {
     const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
 #pragma unroll
     for (int nt = 0; nt < kSTiles; ++nt) {
       // x = (biased - bias) * scale as one FMA: the product is exact inside the FMA, so
       // the only extra error is bias * scale's rounding, under one integer step.
-      const KeyScales ks = scales(nt);
+      const float2 ks = *reinterpret_cast<const float2*>(k_scale + nt * 8 + 2 * t);
+      const float scale[2] = {ks.x, ks.y}, offset[2] = {-kMagicBias * ks.x, -kMagicBias * ks.y};
 #pragma unroll
       for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          x[mt][nt][e] = fmaf(biased_int_to_float(s[mt][nt][e]), ks.scale[e % 2], ks.offset[e % 2]);
+          x[mt][nt][e] = fmaf(biased_int_to_float(s[mt][nt][e]), scale[e % 2], offset[e % 2]);
           if constexpr (kMasked) {
             const int row = row_base + mt * 16 + (e / 2) * 8 + g;
             const int col = k0 + nt * 8 + 2 * t + e % 2;

@@ -1,18 +1,20 @@
 // Hopper (sm_90a) INT8 Q·K^T attention with warpgroup MMAs, warp-specialized.
 //
-// Same algorithm as attention/attn_kernel.cuh. A CTA owns 128 query rows of one
-// (batch, head) and is three warpgroups with different jobs, as in FlashAttention-3:
+// Same algorithm as attention/attn_kernel.cuh. A CTA owns kCtaQ query rows of one
+// (batch, head) and is one producer and kConsumers consumer warpgroups, as in
+// FlashAttention-3:
 // - The producer (warpgroup 0) streams key blocks through a ring of kStages shared-memory
 //   stages. One warp does it: K and V arrive by TMA, which counts its bytes on the
 //   stage's `full` mbarrier; its lanes also copy the block's key scales. A stage is
 //   reused once the consumers have arrived on its `empty` mbarrier. The producer needs
 //   few registers and gives them to the consumers (setmaxnreg).
-// - Two consumers (warpgroups 1 and 2), 64 query rows each, only compute: S = Q·K^T by
-//   wgmma (s8, both operands in shared memory), online softmax, O += P·V by wgmma with P
-//   from registers (fp16/bf16, or e4m3). The kernel is issue-bound: every instruction a
-//   consumer does not execute (address arithmetic, copies, masks of blocks that need
-//   none) is time the tensor cores would otherwise wait. (FA3's ping-pong turns between
-//   the consumers, enforced with named barriers, measured no faster here: left out.)
+// - The consumers (two, three at head dim 64), 64 query rows each, only compute:
+//   S = Q·K^T by wgmma (s8, both operands in shared memory), online softmax, O += P·V by
+//   wgmma with P from registers (fp16/bf16, or e4m3). Each consumer warp's chain (wait S,
+//   softmax, wait P·V) bounds the kernel: every instruction it does not execute (address
+//   arithmetic, copies, masks of blocks that need none) shortens it. (FA3's ping-pong
+//   turns between the consumers, enforced with named barriers, measured no faster here:
+//   left out.)
 // Each Q tile is read once, so the consumers quantize it themselves as they load it
 // (quant_int8's rule), instead of a separate pass over Q.
 // 16-bit V is read as the caller stores it ([keys][D] rows, through strides) and fed to
