@@ -12,9 +12,8 @@
 //   S = Q·K^T by wgmma (s8, both operands in shared memory), online softmax, O += P·V by
 //   wgmma with P from registers (fp16/bf16, or e4m3). Each consumer warp's chain (wait S,
 //   softmax, wait P·V) bounds the kernel: every instruction it does not execute (address
-//   arithmetic, copies, masks of blocks that need none) shortens it. (FA3's ping-pong
-//   turns between the consumers, enforced with named barriers, measured no faster here:
-//   left out.)
+//   arithmetic, copies, masks of blocks that need none) shortens it. With 16-bit P·V
+//   the consumers also take turns issuing their MMAs (FA3's ping-pong, see key_loop).
 // Each Q tile is read once, so the consumers quantize it themselves as they load it
 // (quant_int8's rule), instead of a separate pass over Q.
 // 16-bit V is read as the caller stores it ([keys][D] rows, through strides) and fed to
@@ -66,6 +65,10 @@ struct Sm90Traits {
   static constexpr int kCtaK = 128;  // the wgmma N of Q K^T
   static constexpr int kConsumerThreads = kConsumers * 128;
   static constexpr int kThreads = 128 + kConsumerThreads;
+  // FA3's ping-pong between the consumers (key_loop). Measured on H200 (kernel alone,
+  // B=4 H=32, N 4k/16k): fp16 P·V 1-6% faster with it; e4m3 P·V 10-29% slower (its
+  // longer softmax and fold then serialize the consumers instead of overlapping them).
+  static constexpr bool kPingPong = !kFp8;
   // The split of the 64K registers (setmaxnreg, multiples of 8): the producer keeps 24.
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = (65536 - 128 * kProducerRegs) / kConsumerThreads / 8 * 8;
@@ -109,6 +112,7 @@ struct Sm90Kernel {
   static constexpr float kLog2PScale = kFp8 ? 8.8073549220576041f : 0.0f;  // log2(Softmax::kPScale)
 
   static constexpr int kConsumerBarrier = 1;  // named barrier of the consumer threads
+  static constexpr int kTurnBarrier = 2;      // + wg: consumer wg's turn to issue MMAs (ping-pong)
 
   // The grid is one-dimensional, one CTA per (batch, head, query block) tile, numbered in
   // runs of kHeadGroup (batch, head) pairs with the longest query blocks first inside a
@@ -203,7 +207,7 @@ struct Sm90Kernel {
       const float amax = int8::row_amax<QChunk::kLanesPerRow>(v);
       if (lane_in_row == 0) int8::atomic_amax(&sm.q_amax[group(QChunk::row(tid, i))], amax);
     }
-    named_sync<kConsumerBarrier>(Tr::kConsumerThreads);
+    named_sync(kConsumerBarrier, Tr::kConsumerThreads);
 
 #pragma unroll
     for (int i = 0; i < QChunk::kPasses; ++i) {
@@ -218,7 +222,7 @@ struct Sm90Kernel {
 #pragma unroll
     for (int h = 0; h < 2; ++h) st.q_scale[0][h] = int8::scale_of(sm.q_amax[group(16 * warp + 8 * h + g)]) * p.q_scale_mult;
     fence_proxy_async();  // Q's st.shared, before wgmma reads it
-    named_sync<kConsumerBarrier>(Tr::kConsumerThreads);
+    named_sync(kConsumerBarrier, Tr::kConsumerThreads);
   }
 
   __device__ static void pv_mma(float (&acc)[Tr::kOTiles * 4], const uint32_t (&a)[4], uint64_t b, int scale_d) {
@@ -359,6 +363,21 @@ struct Sm90Kernel {
     PFrags pf;
     float alpha[1][2] = {{1.0f, 1.0f}};
 
+    // Ping-pong: the consumers take turns issuing their MMAs, so that while one runs its
+    // softmax (CUDA cores, MUFU) the tensor cores work through another's. Consumer wg
+    // waits for its turn on barrier kTurnBarrier + wg (its 128 threads plus the previous
+    // consumer's arrival), issues, and passes the turn on. Each consumer takes
+    // n_blocks + 1 turns; the last consumer's last pass would have no taker.
+    auto take_turn = [&] {
+      if constexpr (Tr::kPingPong) named_sync(kTurnBarrier + wg, 256);
+    };
+    auto pass_turn = [&](bool last) {
+      if constexpr (Tr::kPingPong)
+        if (!last || wg + 1 < Tr::kConsumers) named_arrive(kTurnBarrier + (wg + 1) % Tr::kConsumers, 256);
+    };
+    if (Tr::kPingPong && wg == 0) named_arrive(kTurnBarrier, 256);  // the first turn is consumer 0's
+    ScheduleFence after_softmax;  // ping-pong: P V's wait stays after the softmax
+
     // O = O * alpha + P V, with P V of block `v_block` issued here (fp16: rescale then
     // accumulate in place; fp8: accumulate from zero, folded in by fold_pv).
     auto issue_block_pv = [&](int v_block) {
@@ -381,12 +400,15 @@ struct Sm90Kernel {
     auto step = [&](int j, auto masked) {
       wait_full(j);
       const float alpha_prev[2] = {alpha[0][0], alpha[0][1]};
+      take_turn();
       issue_qk(sm, wg, j, s);
       issue_block_pv(j - 1);
+      pass_turn(false);
       wgmma_wait<1>();  // S of block j
       fence_regs(s);
       float x[1][Tr::kSTiles][4];
       softmax<decltype(masked)::value>(p, c, sm, warp, j, s, st, x, alpha);
+      if constexpr (Tr::kPingPong) after_softmax.mark();
       wgmma_wait<0>();  // P V of block j - 1
       fence_regs(st.o);
       fence_regs(pv_acc);
@@ -397,7 +419,9 @@ struct Sm90Kernel {
     };
 
     wait_full(0);
+    take_turn();
     issue_qk(sm, wg, 0, s);
+    pass_turn(false);
     wgmma_wait<0>();
     fence_regs(s);
     {
@@ -411,11 +435,14 @@ struct Sm90Kernel {
     int j = 1;
     for (; j < kb.n_unmasked; ++j) step(j, std::false_type{});
     for (; j < n_blocks; ++j) step(j, std::true_type{});
+    take_turn();
     issue_block_pv(n_blocks - 1);
+    pass_turn(true);
     wgmma_wait<0>();
     fence_regs(st.o);
     fence_regs(pv_acc);
     fold_pv(alpha[0]);
+    if constexpr (Tr::kPingPong) after_softmax.keep(p.kv_len < 0, st.sum[0][0]);
   }
 
   // O / l (fp8: times the per-channel V scale) to the caller's layout, and the LSE.

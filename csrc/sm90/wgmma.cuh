@@ -24,6 +24,24 @@ __device__ __forceinline__ void fence_regs(int32_t (&r)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+r"(r[i])::"memory");
 }
 
+// Keeps a later wgmma_wait below the code before it. ptxas moves wgmma.wait_group up
+// past instructions that do not depend on the awaited accumulators (in the key loop: the
+// wait for block j - 1's P V above block j's softmax, which then no longer overlaps the
+// MMA). A clock read is one instruction it keeps in program order, provided its value is
+// used: `mark` folds each read into `sink`, and `keep` hands the result to a store guarded
+// by a condition that is never true but that ptxas cannot prove false.
+struct ScheduleFence {
+  uint32_t sink = 0;
+  __device__ __forceinline__ void mark() {
+    uint32_t t;
+    asm volatile("mov.u32 %0, %%clock;\n" : "=r"(t)::"memory");
+    sink ^= t;
+  }
+  __device__ __forceinline__ void keep(bool never, float& dst) const {
+    if (never && sink == 0u) dst = 0.0f;
+  }
+};
+
 // Makes generic-proxy writes to shared memory (cp.async, st.shared) visible to wgmma.
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
