@@ -74,3 +74,22 @@ def test_report_table_rows_and_ratios(tmp_path, capsys):
     assert lines[3] == ("| 128 | 4k | no | 450 | 300 | 600 | 1.50x | 0.75x | 400 (L1 0.037) "
                         "| 0.99994 / 0.0106 | 480 / n/a |")  # hd128 sorts first
     assert lines[4] == "| 64 | 1k | yes | 100 | n/a | n/a | n/a | n/a | n/a | n/a | n/a / n/a |"
+
+
+def test_error_budget_separates_the_roundings(tmp_path, capsys):
+    """bench/error_budget.py: each rounding alone, then together, against fp64 attention."""
+    spec = importlib.util.spec_from_file_location("error_budget", ROOT / "bench" / "error_budget.py")
+    budget = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(budget)
+    rows = {"+".join(r["roundings"]): r for r in budget.budget(512, 64, 2, "per_thread", seed=0)}
+    assert len(rows) == 7
+    l1 = {k: r["rel_l1"] for k, r in rows.items()}
+    # INT8 Q K^T alone is the smallest error; e4m3's 3 mantissa bits on P and V are the
+    # bulk of the fp8 path's error, and all three together are the largest.
+    assert l1["qk_int8"] < 0.015 < l1["p_e4m3"] < l1["p_e4m3+v_e4m3"] < l1["qk_int8+p_e4m3+v_e4m3"]
+    assert 0.03 < l1["p_e4m3+v_e4m3"] < 0.045 and all(r["cosine"] > 0.999 for r in rows.values())
+    assert budget.main(["--n", "256", "--hd", "64", "--heads", "1", "--gran", "per_warp",
+                        "--out", str(tmp_path / "eb.json")]) is None
+    saved = __import__("json").loads((tmp_path / "eb.json").read_text())
+    assert len(saved["rows"]) == 7 and "commit" in saved["meta"]
+    assert "per_warp" in capsys.readouterr().out
