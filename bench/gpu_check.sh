@@ -3,7 +3,7 @@
 # benchmark. Logs and JSON go to ${OUT:-./gpu-out}. Stages are selectable:
 #   STAGES="build test bench" (default)   ARCH=9.0a (TORCH_CUDA_ARCH_LIST for the build)
 #   BENCH_ARGS="--n 4096 16384 --hd 128"  PYTEST_ARGS="-x"
-# Example (H100): ARCH=9.0a bash bench/gpu_check.sh
+# Example (Hopper: H100, H200): ARCH=9.0a bash bench/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-./gpu-out}
