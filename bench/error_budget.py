@@ -46,7 +46,7 @@ def logits(q, k, gran: quant.Granularity, int8: bool) -> torch.Tensor:
         return q.double() @ k.double().transpose(-1, -2) * scale
     q8, qs = reference.quant_int8(q, None, reference.HND, gran.q.block, gran.q.stride, scale)
     k8, ks = reference.quant_int8(k, quant.k_mean(k, reference.HND), reference.HND, gran.k.block, gran.k.stride, 1.0)
-    return (q8.double() @ k8.double().transpose(-1, -2)) * qs.double().unsqueeze(-1) * ks.double().unsqueeze(-2)
+    return reference._logits(q8, k8, qs, ks, is_causal=False).double()
 
 
 def attention(s: torch.Tensor, v: torch.Tensor, p_e4m3: bool, v_e4m3: bool) -> torch.Tensor:
@@ -54,11 +54,10 @@ def attention(s: torch.Tensor, v: torch.Tensor, p_e4m3: bool, v_e4m3: bool) -> t
     l = p.sum(dim=-1, keepdim=True)  # the kernels sum the unrounded P in fp32
     if p_e4m3:
         p = e4m3(p * reference.E4M3_MAX) / reference.E4M3_MAX
-    v = v.double()
     if v_e4m3:
-        vs = (v.abs().amax(dim=2, keepdim=True) / reference.E4M3_MAX).clamp_min(1e-30)
-        v = e4m3(v / vs) * vs
-    return (p @ v) / l
+        v8, vs = reference.quant_v_fp8(v, reference.HND)
+        v = reference.dequant_v_fp8(v8, v.shape[2]).double() * vs.double().unsqueeze(2)
+    return (p @ v.double()) / l
 
 
 def rel_l1(out: torch.Tensor, ref: torch.Tensor) -> float:
