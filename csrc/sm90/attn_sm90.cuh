@@ -323,13 +323,27 @@ struct Sm90Kernel {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       float class_max[kHalves][2];
+      if constexpr (kMasked) {
 #pragma unroll
-      for (int hf = 0; hf < kHalves; ++hf) class_max[hf][0] = class_max[hf][1] = -INFINITY;
+        for (int hf = 0; hf < kHalves; ++hf) class_max[hf][0] = class_max[hf][1] = -INFINITY;
 #pragma unroll
-      for (int nt = 0; nt < Tr::kSTiles; ++nt)
+        for (int nt = 0; nt < Tr::kSTiles; ++nt)
 #pragma unroll
-        for (int i = 0; i < 2; ++i)
-          class_max[nt / kTilesPerHalf][i] = fmaxf(class_max[nt / kTilesPerHalf][i], x[0][nt][2 * h + i]);
+          for (int i = 0; i < 2; ++i)
+            class_max[nt / kTilesPerHalf][i] = fmaxf(class_max[nt / kTilesPerHalf][i], x[0][nt][2 * h + i]);
+      } else {
+        // Unmasked, the maxima are taken over the raw int32 scores, which order like their
+        // biased floats: three-input integer maxima, half the instructions of fmaxf.
+        static_assert(kTilesPerHalf == 8, "max8 below");
+#pragma unroll
+        for (int hf = 0; hf < kHalves; ++hf)
+#pragma unroll
+          for (int i = 0; i < 2; ++i) {
+            auto v = [&](int n) { return s[(hf * kTilesPerHalf + n) * 4 + 2 * h + i]; };
+            const int m = __vimax3_s32(__vimax3_s32(v(0), v(1), v(2)), __vimax3_s32(v(3), v(4), v(5)), max(v(6), v(7)));
+            class_max[hf][i] = biased_int_to_float(m);
+          }
+      }
       float mx = -INFINITY;  // the block's row maximum of s * k_scale (-inf stays -inf)
 #pragma unroll
       for (int hf = 0; hf < kHalves; ++hf)
