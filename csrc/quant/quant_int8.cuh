@@ -49,7 +49,9 @@ __global__ void __launch_bounds__(QuantInt8Shape::kThreads)
   const int rows = min(QuantInt8Shape::kChunkRows, p.len - t0);
   const int64_t bh = int64_t(batch) * p.heads + head;
   // A thread stages, and later reads, only its own slots: the cp.async wait suffices.
-  auto slot = [&](int i) -> const uint4& { return rows_smem[Chunk::row(threadIdx.x, i) * Chunk::kLanesPerRow + lane_in_row]; };
+  auto slot = [&](int i) -> const uint4& {
+    return rows_smem[Chunk::row(threadIdx.x, i) * Chunk::kLanesPerRow + lane_in_row];
+  };
   {
     const T* x = static_cast<const T*>(p.x) + batch * p.x_stride_b + head * p.x_stride_h + t0 * p.x_stride_n +
                  lane_in_row * 8;

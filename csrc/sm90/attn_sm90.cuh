@@ -337,7 +337,7 @@ struct Sm90Kernel {
         // Unmasked, the maxima are taken over the raw int32 scores, which order like their
         // biased floats: three-input integer maxima, half the instructions of fmaxf (H200:
         // the fp16 kernels and the hd64 fp8 one ran 1.5-5% faster).
-        static_assert(kTilesPerHalf == 8, "max8 below");
+        static_assert(kTilesPerHalf == 8, "the maxima below take 8 scores a class");
 #pragma unroll
         for (int hf = 0; hf < kHalves; ++hf)
 #pragma unroll
