@@ -370,7 +370,7 @@ struct Sm90Kernel {
         for (int i = 0; i < 2; ++i) {
           float& v = x[0][nt][2 * h + i];
           v = ptx::exp2_approx(fmaf(v, mul[nt / kTilesPerHalf][i], add[nt / kTilesPerHalf][i]));
-          sum += v;
+          if constexpr (Tr::kSumTiles == 0) sum += v;  // else the P·V MMA sums P
         }
       if constexpr (Tr::kSumTiles == 0) st.sum[0][h] = fmaf(st.sum[0][h], alpha[0][h], sum);
     }
@@ -536,7 +536,7 @@ struct Sm90Kernel {
     if constexpr (Tr::kSumTiles > 0) {  // the ones rows after each stage's V^T (see kSumTiles)
       constexpr int kWords = Tr::kSumTiles * 8 * 128 / 4;
       for (int i = threadIdx.x; i < Tr::kStages * kWords; i += Tr::kThreads)
-        asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(sm.v(i / kWords) + D * 128 + i % kWords * 4),
+        asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(sm.v(i / kWords) + Tr::kVTmaBytes + i % kWords * 4),
                      "r"(0x38383838u /* e4m3 1.0 */)
                      : "memory");
       fence_proxy_async();  // before wgmma reads them
