@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,6 @@ def test_error_budget_separates_the_roundings(tmp_path, capsys):
     assert 0.03 < l1["p_e4m3+v_e4m3"] < 0.045 and all(r["cosine"] > 0.999 for r in rows.values())
     assert budget.main(["--n", "256", "--hd", "64", "--heads", "1", "--gran", "per_warp",
                         "--out", str(tmp_path / "eb.json")]) is None
-    saved = __import__("json").loads((tmp_path / "eb.json").read_text())
+    saved = json.loads((tmp_path / "eb.json").read_text())
     assert len(saved["rows"]) == 7 and "commit" in saved["meta"]
     assert "per_warp" in capsys.readouterr().out
