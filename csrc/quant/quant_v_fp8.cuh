@@ -77,6 +77,8 @@ __global__ void __launch_bounds__(QuantVFp8Shape::kThreads)
 
 // Stages the CTA's kKeys keys of V ([kKeys][D], zeros past the sequence end) in
 // shared memory, so that the transposed writes read channels, not keys, from global.
+// (Staged by cp.async instead, the pass ran slower on H200: 68.7 -> 77.9 us at B=4 H=32
+// N=4k hd128.)
 template <typename T, int D>
 using KeyTile = T[QuantVFp8Shape::kKeys][D + 8];  // +8: rows start in different banks
 
