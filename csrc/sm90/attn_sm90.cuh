@@ -130,10 +130,9 @@ struct Sm90Kernel {
   // run. The CTAs resident at one time then share a few heads' K and V in L2, and under
   // a causal mask (where the last query blocks see the most keys) the block scheduler
   // hands out the long tiles first and the short ones last, where they even out the tail.
-  // (A persistent grid, one CTA an SM claiming tiles from a counter, each tile's 16-bit Q
-  // streamed through the stage ring so that it overlaps the previous tile's end, measured
-  // on H200 +0.3-3.6% for the fp8 kernel at hd128 but 4-9% slower at hd64 fp8 and 2-7% on
-  // small grids (up to 11%): see the README.)
+  // (A persistent grid, one CTA an SM claiming tiles from a counter, measured faster on
+  // H200 for 16-bit P·V but slower for e4m3 P·V at head dim 64 and on small grids: see the
+  // README and bench/results/h200-eb2cfaf-persistent-grid.patch.)
   static constexpr int kHeadGroup = 8;
   __device__ static Coord tile_coord(const Sm90Params& p) {
     const int q_blocks = (p.q_len + Tr::kCtaQ - 1) / Tr::kCtaQ;
