@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -62,3 +66,12 @@ def gpu_skip_reason() -> str:
 
 requires_gpu = pytest.mark.skipif(not gpu_available(), reason=gpu_skip_reason() if not gpu_available() else "")
 
+
+def load_script(path: Path):
+    """A repository script (setup.py, bench/*.py) as a module; its main() does not run. It is
+    registered in sys.modules, where its dataclasses look their module up."""
+    spec = importlib.util.spec_from_file_location(f"sage_script_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from sage_helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "bench" / "bench_attention.py"
@@ -17,10 +17,7 @@ pytestmark = pytest.mark.skipif(not BENCH.exists(), reason="no bench/ in this tr
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_attention", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(BENCH)
 
 
 def test_defaults_are_the_issue_grid(bench):
@@ -57,9 +54,7 @@ def test_main_without_gpu_exits_2(bench, tmp_path):
 
 
 def test_report_table_rows_and_ratios(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "bench" / "report.py")
-    report = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(report)
+    report = load_script(ROOT / "bench" / "report.py")
     data = {"env": {"gpu": "H100", "torch": "2.11", "commit": "abc", "dtype": "fp16"}, "rows": [
         {"N": 1024, "D": 64, "causal": True, "results": {"sageattn": {"tflops": 100.0}}},
         {"N": 4096, "D": 128, "causal": False, "results": {
@@ -79,9 +74,7 @@ def test_report_table_rows_and_ratios(tmp_path, capsys):
 
 def test_error_budget_separates_the_roundings(tmp_path, capsys):
     """bench/error_budget.py: each rounding alone, then together, against fp64 attention."""
-    spec = importlib.util.spec_from_file_location("error_budget", ROOT / "bench" / "error_budget.py")
-    budget = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(budget)
+    budget = load_script(ROOT / "bench" / "error_budget.py")
     rows = {"+".join(r["roundings"]): r for r in budget.budget(512, 64, 2, "per_thread", seed=0)}
     assert len(rows) == 7
     l1 = {k: r["rel_l1"] for k, r in rows.items()}

@@ -4,13 +4,12 @@ key loops: no spills and no bigger than now. Compiling attn_sm90.cu takes about 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
+from sage_helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(not (ROOT / "bench" / "sass_report.py").exists(), reason="no bench/ in this tree")
@@ -45,11 +44,7 @@ SASS = """\
 
 @pytest.fixture(scope="module")
 def sass_report():
-    spec = importlib.util.spec_from_file_location("sass_report", ROOT / "bench" / "sass_report.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "bench" / "sass_report.py")
 
 
 def test_parse_ptxas(sass_report):

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from sage_helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 # The wheel's test image holds tests/ and pyproject.toml only: nothing to check there.
@@ -17,10 +17,7 @@ pytestmark = pytest.mark.skipif(not (ROOT / "setup.py").exists(), reason="no set
 
 @pytest.fixture(scope="module")
 def setup_py():
-    spec = importlib.util.spec_from_file_location("sage_setup", ROOT / "setup.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # main() only runs as __main__
-    return module
+    return load_script(ROOT / "setup.py")
 
 
 def test_parse_arch(setup_py):
