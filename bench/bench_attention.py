@@ -104,7 +104,7 @@ def kernel_only(kernel_name: str, gran: str, causal: bool, q, k, v):
     quantizes Q itself, so its time includes that)."""
     ops = torch.ops.sageattention
     g = quant.granularity(gran)
-    ki, ks = quant.quant_k(ops, k, 0, g, quant.k_mean(k, 0))
+    ki, ks, _ = quant.quant_k(ops, k, 0, g, smooth=True)
     return core._kernel_call(ops, core.KERNELS[kernel_name], q, ki, ks, v, 0, g, q.shape[-1] ** -0.5, causal, False)
 
 

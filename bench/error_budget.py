@@ -45,7 +45,7 @@ def logits(q, k, gran: quant.Granularity, int8: bool) -> torch.Tensor:
     if not int8:
         return q.double() @ k.double().transpose(-1, -2) * scale
     q8, qs = reference.quant_int8(q, None, reference.HND, gran.q.block, gran.q.stride, scale)
-    k8, ks = reference.quant_int8(k, quant.k_mean(k, reference.HND), reference.HND, gran.k.block, gran.k.stride, 1.0)
+    k8, ks, _ = reference.quant_int8_smooth(k, reference.HND, gran.k.block, gran.k.stride)
     return reference._logits(q8, k8, qs, ks, is_causal=False).double()
 
 

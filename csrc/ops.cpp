@@ -9,6 +9,7 @@
 
 TORCH_LIBRARY_IMPL(sageattention, CUDA, m) {
   m.impl("quant_int8", &sage::quant_int8);
+  m.impl("quant_int8_smooth", &sage::quant_int8_smooth);
   m.impl("quant_v_fp8", &sage::quant_v_fp8);
   m.impl("attn_fp16pv", &sage::attn_fp16pv);
   m.impl("attn_fp8pv", &sage::attn_fp8pv);

@@ -13,6 +13,11 @@ std::tuple<at::Tensor, at::Tensor> quant_int8(const at::Tensor& x, const std::op
                                               int64_t tensor_layout, int64_t group_block,
                                               int64_t group_stride, double scale_mult);
 
+// quant_int8 of x minus its mean over tokens -> (x_int8, scale, mean [B, H, D] fp32); one
+// read of x on sm_90 where a cluster holds the sequence (quant/quant_cluster.cuh).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> quant_int8_smooth(const at::Tensor& x, int64_t tensor_layout,
+                                                                 int64_t group_block, int64_t group_stride);
+
 // -> (v_fp8 [B, H, D, N_pad], v_scale [B, H, D]); see quant/quant_v_fp8.cuh.
 std::tuple<at::Tensor, at::Tensor> quant_v_fp8(const at::Tensor& v, int64_t tensor_layout);
 

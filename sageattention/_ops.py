@@ -13,6 +13,11 @@ Op contract (the CUDA kernels implement exactly this):
     subtracted first. Token t is in group ``(t // group_block) * group_stride + t % group_stride``;
     a group's scale is ``amax / 127`` (1 if amax == 0), values round to nearest even and
     clamp to +-127. -> int8 [B, H, N, D] (always HND), fp32 [B, H, N] = scale * scale_mult.
+``quant_int8_smooth(x, tensor_layout, group_block, group_stride) -> (x_int8, scale, mean)``
+    K smoothing and quantization in one op: mean = x's fp32 mean over tokens [B, H, D]
+    (x must hold a token), then ``quant_int8(x, mean, tensor_layout, group_block,
+    group_stride, 1.0)``. On sm_90 a thread-block cluster per head reads x once (the mean's
+    fp32 summation order differs from torch's).
 ``quant_v_fp8(v, tensor_layout) -> (v_fp8, v_scale)``
     -> e4m3 [B, H, D, round_up(N, 128)] (channel-major, keys permuted in groups of 32, see
     ``reference.v_permutation``, padding 0) and fp32 [B, H, D] = amax over tokens / 448.
@@ -44,6 +49,8 @@ NAMESPACE = "sageattention"
 SCHEMAS = {
     "quant_int8": "(Tensor x, Tensor? mean, int tensor_layout, int group_block, int group_stride, "
                   "float scale_mult) -> (Tensor, Tensor)",
+    "quant_int8_smooth": "(Tensor x, int tensor_layout, int group_block, int group_stride) "
+                         "-> (Tensor, Tensor, Tensor)",
     "quant_v_fp8": "(Tensor v, int tensor_layout) -> (Tensor, Tensor)",
     "attn_fp16pv": "(Tensor q, Tensor k, Tensor v, Tensor q_scale, Tensor k_scale, int tensor_layout, "
                    "bool is_causal, bool return_lse) -> (Tensor, Tensor)",
@@ -80,6 +87,13 @@ def _attn_outputs(q, tensor_layout: int, dtype, return_lse: bool, q_layout: int 
 def _quant_int8_fake(x, mean, tensor_layout, group_block, group_stride, scale_mult):
     b, h, n, d = _bhnd(x, tensor_layout)
     return x.new_empty((b, h, n, d), dtype=torch.int8), x.new_empty((b, h, n), dtype=torch.float32)
+
+
+@torch.library.register_fake(f"{NAMESPACE}::quant_int8_smooth")
+def _quant_int8_smooth_fake(x, tensor_layout, group_block, group_stride):
+    b, h, n, d = _bhnd(x, tensor_layout)
+    return (x.new_empty((b, h, n, d), dtype=torch.int8), x.new_empty((b, h, n), dtype=torch.float32),
+            x.new_empty((b, h, d), dtype=torch.float32))
 
 
 @torch.library.register_fake(f"{NAMESPACE}::quant_v_fp8")

@@ -221,8 +221,7 @@ def _attention(q, k, v, tensor_layout: str, is_causal: bool, sm_scale, return_ls
 
     d = _kernel_head_dim(head_dim)
     qp, kp, vp = (_prepare(t, d) for t in (q, k, v))
-    km = quant.k_mean(kp, layout) if smooth_k else None
-    k_int8, k_scale = quant.quant_k(ops, kp, layout, gran, km)
+    k_int8, k_scale, km = quant.quant_k(ops, kp, layout, gran, smooth_k)
     out, lse = _run_kernel(ops, kernel, qp, k_int8, k_scale, vp, layout, gran, sm_scale, is_causal, return_lse)
     if d != head_dim:
         out = out[..., :head_dim]

@@ -50,19 +50,20 @@ def granularity(name: str) -> Granularity:
         raise ValueError(f"qk_quant_gran must be one of {sorted(GRANULARITIES)}, got {name!r}") from None
 
 
-def k_mean(k: torch.Tensor, layout: int) -> torch.Tensor:
-    """K's mean over tokens, fp32 [B, H, D] (the smoothing term; it cancels in softmax)."""
-    return k.mean(dim=2 if layout == 0 else 1, dtype=torch.float32)
-
-
 def quant_q(ops, q: torch.Tensor, layout: int, gran: Granularity, sm_scale: float):
     """-> (q_int8 [B, H, N, D], q_scale [B, H, N] including sm_scale * log2 e)."""
     return ops.quant_int8(q, None, layout, gran.q.block, gran.q.stride, sm_scale * LOG2E)
 
 
-def quant_k(ops, k: torch.Tensor, layout: int, gran: Granularity, mean):
-    """-> (k_int8 [B, H, N, D], k_scale [B, H, N]); ``mean`` (or None) is subtracted first."""
-    return ops.quant_int8(k, mean, layout, gran.k.block, gran.k.stride, 1.0)
+def quant_k(ops, k: torch.Tensor, layout: int, gran: Granularity, smooth: bool):
+    """-> (k_int8 [B, H, N, D], k_scale [B, H, N], mean fp32 [B, H, D] or None).
+
+    ``smooth``: K's mean over tokens is subtracted first (it cancels in softmax, and the
+    smaller range quantizes finer); one op computes it and quantizes.
+    """
+    if smooth:
+        return ops.quant_int8_smooth(k, layout, gran.k.block, gran.k.stride)
+    return (*ops.quant_int8(k, None, layout, gran.k.block, gran.k.stride, 1.0), None)
 
 
 def quant_v_fp8(ops, v: torch.Tensor, layout: int):

@@ -111,6 +111,15 @@ def quant_int8(x, mean, tensor_layout: int, group_block: int, group_stride: int,
     return x_int8, (scale * scale_mult).contiguous()
 
 
+def quant_int8_smooth(x, tensor_layout: int, group_block: int, group_stride: int):
+    """-> (x_int8, scale, mean fp32 [B, H, D]): quant_int8 of x minus its mean over tokens."""
+    xf = to_hnd(x, tensor_layout).float()
+    if xf.shape[2] == 0:
+        raise ValueError("x must hold at least one token (its mean over tokens is taken)")
+    mean = xf.mean(dim=2)
+    return (*quant_int8(x, mean, tensor_layout, group_block, group_stride, 1.0), mean)
+
+
 def quant_v_fp8(v, tensor_layout: int):
     """-> (v_fp8 e4m3 [B, H, D, Npad] keys permuted, v_scale fp32 [B, H, D])."""
     vf = to_hnd(v, tensor_layout).float()

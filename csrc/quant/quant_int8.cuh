@@ -30,76 +30,114 @@ struct QuantInt8Params {
   int heads, len;
   int group_block, group_stride;
   float scale_mult;  // folded into the written scale (sm_scale * log2 e for Q)
+  float* mean_out;   // [B, H, D]: where the cluster kernel writes the mean it computed
 };
 
 struct QuantInt8Shape {
   static constexpr int kThreads = 256;
-  static constexpr int kChunkRows = 128;  // tokens per CTA; groups never straddle CTAs
+  static constexpr int kChunkRows = 128;  // tokens per chunk; groups never straddle chunks
 };
 
+// One chunk of kChunkRows tokens staged in shared memory, each thread holding (staging,
+// reading back) only its own 16-byte slots, so the cp.async wait alone orders them.
+// quant_int8_kernel quantizes one chunk a CTA; the cluster kernel (quant_cluster.cuh)
+// several, after it has reduced K's mean over them.
 template <typename T, int D>
-__global__ void __launch_bounds__(QuantInt8Shape::kThreads)
-    quant_int8_kernel(const __grid_constant__ QuantInt8Params p) {
-  using Chunk = int8::RowChunk<D, QuantInt8Shape::kThreads, QuantInt8Shape::kChunkRows>;
-  __shared__ float group_amax[QuantInt8Shape::kChunkRows];
-  __shared__ uint4 rows_smem[QuantInt8Shape::kChunkRows * Chunk::kLanesPerRow];  // 8 channels a slot
+struct StagedChunk {
+  using Rows = int8::RowChunk<D, QuantInt8Shape::kThreads, QuantInt8Shape::kChunkRows>;
+  static constexpr int kSlots = QuantInt8Shape::kChunkRows * Rows::kLanesPerRow;  // uint4 each
+  uint4* slots;
+  int rows;  // tokens of the chunk inside the sequence
 
-  const int t0 = blockIdx.x * QuantInt8Shape::kChunkRows, head = blockIdx.y, batch = blockIdx.z;
-  const int lane_in_row = Chunk::lane_in_row(threadIdx.x);
-  const int rows = min(QuantInt8Shape::kChunkRows, p.len - t0);
-  const int64_t bh = int64_t(batch) * p.heads + head;
-  // A thread stages, and later reads, only its own slots: the cp.async wait suffices.
-  auto slot = [&](int i) -> const uint4& {
-    return rows_smem[Chunk::row(threadIdx.x, i) * Chunk::kLanesPerRow + lane_in_row];
-  };
-  {
-    const T* x = static_cast<const T*>(p.x) + batch * p.x_stride_b + head * p.x_stride_h + t0 * p.x_stride_n +
-                 lane_in_row * 8;
+  __device__ static int lane_in_row() { return Rows::lane_in_row(threadIdx.x); }
+  __device__ uint4& slot(int i) const { return slots[Rows::row(threadIdx.x, i) * Rows::kLanesPerRow + lane_in_row()]; }
+
+  // Issues the copies of rows [0, rows) of `x` (the chunk's first row, `stride` elements
+  // apart); the rest read as zeros. Completes at the caller's cp_async_wait.
+  __device__ void stage(const T* x, int64_t stride) const {
+    x += lane_in_row() * 8;
 #pragma unroll
-    for (int i = 0; i < Chunk::kPasses; ++i) {
-      const int r = Chunk::row(threadIdx.x, i);
-      ptx::cp_async_16(ptx::smem_addr(&slot(i)), r < rows ? x + r * p.x_stride_n : x, r < rows);
+    for (int i = 0; i < Rows::kPasses; ++i) {
+      const int r = Rows::row(threadIdx.x, i);
+      ptx::cp_async_16(ptx::smem_addr(&slot(i)), r < rows ? x + r * stride : x, r < rows);
     }
-    ptx::cp_async_commit();
   }
-  if (threadIdx.x < QuantInt8Shape::kChunkRows) group_amax[threadIdx.x] = 0.0f;
-  float mean[8] = {};
-  if (p.mean != nullptr)
-#pragma unroll
-    for (int i = 0; i < 8; ++i) mean[i] = p.mean[bh * D + lane_in_row * 8 + i];
-  ptx::cp_async_wait<0>();
-  __syncthreads();
 
-  auto values = [&](int i, float (&v)[8]) {
+  __device__ void values(int i, const float (&mean)[8], float (&v)[8]) const {
     int8::unpack<T>(slot(i), v);
 #pragma unroll
     for (int j = 0; j < 8; ++j) v[j] -= mean[j];
-  };
-  auto local_group = [&](int r) { return int8::group_of(r, p.group_block, p.group_stride); };
-
-  // Group maxima: each row reduced across its lanes, then merged per group.
-#pragma unroll
-  for (int i = 0; i < Chunk::kPasses; ++i) {
-    const int r = Chunk::row(threadIdx.x, i);
-    float v[8];
-    values(i, v);
-    const float amax = int8::row_amax<Chunk::kLanesPerRow>(v);
-    if (lane_in_row == 0 && r < rows) int8::atomic_amax(&group_amax[local_group(r)], amax);
   }
+
+  // Adds this thread's channels of its rows to `sum` (rows past the end are zeros).
+  __device__ void add_channels(float (&sum)[8]) const {
+#pragma unroll
+    for (int i = 0; i < Rows::kPasses; ++i) {
+      float v[8];
+      int8::unpack<T>(slot(i), v);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) sum[j] += v[j];
+    }
+  }
+
+  // Merges each row's |x - mean| maximum into group_amax[group] (zeroed beforehand).
+  __device__ void group_maxima(const QuantInt8Params& p, const float (&mean)[8], float* group_amax) const {
+#pragma unroll
+    for (int i = 0; i < Rows::kPasses; ++i) {
+      const int r = Rows::row(threadIdx.x, i);
+      float v[8];
+      values(i, mean, v);
+      const float amax = int8::row_amax<Rows::kLanesPerRow>(v);
+      if (lane_in_row() == 0 && r < rows) int8::atomic_amax(&group_amax[int8::group_of(r, p.group_block, p.group_stride)], amax);
+    }
+  }
+
+  // Quantizes the rows by their group maxima (complete: after a barrier) and writes them
+  // and each token's scale; `token0` is the chunk's first token in [B * H * N].
+  __device__ void quantize(const QuantInt8Params& p, const float (&mean)[8], const float* group_amax,
+                           int64_t token0) const {
+#pragma unroll
+    for (int i = 0; i < Rows::kPasses; ++i) {
+      const int r = Rows::row(threadIdx.x, i);
+      if (r >= rows) break;
+      const float scale = int8::scale_of(group_amax[int8::group_of(r, p.group_block, p.group_stride)]);
+      float v[8];
+      values(i, mean, v);
+      const int64_t token = token0 + r;
+      *reinterpret_cast<uint2*>(p.out + token * D + lane_in_row() * 8) = int8::quantize(v, scale);
+      if (lane_in_row() == 0) p.scale[token] = scale * p.scale_mult;
+    }
+  }
+};
+
+template <typename T, int D>
+__device__ __forceinline__ const T* head_rows(const QuantInt8Params& p, int batch, int head) {
+  return static_cast<const T*>(p.x) + batch * p.x_stride_b + head * p.x_stride_h;
+}
+
+// One CTA a chunk; the mean, if any, comes from p.mean.
+template <typename T, int D>
+__global__ void __launch_bounds__(QuantInt8Shape::kThreads)
+    quant_int8_kernel(const __grid_constant__ QuantInt8Params p) {
+  using Chunk = StagedChunk<T, D>;
+  __shared__ float group_amax[QuantInt8Shape::kChunkRows];
+  __shared__ uint4 slots[Chunk::kSlots];  // 8 channels a slot
+
+  const int t0 = blockIdx.x * QuantInt8Shape::kChunkRows, head = blockIdx.y, batch = blockIdx.z;
+  const Chunk chunk{slots, min(QuantInt8Shape::kChunkRows, p.len - t0)};
+  chunk.stage(head_rows<T, D>(p, batch, head) + t0 * p.x_stride_n, p.x_stride_n);
+  ptx::cp_async_commit();
+  if (threadIdx.x < QuantInt8Shape::kChunkRows) group_amax[threadIdx.x] = 0.0f;
+  const int64_t bh = int64_t(batch) * p.heads + head;
+  float mean[8] = {};
+  if (p.mean != nullptr)
+#pragma unroll
+    for (int i = 0; i < 8; ++i) mean[i] = p.mean[bh * D + Chunk::lane_in_row() * 8 + i];
+  ptx::cp_async_wait<0>();
   __syncthreads();
-
-  // Quantize and write each token's scale.
-#pragma unroll
-  for (int i = 0; i < Chunk::kPasses; ++i) {
-    const int r = Chunk::row(threadIdx.x, i);
-    if (r >= rows) break;
-    const float scale = int8::scale_of(group_amax[local_group(r)]);
-    float v[8];
-    values(i, v);
-    const int64_t token = bh * p.len + t0 + r;
-    *reinterpret_cast<uint2*>(p.out + token * D + lane_in_row * 8) = int8::quantize(v, scale);
-    if (lane_in_row == 0) p.scale[token] = scale * p.scale_mult;
-  }
+  chunk.group_maxima(p, mean, group_amax);
+  __syncthreads();
+  chunk.quantize(p, mean, group_amax, bh * p.len + t0);
 }
 
 }  // namespace sage

@@ -97,36 +97,39 @@ __device__ __forceinline__ void stage_keys(const QuantVFp8Params& p, KeyTile<T, 
   __syncthreads();
 }
 
+// Writes channel d of the kKeys keys staged from `keys` on (rows of a KeyTile) as
+// permuted e4m3 bytes, times `inv`, to dst[0 .. kKeys).
+template <typename T, int D>
+__device__ __forceinline__ void write_channel(const T (*keys)[D + 8], int d, float inv, uint8_t* dst) {
+#pragma unroll
+  for (int chunk = 0; chunk < QuantVFp8Shape::kKeys / 16; ++chunk) {
+    uint32_t words[4];
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      const int slot = chunk * 16 + w * 4;  // 4 slots per word, same 32-key group
+      const int base = slot & ~31;
+      auto val = [&](int s) { return to_float(keys[base + permuted_key(s & 31)][d]) * inv; };
+      words[w] = ptx::cvt_e4m3x2(val(slot), val(slot + 1)) | uint32_t(ptx::cvt_e4m3x2(val(slot + 2), val(slot + 3))) << 16;
+    }
+    *reinterpret_cast<uint4*>(dst + chunk * 16) = make_uint4(words[0], words[1], words[2], words[3]);
+  }
+}
+
+__device__ __forceinline__ float e4m3_scale(float amax) { return amax > 0.0f ? amax / QuantVFp8Shape::kE4m3Max : 1.0f; }
+
 // Pass 2: one CTA per 64 keys: stage them in shared memory, then write each channel's
 // 64 permuted, scaled e4m3 bytes. Keys past the sequence end are written as zeros.
 template <typename T, int D>
 __global__ void __launch_bounds__(QuantVFp8Shape::kThreads)
     v_fp8_kernel(const __grid_constant__ QuantVFp8Params p) {
-  constexpr int kKeys = QuantVFp8Shape::kKeys;
   __shared__ __align__(16) KeyTile<T, D> tile;
   stage_keys<T, D>(p, tile);
-  const int k0 = blockIdx.x * kKeys;
-
+  const int k0 = blockIdx.x * QuantVFp8Shape::kKeys;
   const int64_t bh = int64_t(blockIdx.z) * p.heads + blockIdx.y;
   for (int d = threadIdx.x; d < D; d += QuantVFp8Shape::kThreads) {
-    const float amax = p.amax[bh * D + d];
-    const float scale = amax > 0.0f ? amax / QuantVFp8Shape::kE4m3Max : 1.0f;
+    const float scale = e4m3_scale(p.amax[bh * D + d]);
     if (blockIdx.x == 0) p.scale[bh * D + d] = scale;
-    const float inv = 1.0f / scale;
-    uint8_t* dst = static_cast<uint8_t*>(p.out) + (bh * D + d) * p.padded_len + k0;
-#pragma unroll
-    for (int chunk = 0; chunk < kKeys / 16; ++chunk) {
-      uint32_t words[4];
-#pragma unroll
-      for (int w = 0; w < 4; ++w) {
-        const int slot = chunk * 16 + w * 4;  // 4 slots per word, same 32-key group
-        const int base = slot & ~31;
-        auto val = [&](int s) { return to_float(tile[base + permuted_key(s & 31)][d]) * inv; };
-        words[w] = ptx::cvt_e4m3x2(val(slot), val(slot + 1)) |
-                   uint32_t(ptx::cvt_e4m3x2(val(slot + 2), val(slot + 3))) << 16;
-      }
-      *reinterpret_cast<uint4*>(dst + chunk * 16) = make_uint4(words[0], words[1], words[2], words[3]);
-    }
+    write_channel<T, D>(tile, d, 1.0f / scale, static_cast<uint8_t*>(p.out) + (bh * D + d) * p.padded_len + k0);
   }
 }
 

@@ -87,3 +87,11 @@ def test_error_budget_separates_the_roundings(tmp_path, capsys):
     saved = json.loads((tmp_path / "eb.json").read_text())
     assert len(saved["rows"]) == 7 and "commit" in saved["meta"]
     assert "per_warp" in capsys.readouterr().out
+
+
+def test_bench_quant_without_gpu_exits_2(tmp_path):
+    bq = load_script(ROOT / "bench" / "bench_quant.py")
+    args = bq.parse_args([])
+    assert args.n == [1024, 2048, 4096, 8192] and args.hd == [128, 64] and args.gran == "per_thread"
+    assert bq.main(["--out", str(tmp_path / "q.json")]) == 2
+    assert not (tmp_path / "q.json").exists()

@@ -94,17 +94,45 @@ def test_quant_int8_matches_reference(layout, d, groups, smooth):
     assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3
 
 
+# Lengths on both sides of what one sm_90 cluster takes (quant.cu: 8 CTAs of at most
+# 72 KB): 2048 tokens at head dim 128, 4096 at 64; longer ones take the two-pass kernels.
+CLUSTER_LENGTHS = [1, 100, 1000, 1025, 2048, 2100, 4096, 4200]
+
+
 @pytest.mark.parametrize("layout", [0, 1])
-@pytest.mark.parametrize("n", [1, 100, 128, 1000])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_quant_v_fp8_matches_reference(layout, n, dtype):
-    v = make_qkv(b=2, hq=3, nq=n, d=128, dtype=dtype, layout="HND" if layout == 0 else "NHD", device=DEV)[2]
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("n", CLUSTER_LENGTHS)
+def test_quant_int8_smooth_matches_reference(layout, d, n):
+    x = make_qkv(b=1, hq=2, nq=n, d=d, layout="HND" if layout == 0 else "NHD", device=DEV, k_outlier=4.0)[1]
+    got_i, got_s, got_m = ops.quant_int8_smooth(x, layout, 64, 8)
+    want_i, want_s, want_m = R.quant_int8_smooth(x, layout, 64, 8)
+    torch.testing.assert_close(got_m, want_m, rtol=1e-5, atol=1e-5)  # fp32 sums in another order
+    torch.testing.assert_close(got_s, want_s, rtol=1e-5, atol=0)
+    diff = (got_i.int() - want_i.int()).abs()
+    assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3
+
+
+def assert_v_fp8_matches_reference(v, layout):
     got_v, got_s = ops.quant_v_fp8(v, layout)
     want_v, want_s = R.quant_v_fp8(v, layout)
     assert got_v.shape == want_v.shape and got_v.dtype == torch.float8_e4m3fn
     torch.testing.assert_close(got_s, want_s, rtol=1e-6, atol=0)
     same = got_v.view(torch.uint8) == want_v.view(torch.uint8)
     assert same.float().mean() > 0.999  # permutation, padding and rounding agree
+
+
+@pytest.mark.parametrize("layout", [0, 1])
+@pytest.mark.parametrize("n", [1, 100, 128, 1000])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_quant_v_fp8_matches_reference(layout, n, dtype):
+    v = make_qkv(b=2, hq=3, nq=n, d=128, dtype=dtype, layout="HND" if layout == 0 else "NHD", device=DEV)[2]
+    assert_v_fp8_matches_reference(v, layout)
+
+
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("n", CLUSTER_LENGTHS)
+def test_quant_v_fp8_long_sequences_match_reference(d, n):
+    assert_v_fp8_matches_reference(make_qkv(b=1, hq=2, nq=n, d=d, layout="NHD", device=DEV)[2], 1)
 
 
 # ------------------------------------------------------------- attention ops vs reference

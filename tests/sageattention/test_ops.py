@@ -46,6 +46,18 @@ def test_opcheck_quant_int8():
     torch.library.opcheck(ops.quant_int8, (x, None, 1, 32, 1, 0.5))
 
 
+def test_quant_int8_smooth_is_quant_int8_of_x_minus_its_mean():
+    x = torch.randn(2, 70, 3, 64, dtype=torch.float16) + 3.0  # NHD, an offset the mean removes
+    qi, qs, mean = ops.quant_int8_smooth(x, 1, 64, 8)
+    want_mean = x.float().mean(1)
+    torch.testing.assert_close(mean, want_mean)
+    ri, rs = ops.quant_int8(x, want_mean, 1, 64, 8, 1.0)
+    assert torch.equal(qi, ri) and torch.equal(qs, rs)
+    torch.library.opcheck(ops.quant_int8_smooth, (x, 1, 64, 8))
+    with pytest.raises(ValueError, match="at least one token"):
+        ops.quant_int8_smooth(x[:, :0], 1, 64, 8)
+
+
 def test_opcheck_v_ops():
     v = torch.randn(1, 2, 130, 64, dtype=torch.float16)
     torch.library.opcheck(ops.quant_v_fp8, (v, 0), test_utils=FP8_UTILS)
@@ -70,6 +82,8 @@ def test_fake_shapes():
         x = torch.empty(2, 100, 3, 128, dtype=torch.float16)  # NHD
         qi, qs = ops.quant_int8(x, None, 1, 32, 8, 1.0)
         assert qi.shape == (2, 3, 100, 128) and qi.dtype == torch.int8 and qs.shape == (2, 3, 100)
+        ki, ks, km = ops.quant_int8_smooth(x, 1, 64, 8)
+        assert ki.shape == qi.shape and ks.shape == qs.shape and km.shape == (2, 3, 128) and km.dtype == torch.float32
         v8, vs = ops.quant_v_fp8(x, 1)
         assert v8.shape == (2, 3, 128, 128) and v8.dtype == torch.float8_e4m3fn and vs.shape == (2, 3, 128)
         out, lse = ops.attn_fp8pv(qi, qi, v8, qs, qs, vs, 1, torch.bfloat16, False, True)

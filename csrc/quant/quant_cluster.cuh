@@ -1,0 +1,159 @@
+// K smoothing + INT8, and V to e4m3, each in one read of memory: a thread-block cluster
+// per (batch, head) holds the head's whole sequence in its CTAs' shared memory (sm_90+).
+//
+// Both need a reduction over all tokens before any token can be quantized (K's channel
+// means, V's channel maxima), which the two-pass path pays for with a pass of its own
+// (torch's mean before quant_int8_kernel, v_amax_kernel before v_fp8_kernel). Here each CTA
+// stages its slice of tokens once (cp.async), the CTAs exchange their partial sums or
+// maxima through distributed shared memory, and each quantizes what it holds, with the
+// same rules and outputs as the two-pass kernels.
+//
+// quant.cu takes this path only while a CTA stages at most 72 KB (sequences up to 2048
+// tokens at head dim 128, 4096 at 64), where it measured faster on H200 (B=4 H=32 fp16):
+// K 39.9 -> 31.9 us at N=1k hd128, V 38.4 -> 31.3 us. With a CTA's share at 128-216 KB
+// (one CTA an SM, its loads and stores never overlapping) both ran 1.6-2x slower than the
+// two passes at N=4k hd128, and 16-CTA clusters of 64 KB CTAs only matched them.
+#pragma once
+#include <cooperative_groups.h>
+#include <cuda_runtime.h>
+
+#include "common/numeric.cuh"
+#include "common/ptx.cuh"
+#include "quant/quant_int8.cuh"
+#include "quant/quant_v_fp8.cuh"
+
+namespace sage {
+
+struct ClusterQuantShape {
+  static constexpr int kThreads = 256;
+  static constexpr int kMaxCtas = 8;  // the portable cluster size
+};
+
+// The CTA's per-thread partials of D channels -> one value a channel, in cta[D]: a
+// channel's lanes are those threads with the same lane in their row.
+template <int D, typename Op>
+__device__ __forceinline__ void reduce_channels(float (&partial)[ClusterQuantShape::kThreads][8], float* cta, Op op) {
+  constexpr int kLanesPerRow = D / 8;
+  if (threadIdx.x < D) {
+    const int lane = threadIdx.x / 8, j = threadIdx.x % 8;
+    float acc = partial[lane][j];
+    for (int r = lane + kLanesPerRow; r < ClusterQuantShape::kThreads; r += kLanesPerRow) acc = op(acc, partial[r][j]);
+    cta[threadIdx.x] = acc;
+  }
+}
+
+// cta[i] reduced over the cluster's CTAs (after a cluster.sync()).
+template <class Cluster, typename Op>  // Cluster: cooperative_groups::cluster_group (sm_90+ only)
+__device__ __forceinline__ float cluster_reduce(Cluster& cluster, float* cta, int i, Op op) {
+  float acc = *cluster.map_shared_rank(cta + i, 0);
+  for (unsigned r = 1; r < cluster.num_blocks(); ++r) acc = op(acc, *cluster.map_shared_rank(cta + i, r));
+  return acc;
+}
+
+// K: CTA r of a cluster stages chunks [r * chunks, (r + 1) * chunks) of kChunkRows tokens
+// (so quant_int8's groups never straddle CTAs), the cluster sums its channels, and each
+// CTA quantizes its chunks exactly as quant_int8_kernel would with that mean.
+template <typename T, int D>
+__global__ void __launch_bounds__(ClusterQuantShape::kThreads)
+    quant_int8_smooth_cluster_kernel(const __grid_constant__ QuantInt8Params p, int chunks) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  using Chunk = StagedChunk<T, D>;
+  constexpr int kRows = QuantInt8Shape::kChunkRows;
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  extern __shared__ uint4 staged[];  // [chunks][Chunk::kSlots], then group maxima [chunks][kRows]
+  __shared__ float partial[ClusterQuantShape::kThreads][8];
+  __shared__ float cta_sum[D], mean_smem[D];
+  float* group_amax = reinterpret_cast<float*>(staged + chunks * Chunk::kSlots);
+
+  const int head = blockIdx.y, batch = blockIdx.z, t0 = int(cluster.block_rank()) * chunks * kRows;
+  const int64_t bh = int64_t(batch) * p.heads + head;
+  const T* x = head_rows<T, D>(p, batch, head);
+  auto chunk = [&](int c) { return Chunk{staged + c * Chunk::kSlots, min(kRows, p.len - (t0 + c * kRows))}; };
+  for (int c = 0; c < chunks; ++c) chunk(c).stage(x + min(t0 + c * kRows, p.len - 1) * p.x_stride_n, p.x_stride_n);
+  ptx::cp_async_commit();
+  for (int i = threadIdx.x; i < chunks * kRows; i += ClusterQuantShape::kThreads) group_amax[i] = 0.0f;
+  ptx::cp_async_wait<0>();
+
+  float sum[8] = {};
+  for (int c = 0; c < chunks; ++c) chunk(c).add_channels(sum);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) partial[threadIdx.x][j] = sum[j];
+  __syncthreads();
+  reduce_channels<D>(partial, cta_sum, [](float a, float b) { return a + b; });
+  cluster.sync();
+  if (threadIdx.x < D) {
+    const float m = cluster_reduce(cluster, cta_sum, threadIdx.x, [](float a, float b) { return a + b; }) / float(p.len);
+    mean_smem[threadIdx.x] = m;
+    if (cluster.block_rank() == 0) p.mean_out[bh * D + threadIdx.x] = m;
+  }
+  __syncthreads();
+  float mean[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) mean[j] = mean_smem[Chunk::lane_in_row() * 8 + j];
+
+  for (int c = 0; c < chunks; ++c) chunk(c).group_maxima(p, mean, group_amax + c * kRows);
+  __syncthreads();
+  for (int c = 0; c < chunks; ++c) chunk(c).quantize(p, mean, group_amax + c * kRows, bh * p.len + t0 + c * kRows);
+  cluster.sync();  // cta_sum stays readable until every CTA of the cluster has read it
+#endif
+}
+
+// V: CTA r stages key tiles [r * tiles, (r + 1) * tiles) of kKeys keys (zeros past the
+// end), the cluster takes its channel maxima, and each CTA writes its tiles' permuted
+// e4m3 channels exactly as v_fp8_kernel would.
+template <typename T, int D>
+__global__ void __launch_bounds__(ClusterQuantShape::kThreads)
+    quant_v_fp8_cluster_kernel(const __grid_constant__ QuantVFp8Params p, int tiles) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  constexpr int kKeys = QuantVFp8Shape::kKeys, kLanesPerRow = D / 8;
+  constexpr int kRowsPerPass = ClusterQuantShape::kThreads / kLanesPerRow;
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  extern __shared__ uint4 staged_raw[];
+  auto keys = reinterpret_cast<T(*)[D + 8]>(staged_raw);  // [tiles * kKeys][D + 8]
+  __shared__ float partial[ClusterQuantShape::kThreads][8];
+  __shared__ float cta_amax[D], inv_smem[D];
+
+  const int head = blockIdx.y, batch = blockIdx.z, k0 = int(cluster.block_rank()) * tiles * kKeys;
+  const int64_t bh = int64_t(batch) * p.heads + head;
+  const T* v = static_cast<const T*>(p.v) + batch * p.v_stride_b + head * p.v_stride_h;
+  const int lane_in_row = threadIdx.x % kLanesPerRow;
+
+  float amax[8] = {};
+  for (int r = threadIdx.x / kLanesPerRow; r < tiles * kKeys; r += kRowsPerPass) {
+    const int key = k0 + r;
+    const T* src = v + min(key, p.len - 1) * p.v_stride_n + lane_in_row * 8;
+    ptx::cp_async_16(ptx::smem_addr(&keys[r][lane_in_row * 8]), src, key < p.len);
+  }
+  ptx::cp_async_commit();
+  ptx::cp_async_wait<0>();
+  for (int r = threadIdx.x / kLanesPerRow; r < tiles * kKeys; r += kRowsPerPass) {
+    float f[8];
+    int8::unpack<T>(*reinterpret_cast<const uint4*>(&keys[r][lane_in_row * 8]), f);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) amax[j] = fmaxf(amax[j], fabsf(f[j]));
+  }
+#pragma unroll
+  for (int j = 0; j < 8; ++j) partial[threadIdx.x][j] = amax[j];
+  __syncthreads();
+  reduce_channels<D>(partial, cta_amax, [](float a, float b) { return fmaxf(a, b); });
+  cluster.sync();
+  if (threadIdx.x < D) {
+    const float scale = e4m3_scale(cluster_reduce(cluster, cta_amax, threadIdx.x, [](float a, float b) { return fmaxf(a, b); }));
+    inv_smem[threadIdx.x] = 1.0f / scale;
+    if (cluster.block_rank() == 0) p.scale[bh * D + threadIdx.x] = scale;
+  }
+  __syncthreads();
+
+  const int my_tiles = min(tiles, (p.padded_len - k0) / kKeys);  // the last CTA may reach past the padding
+  for (int item = threadIdx.x; item < my_tiles * D; item += ClusterQuantShape::kThreads) {
+    const int d = item % D, t = item / D;
+    write_channel<T, D>(keys + t * kKeys, d, inv_smem[d],
+                        static_cast<uint8_t*>(p.out) + (bh * D + d) * p.padded_len + k0 + t * kKeys);
+  }
+  cluster.sync();  // cta_amax stays readable until every CTA of the cluster has read it
+#endif
+}
+
+}  // namespace sage
