@@ -12,7 +12,8 @@
 // tokens at head dim 128, 4096 at 64), where it measured faster on H200 (B=4 H=32 fp16):
 // K 39.9 -> 31.9 us at N=1k hd128, V 38.4 -> 31.3 us. With a CTA's share at 128-216 KB
 // (one CTA an SM, its loads and stores never overlapping) K took 1.6x the two passes at
-// N=4k hd128 and V 1.1x; 16-CTA clusters of 64-68 KB CTAs matched them for K, V 1.13x.
+// N=4k hd128 (1.2x with 1024-thread CTAs) and V 1.1x; 16-CTA clusters of 64-68 KB CTAs
+// matched them for K, V 1.13x.
 // V is staged by cp.async: through registers, in batches of a tile, it took 2.0x.
 #pragma once
 #include <cooperative_groups.h>
