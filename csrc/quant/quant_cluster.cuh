@@ -31,19 +31,6 @@ struct ClusterQuantShape {
   static constexpr int kMaxCtas = 8;  // the portable cluster size
 };
 
-// The CTA's per-thread partials of D channels -> one value a channel, in cta[D]: a
-// channel's lanes are those threads with the same lane in their row.
-template <int D, typename Op>
-__device__ __forceinline__ void reduce_channels(float (&partial)[ClusterQuantShape::kThreads][8], float* cta, Op op) {
-  constexpr int kLanesPerRow = D / 8;
-  if (threadIdx.x < D) {
-    const int lane = threadIdx.x / 8, j = threadIdx.x % 8;
-    float acc = partial[lane][j];
-    for (int r = lane + kLanesPerRow; r < ClusterQuantShape::kThreads; r += kLanesPerRow) acc = op(acc, partial[r][j]);
-    cta[threadIdx.x] = acc;
-  }
-}
-
 // cta[i] reduced over the cluster's CTAs (after a cluster.sync()).
 template <class Cluster, typename Op>  // Cluster: cooperative_groups::cluster_group (sm_90+ only)
 __device__ __forceinline__ float cluster_reduce(Cluster& cluster, float* cta, int i, Op op) {
@@ -82,7 +69,8 @@ __global__ void __launch_bounds__(ClusterQuantShape::kThreads)
 #pragma unroll
   for (int j = 0; j < 8; ++j) partial[threadIdx.x][j] = sum[j];
   __syncthreads();
-  reduce_channels<D>(partial, cta_sum, [](float a, float b) { return a + b; });
+  if (threadIdx.x < D)
+    cta_sum[threadIdx.x] = reduce_channel<D, ClusterQuantShape::kThreads>(partial, [](float a, float b) { return a + b; });
   cluster.sync();
   if (threadIdx.x < D) {
     const float m = cluster_reduce(cluster, cta_sum, threadIdx.x, [](float a, float b) { return a + b; }) / float(p.len);
@@ -117,9 +105,9 @@ __global__ void __launch_bounds__(ClusterQuantShape::kThreads)
   __shared__ float partial[ClusterQuantShape::kThreads][8];
   __shared__ float cta_amax[D], inv_smem[D];
 
-  const int head = blockIdx.y, batch = blockIdx.z, k0 = int(cluster.block_rank()) * tiles * kKeys;
-  const int64_t bh = int64_t(batch) * p.heads + head;
-  const T* v = static_cast<const T*>(p.v) + batch * p.v_stride_b + head * p.v_stride_h;
+  const int k0 = int(cluster.block_rank()) * tiles * kKeys;
+  const int64_t bh = int64_t(blockIdx.z) * p.heads + blockIdx.y;
+  const T* v = v_rows<T, D>(p);
   const int lane_in_row = threadIdx.x % kLanesPerRow;
 
   float amax[8] = {};
@@ -130,16 +118,13 @@ __global__ void __launch_bounds__(ClusterQuantShape::kThreads)
   }
   ptx::cp_async_commit();
   ptx::cp_async_wait<0>();
-  for (int r = threadIdx.x / kLanesPerRow; r < tiles * kKeys; r += kRowsPerPass) {
-    float f[8];
-    int8::unpack<T>(*reinterpret_cast<const uint4*>(&keys[r][lane_in_row * 8]), f);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) amax[j] = fmaxf(amax[j], fabsf(f[j]));
-  }
+  for (int r = threadIdx.x / kLanesPerRow; r < tiles * kKeys; r += kRowsPerPass)
+    merge_amax<T>(*reinterpret_cast<const uint4*>(&keys[r][lane_in_row * 8]), amax);
 #pragma unroll
   for (int j = 0; j < 8; ++j) partial[threadIdx.x][j] = amax[j];
   __syncthreads();
-  reduce_channels<D>(partial, cta_amax, [](float a, float b) { return fmaxf(a, b); });
+  if (threadIdx.x < D)
+    cta_amax[threadIdx.x] = reduce_channel<D, ClusterQuantShape::kThreads>(partial, [](float a, float b) { return fmaxf(a, b); });
   cluster.sync();
   if (threadIdx.x < D) {
     const float scale = e4m3_scale(cluster_reduce(cluster, cta_amax, threadIdx.x, [](float a, float b) { return fmaxf(a, b); }));

@@ -39,6 +39,30 @@ __device__ __forceinline__ const T* v_rows(const QuantVFp8Params& p) {
   return static_cast<const T*>(p.v) + blockIdx.z * p.v_stride_b + blockIdx.y * p.v_stride_h;
 }
 
+// Merges the |v| of 8 channels (one 16-byte load of a row) into amax.
+template <typename T>
+__device__ __forceinline__ void merge_amax(const uint4& raw, float (&amax)[8]) {
+  const auto* pairs = reinterpret_cast<const typename Half2<T>::type*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = Half2<T>::to_floats(pairs[i]);
+    amax[2 * i] = fmaxf(amax[2 * i], fabsf(f.x));
+    amax[2 * i + 1] = fmaxf(amax[2 * i + 1], fabsf(f.y));
+  }
+}
+
+// The CTA's value of channel threadIdx.x (< D) from its threads' partials of 8 channels
+// each, a row's D / 8 lanes adjacent: the channel's partials are those of the threads
+// with its lane in their row.
+template <int D, int kThreads, typename Op>
+__device__ __forceinline__ float reduce_channel(const float (&partial)[kThreads][8], Op op) {
+  constexpr int kLanesPerRow = D / 8;
+  const int lane = threadIdx.x / 8, j = threadIdx.x % 8;
+  float acc = partial[lane][j];
+  for (int r = lane + kLanesPerRow; r < kThreads; r += kLanesPerRow) acc = op(acc, partial[r][j]);
+  return acc;
+}
+
 // Pass 1: per-channel amax over the tokens of one CTA, merged with an integer atomicMax
 // (non-negative floats order like their bit patterns).
 template <typename T, int D>
@@ -53,23 +77,13 @@ __global__ void __launch_bounds__(QuantVFp8Shape::kThreads)
   const T* rows = v_rows<T, D>(p) + lane_in_row * 8;
 
   float amax[8] = {};
-  for (int t = t0 + threadIdx.x / kLanesPerRow; t < t1; t += kRowsPerPass) {
-    const uint4 raw = *reinterpret_cast<const uint4*>(rows + t * p.v_stride_n);
-    const auto* pairs = reinterpret_cast<const typename Half2<T>::type*>(&raw);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const float2 f = Half2<T>::to_floats(pairs[i]);
-      amax[2 * i] = fmaxf(amax[2 * i], fabsf(f.x));
-      amax[2 * i + 1] = fmaxf(amax[2 * i + 1], fabsf(f.y));
-    }
-  }
+  for (int t = t0 + threadIdx.x / kLanesPerRow; t < t1; t += kRowsPerPass)
+    merge_amax<T>(*reinterpret_cast<const uint4*>(rows + t * p.v_stride_n), amax);
 #pragma unroll
   for (int i = 0; i < 8; ++i) partial[threadIdx.x][i] = amax[i];
   __syncthreads();
   if (threadIdx.x < D) {  // one thread per channel folds the rows of the CTA
-    const int lane = threadIdx.x / 8, i = threadIdx.x % 8;
-    float m = 0.0f;
-    for (int r = lane; r < QuantVFp8Shape::kThreads; r += kLanesPerRow) m = fmaxf(m, partial[r][i]);
+    const float m = reduce_channel<D, QuantVFp8Shape::kThreads>(partial, [](float a, float b) { return fmaxf(a, b); });
     float* dst = p.amax + (int64_t(blockIdx.z) * p.heads + blockIdx.y) * D + threadIdx.x;
     atomicMax(reinterpret_cast<int*>(dst), __float_as_int(m));
   }
