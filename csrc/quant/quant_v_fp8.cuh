@@ -11,6 +11,7 @@
 
 #include "common/numeric.cuh"
 #include "common/ptx.cuh"
+#include "quant/int8_rows.cuh"  // unpack
 
 namespace sage {
 
@@ -42,13 +43,10 @@ __device__ __forceinline__ const T* v_rows(const QuantVFp8Params& p) {
 // Merges the |v| of 8 channels (one 16-byte load of a row) into amax.
 template <typename T>
 __device__ __forceinline__ void merge_amax(const uint4& raw, float (&amax)[8]) {
-  const auto* pairs = reinterpret_cast<const typename Half2<T>::type*>(&raw);
+  float v[8];
+  int8::unpack<T>(raw, v);
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 f = Half2<T>::to_floats(pairs[i]);
-    amax[2 * i] = fmaxf(amax[2 * i], fabsf(f.x));
-    amax[2 * i + 1] = fmaxf(amax[2 * i + 1], fabsf(f.y));
-  }
+  for (int j = 0; j < 8; ++j) amax[j] = fmaxf(amax[j], fabsf(v[j]));
 }
 
 // The CTA's value of channel threadIdx.x (< D) from its threads' partials of 8 channels
