@@ -15,6 +15,9 @@
 // N=4k hd128 (1.2x with 1024-thread CTAs) and V 1.1x; 16-CTA clusters of 64-68 KB CTAs
 // matched them for K, V 1.13x.
 // V is staged by cp.async: through registers, in batches of a tile, it took 2.0x.
+// Streaming a larger share through 72 KB twice (the second read from L2, last window
+// first) was no faster at 4k and 12% slower at 16k hd128 than the two passes
+// (bench/results/h200-1378cda-quant-windows.txt).
 #pragma once
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>

@@ -70,6 +70,10 @@ struct Sm90Traits {
   // FA3's ping-pong between the consumers (key_loop). Measured on H200 (kernel alone,
   // B=4 H=32, N 4k/16k): fp16 P·V 1-6% faster with it; e4m3 P·V 10-29% slower (its
   // longer softmax and fold then serialize the consumers instead of overlapping them).
+  // e4m3 P·V also keeps ptxas's schedule, which waits for P·V(j-1) before block j's
+  // maxima: the schedule fence alone (softmax before that wait) ran it 5-8% slower, fence
+  // plus ping-pong 8-11%, and a per-block warpgroup vote (bar.red) to defer the fold
+  // 9-22% (bench/results/h200-1378cda-fp8-schedule-ab.txt).
   static constexpr bool kPingPong = !kFp8;
   // The split of the 64K registers (setmaxnreg, multiples of 8): the producer keeps 24.
   static constexpr int kProducerRegs = 24;

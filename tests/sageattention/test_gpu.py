@@ -95,8 +95,9 @@ def test_quant_int8_matches_reference(layout, d, groups, smooth):
 
 
 # Lengths on both sides of what one sm_90 cluster takes (quant.cu: 8 CTAs of at most
-# 72 KB): 2048 tokens at head dim 128, 4096 at 64; longer ones take the two-pass kernels.
-CLUSTER_LENGTHS = [1, 100, 1000, 1025, 2048, 2100, 4096, 4200]
+# 72 KB): 2048 tokens at head dim 128, 4096 at 64; longer ones take the two-pass kernels
+# (9000 and 16400: many CTAs a head, a partial last chunk and tile).
+CLUSTER_LENGTHS = [1, 100, 1000, 1025, 2048, 2100, 4096, 4200, 9000, 16400]
 
 
 @pytest.mark.parametrize("layout", [0, 1])
