@@ -91,6 +91,13 @@ struct Sm90Traits {
   // instead ran 7-9% slower.
   static constexpr int kSumTiles = kFp8 && kHeadDim == 128 ? 1 : 0;
   static constexpr int kAccTiles = kOTiles + kSumTiles;  // n8 tiles of the O accumulator
+  // Unmasked blocks take the exp2s of every kPolyEvery-th n8 tile of S from exp2_poly3
+  // (FMA and ALU pipes) instead of MUFU, whose 16 lanes a clock an SM bound each warp's
+  // softmax (0: none). Measured on H200 (kernel alone, B=4 H=32, 1k-16k, full and causal,
+  // three A/B runs): one tile in 8 ran the e4m3 kernel at head dim 128 0.3-2.9% faster;
+  // one in 4 or 2, and one in 8 in the 16-bit and head-dim-64 kernels, 2-15% slower
+  // (bench/results/h200-2ebc615-exp2-poly-ab.txt).
+  static constexpr int kPolyEvery = kFp8 && kHeadDim == 128 ? 8 : 0;
   static constexpr int kQKSteps = kHeadDim / 32;
 
   // V block, in swizzle atoms of 128-byte rows stored one after the other. e4m3: V^T,
@@ -378,7 +385,9 @@ struct Sm90Kernel {
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
           float& v = x[0][nt][2 * h + i];
-          v = ptx::exp2_approx(fmaf(v, mul[nt / kTilesPerHalf][i], add[nt / kTilesPerHalf][i]));
+          const float arg = fmaf(v, mul[nt / kTilesPerHalf][i], add[nt / kTilesPerHalf][i]);
+          v = !kMasked && Tr::kPolyEvery > 0 && nt % Tr::kPolyEvery == Tr::kPolyEvery - 1 ? exp2_poly3(arg)
+                                                                                       : ptx::exp2_approx(arg);
           if constexpr (Tr::kSumTiles == 0) sum += v;  // else the P·V MMA sums P
         }
       if constexpr (Tr::kSumTiles == 0) st.sum[0][h] = fmaf(st.sum[0][h], alpha[0][h], sum);

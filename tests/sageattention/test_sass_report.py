@@ -82,7 +82,9 @@ def test_cli_rejects_a_missing_source(sass_report, capsys):
 # them, and that change's measured speed.
 HOPPER_KEY_LOOPS = {
     "sm90 hd128 fp16": (541, 0),
-    "sm90 hd128 fp8": (484, 0),
+    # 484 before one exp2 tile in 8 moved to exp2_poly3 (+7 instructions each): 0.3-2.9% faster
+    # on H200 (bench/results/h200-2ebc615-exp2-poly-ab.txt).
+    "sm90 hd128 fp8": (540, 0),
     "sm90 hd64 fp16": (499, 0),
     "sm90 hd64 fp8": (495, 2),  # three consumers at 160 registers: it spills (see attn_sm90.cuh)
 }
