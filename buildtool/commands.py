@@ -223,8 +223,10 @@ def build_cmd(
     progress: ProgressOpt = Progress.auto,
     matrix: MatrixOption = None,
 ) -> None:
-    """Build wheels with `docker buildx bake` and collect them into ./builder/ (default: the
-    `default` group)."""
+    """Build wheels with `docker buildx bake` and collect them into ./builder/.
+
+    NAMES are targets, test targets or groups; without any, the `default` group is built.
+    """
     project = load(matrix)
     targets = selected(project, names or ["default"])
     builder = project.root / BUILDER
@@ -338,8 +340,11 @@ def test_cmd(
     progress: ProgressOpt = Progress.auto,
     matrix: MatrixOption = None,
 ) -> None:
-    """Test collected wheels from ./builder/ with the `test-*` targets: install into a clean
-    Python + torch, import, check the extension loads and holds code for every arch, CPU tests."""
+    """Test collected wheels from ./builder/ with the `test-*` targets.
+
+    Each wheel is installed into a clean Python + torch and imported; the check asserts that its
+    extension loads and holds code for every arch, then the CPU tests run.
+    """
     project = load(matrix)
     targets = [t for t in selected(project, names or ["default"]) if t.testable]
     if not targets:
