@@ -6,7 +6,10 @@ together, exactly as ``sageattention.reference`` (the kernels' oracle) rounds:
 
 * ``qk_int8``: Q and K (K smoothed) to INT8 with the chosen granularity's scales,
 * ``p_e4m3``: P = 2^(s - max) stored as e4m3(P * 448) for the P·V product (l stays exact),
-* ``v_e4m3``: V to e4m3 with per-channel scales.
+* ``v_e4m3``: V to e4m3 with per-channel scales,
+* ``v_e4m3_hi_lo`` (instead of ``v_e4m3``): V as two e4m3 terms under the same per-channel
+  scale, hi = e4m3(V / s) and lo = e4m3(V / s - hi), so that P·V = (P·hi + P·lo) s takes one
+  more fp8 MMA with the same P and accumulator (a design, not a kernel of this package).
 
 Relative L1 and cosine are against fp64 attention of the same fp16 inputs, as in the GPU
 tests (random normal Q, K, V). The result bounds what any kernel computing this algorithm
@@ -33,6 +36,7 @@ if str(ROOT) not in sys.path:
 from sageattention import quant, reference  # noqa: E402
 
 ROUNDINGS = ("qk_int8", "p_e4m3", "v_e4m3")
+V_MODES = (None, "v_e4m3", "v_e4m3_hi_lo")
 
 
 def e4m3(x: torch.Tensor) -> torch.Tensor:
@@ -49,14 +53,21 @@ def logits(q, k, gran: quant.Granularity, int8: bool) -> torch.Tensor:
     return reference._logits(q8, k8, qs, ks, is_causal=False).double()
 
 
-def attention(s: torch.Tensor, v: torch.Tensor, p_e4m3: bool, v_e4m3: bool) -> torch.Tensor:
+def attention(s: torch.Tensor, v: torch.Tensor, p_e4m3: bool, v_mode: str | None) -> torch.Tensor:
+    """``v_mode``: one of V_MODES (None keeps V as given)."""
     p = torch.exp2(s - s.amax(dim=-1, keepdim=True))
     l = p.sum(dim=-1, keepdim=True)  # the kernels sum the unrounded P in fp32
     if p_e4m3:
         p = e4m3(p * reference.E4M3_MAX) / reference.E4M3_MAX
-    if v_e4m3:
+    if v_mode == "v_e4m3":
         v8, vs = reference.quant_v_fp8(v, reference.HND)
         v = reference.dequant_v_fp8(v8, v.shape[2]).double() * vs.double().unsqueeze(2)
+    elif v_mode == "v_e4m3_hi_lo":
+        vd = v.double()
+        amax = vd.abs().amax(dim=2, keepdim=True)
+        scale = torch.where(amax > 0, amax / reference.E4M3_MAX, torch.ones_like(amax))
+        hi = e4m3(vd / scale)
+        v = (hi + e4m3(vd / scale - hi)) * scale
     return (p @ v.double()) / l
 
 
@@ -73,13 +84,14 @@ def budget(n: int, hd: int, heads: int, gran_name: str, seed: int) -> list[dict]
     q, k, v = (torch.randn(1, heads, n, hd, generator=g).half() for _ in range(3))
     gran = quant.granularity(gran_name)
     s = {int8: logits(q, k, gran, int8) for int8 in (False, True)}
-    ref = attention(s[False], v, False, False)
+    ref = attention(s[False], v, False, None)
     rows = []
-    for on in itertools.product((False, True), repeat=3):
-        if not any(on):
+    for int8, p8, v_mode in itertools.product((False, True), (False, True), V_MODES):
+        if not (int8 or p8 or v_mode):
             continue
-        out = attention(s[on[0]], v, on[1], on[2])
-        rows.append({"n": n, "hd": hd, "gran": gran_name, "roundings": [r for r, o in zip(ROUNDINGS, on) if o],
+        out = attention(s[int8], v, p8, v_mode)
+        roundings = [r for r, on in (("qk_int8", int8), ("p_e4m3", p8), (v_mode, v_mode)) if on]
+        rows.append({"n": n, "hd": hd, "gran": gran_name, "roundings": roundings,
                      "rel_l1": rel_l1(out, ref), "cosine": cosine(out, ref)})
     return rows
 
