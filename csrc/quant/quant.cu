@@ -39,20 +39,21 @@ struct ClusterLaunch {
   }
 };
 
-// Whether `kernel` can run as clusters of `ctas` CTAs of `smem` bytes on the current
-// device: it needs sm_90 machine code (its body is empty otherwise: the check is on the
-// code loaded for this GPU) and a GPC that fits such a cluster. The answer is kept per
-// (kernel, device, smem, ctas): asked on every call, the driver queries cost 1.3 us of
-// the 10-12 us a CPU-bound call of either op took on H200 (B=1 H=1 hd128). The kernel's
-// dynamic shared memory limit is raised to kClusterStageBytes on first use.
+// Whether `kernel` can run with `config` (one cluster of gridDim.x CTAs per head) on the
+// current device: it needs sm_90 machine code (its body is empty otherwise: the check is
+// on the code loaded for this GPU) and a GPC that fits such a cluster. The answer is kept
+// per (kernel, device, shared memory, CTAs): asked on every call, the driver queries cost
+// 1.3 us of the 10-12 us a CPU-bound call of either op took on H200 (B=1 H=1 hd128). The
+// kernel's dynamic shared memory limit is raised to kClusterStageBytes on first use.
 template <class Params>
-bool cluster_fits(void (*kernel)(const Params, int), size_t smem, int ctas, cudaLaunchConfig_t config) {
+bool cluster_fits(void (*kernel)(const Params, int), const cudaLaunchConfig_t& config) {
   static std::mutex mutex;
-  static std::map<std::tuple<const void*, int, size_t, int>, bool> known;
+  static std::map<std::tuple<const void*, int, size_t, unsigned>, bool> known;
   int device = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
   const std::lock_guard<std::mutex> lock(mutex);
-  const auto key = std::make_tuple(reinterpret_cast<const void*>(kernel), device, smem, ctas);
+  const auto key =
+      std::make_tuple(reinterpret_cast<const void*>(kernel), device, config.dynamicSmemBytes, config.gridDim.x);
   if (auto it = known.find(key); it != known.end()) return it->second;
   cudaFuncAttributes attr{};
   C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
@@ -86,7 +87,7 @@ std::optional<ClusterLaunch> cluster_launch(void (*kernel)(const Params, int), i
   launch.cluster.val.clusterDim.y = launch.cluster.val.clusterDim.z = 1;
   launch.config.attrs = &launch.cluster;
   launch.config.numAttrs = 1;
-  if (!cluster_fits(kernel, launch.config.dynamicSmemBytes, ctas, launch.config)) return std::nullopt;
+  if (!cluster_fits(kernel, launch.config)) return std::nullopt;
   return launch;
 }
 
@@ -168,7 +169,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quant_int8_smooth(const at::Tenso
   if (s.b == 0 || s.h == 0) return {out, scale, mean};
   QuantInt8Params p = int8_params(x, s, out, scale, group_block, group_stride, 1.0);
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  bool done = false;
   dispatch_half_hd(x.scalar_type(), s.d, [&](auto elem, auto head_dim) {
     using T = typename decltype(elem)::type;
     using Chunk = StagedChunk<T, head_dim()>;
@@ -177,14 +177,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quant_int8_smooth(const at::Tenso
     if (auto launch = cluster_launch(kernel, s.n, s, QuantInt8Shape::kChunkRows, chunk_bytes, stream)) {
       p.mean_out = mean.data_ptr<float>();
       (*launch)(kernel, p);
-      done = true;
+      return;
     }
-  });
-  if (!done) {  // two passes: torch's mean, then quant_int8's kernel
+    // Two passes: torch's mean, then quant_int8's kernel.
     mean.copy_(x.mean(tensor_layout == kHND ? 2 : 1, /*keepdim=*/false, at::kFloat));
     p.mean = mean.data_ptr<float>();
     launch_quant_int8(p, x.scalar_type(), s, stream);
-  }
+  });
   return {out, scale, mean};
 }
 
