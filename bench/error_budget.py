@@ -59,15 +59,10 @@ def attention(s: torch.Tensor, v: torch.Tensor, p_e4m3: bool, v_mode: str | None
     l = p.sum(dim=-1, keepdim=True)  # the kernels sum the unrounded P in fp32
     if p_e4m3:
         p = e4m3(p * reference.E4M3_MAX) / reference.E4M3_MAX
-    if v_mode == "v_e4m3":
+    if v_mode is not None:
         v8, vs = reference.quant_v_fp8(v, reference.HND)
-        v = reference.dequant_v_fp8(v8, v.shape[2]).double() * vs.double().unsqueeze(2)
-    elif v_mode == "v_e4m3_hi_lo":
-        vd = v.double()
-        amax = vd.abs().amax(dim=2, keepdim=True)
-        scale = torch.where(amax > 0, amax / reference.E4M3_MAX, torch.ones_like(amax))
-        hi = e4m3(vd / scale)
-        v = (hi + e4m3(vd / scale - hi)) * scale
+        hi, scale = reference.dequant_v_fp8(v8, v.shape[2]).double(), vs.double().unsqueeze(2)
+        v = (hi + e4m3(v.double() / scale - hi) if v_mode == "v_e4m3_hi_lo" else hi) * scale
     return (p @ v.double()) / l
 
 
