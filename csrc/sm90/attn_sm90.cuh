@@ -100,6 +100,9 @@ struct Sm90Traits {
   static constexpr int kPolyEvery = kFp8 && kHeadDim == 128 ? 8 : 0;
   static constexpr int kQKSteps = kHeadDim / 32;
 
+  // (e4m3 V as two terms under one scale, hi + lo with one more P·V MMA a k step, took the
+  // fp8 path's relative L1 from 0.038 to 0.025-0.027 but ran the kernel 7-19% slower on
+  // H200, no faster than 16-bit P·V: bench/results/h200-c040be4-two-term-v-ab.txt.)
   // V block, in swizzle atoms of 128-byte rows stored one after the other. e4m3: V^T,
   // [head_dim][128 keys], one atom. 16-bit: V, [keys][head_dim] split along head_dim
   // into atoms of [keys][64 channels] (one TMA box each).
