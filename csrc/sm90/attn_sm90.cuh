@@ -102,9 +102,10 @@ struct Sm90Traits {
   // The 16-bit kernels' consumers issue their loads of the Q tile first thing, so that the
   // memory latency overlaps the CTA's setup (barriers, __syncthreads). Measured on H200
   // (kernel alone, B=4 H=32, 1k/4k/16k, full and causal, two repetitions): 16-bit P·V
-  // +1.0% on average at hd128 (11 of 12 ratios >= 0.999), +0.6% at hd64. e4m3 P·V ran
-  // 1% slower at hd128 and 2-5% at hd64, where the Q registers held across the setup add
-  // a spill to the key loop (bench/results/h200-88b9e15-early-q-ab.txt).
+  // +1.0% at hd128 (geometric mean; 10 of 12 ratios >= 0.999, the others 0.998 and
+  // 0.967), +0.6% at hd64. e4m3 P·V ran 1.4% slower at hd128 4k and 16k, and 2-4% at hd64,
+  // where the Q registers held across the setup add a spill to the key loop
+  // (bench/results/h200-88b9e15-early-q-ab.txt, bench/compare.py).
   static constexpr bool kEarlyQ = !kFp8;
 
   // (e4m3 V as two terms under one scale, hi + lo with one more P·V MMA a k step, took the

@@ -98,3 +98,54 @@ def test_bench_quant_without_gpu_exits_2(tmp_path):
     assert args.n == [1024, 2048, 4096, 8192] and args.hd == [128, 64] and args.gran == "per_thread"
     assert bq.main(["--out", str(tmp_path / "q.json")]) == 2
     assert not (tmp_path / "q.json").exists()
+
+
+def _bench_json(path, rows):
+    path.write_text(json.dumps({"env": {"gpu": "H200"}, "rows": [
+        {"N": n, "D": d, "causal": c, "results": res} for (n, d, c), res in rows.items()]}))
+    return path
+
+
+def test_compare_ratios_and_summary(tmp_path, capsys):
+    compare = load_script(ROOT / "bench" / "compare.py")
+    shape, causal_shape, hd64 = (4096, 128, False), (4096, 128, True), (4096, 64, False)
+    files = []
+    for rep, (fp16_new, fp8_new) in enumerate([(110.0, 95.0), (99.8, 101.0)]):
+        files.append(_bench_json(tmp_path / f"b{rep}.json", {
+            shape: {"kernel_sm90_fp16": {"tflops": 100.0}, "kernel_sm90_fp8": {"tflops": 100.0, "rel_l1": 0.038},
+                    "sdpa_cudnn": {"error": "RuntimeError"}},
+            causal_shape: {"kernel_sm90_fp16": {"tflops": 50.0}},
+            hd64: {"kernel_sm90_fp16": {"tflops": 80.0}}}))
+        files.append(_bench_json(tmp_path / f"n{rep}.json", {
+            shape: {"kernel_sm90_fp16": {"tflops": fp16_new}, "kernel_sm90_fp8": {"tflops": fp8_new, "rel_l1": 0.037}},
+            causal_shape: {"kernel_sm90_fp16": {"tflops": 50.0}}}))  # hd64 not timed in new: skipped
+    out_json = tmp_path / "cmp.json"
+    assert compare.main([str(f) for f in files] + ["--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert "N= 4096 hd128 full   kernel_sm90_fp16      100 ->    110  1.100x" in out
+    assert "l1 0.0380->0.0370" in out and "sdpa_cudnn" not in out and "hd 64" not in out
+    summary = {(s["label"], s["d"]): s for s in json.loads(out_json.read_text())["summary"]}
+    fp16 = summary[("kernel_sm90_fp16", 128)]  # ratios 1.1, 1.0, 0.998, 1.0
+    assert fp16["count"] == 4 and fp16["steady"] == 3 and fp16["low"] == pytest.approx(0.998)
+    assert fp16["geomean"] == pytest.approx((1.1 * 0.998) ** 0.25)
+    assert summary[("kernel_sm90_fp8", 128)]["steady"] == 1
+    assert "kernel_sm90_fp16   hd128   4 ratios  geomean 1.024  range 0.998-1.100  3 of 4 >= 0.999" in out
+    assert compare.main([str(files[0]), str(files[1]), "--labels", "kernel_sm90_fp8"]) == 0
+    assert "kernel_sm90_fp16" not in capsys.readouterr().out
+
+
+def test_compare_rejects_bad_input(tmp_path, capsys):
+    compare = load_script(ROOT / "bench" / "compare.py")
+    good = _bench_json(tmp_path / "a.json", {(1024, 64, False): {"sageattn": {"tflops": 1.0}}})
+    other = _bench_json(tmp_path / "b.json", {(2048, 64, False): {"sageattn": {"tflops": 1.0}}})
+    (tmp_path / "bad.json").write_text('{"rows": [{"N": 1}]}')
+    (tmp_path / "broken.json").write_text("{")
+    for args, message in [([good], "files come in pairs (base, new), got 1"),
+                          ([good, tmp_path / "missing.json"], "missing.json: No such file or directory"),
+                          ([good, tmp_path / "bad.json"], "bad.json: not a bench_attention.py JSON file"),
+                          ([good, tmp_path / "broken.json"], "broken.json: not JSON")]:
+        with pytest.raises(SystemExit) as e:
+            compare.main([str(a) for a in args])
+        assert e.value.code == 2 and message in capsys.readouterr().err
+    assert compare.main([str(good), str(other)]) == 1  # nothing timed in both
+    assert "(no shape and path timed in both)" in capsys.readouterr().out
