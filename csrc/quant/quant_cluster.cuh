@@ -60,7 +60,7 @@ __global__ void __launch_bounds__(ClusterQuantShape::kThreads)
 
   const int head = blockIdx.y, batch = blockIdx.z, t0 = int(cluster.block_rank()) * chunks * kRows;
   const int64_t bh = int64_t(batch) * p.heads + head;
-  const T* x = head_rows<T, D>(p, batch, head);
+  const T* x = head_rows<T>(p, batch, head);
   auto chunk = [&](int c) { return Chunk{staged + c * Chunk::kSlots, min(kRows, p.len - (t0 + c * kRows))}; };
   for (int c = 0; c < chunks; ++c) chunk(c).stage(x + min(t0 + c * kRows, p.len - 1) * p.x_stride_n, p.x_stride_n);
   ptx::cp_async_commit();
@@ -110,7 +110,7 @@ __global__ void __launch_bounds__(ClusterQuantShape::kThreads)
 
   const int k0 = int(cluster.block_rank()) * tiles * kKeys;
   const int64_t bh = int64_t(blockIdx.z) * p.heads + blockIdx.y;
-  const T* v = v_rows<T, D>(p);
+  const T* v = v_rows<T>(p);
   const int lane_in_row = threadIdx.x % kLanesPerRow;
 
   float amax[8] = {};

@@ -110,7 +110,7 @@ struct StagedChunk {
   }
 };
 
-template <typename T, int D>
+template <typename T>
 __device__ __forceinline__ const T* head_rows(const QuantInt8Params& p, int batch, int head) {
   return static_cast<const T*>(p.x) + batch * p.x_stride_b + head * p.x_stride_h;
 }
@@ -125,7 +125,7 @@ __global__ void __launch_bounds__(QuantInt8Shape::kThreads)
 
   const int t0 = blockIdx.x * QuantInt8Shape::kChunkRows, head = blockIdx.y, batch = blockIdx.z;
   const Chunk chunk{slots, min(QuantInt8Shape::kChunkRows, p.len - t0)};
-  chunk.stage(head_rows<T, D>(p, batch, head) + t0 * p.x_stride_n, p.x_stride_n);
+  chunk.stage(head_rows<T>(p, batch, head) + t0 * p.x_stride_n, p.x_stride_n);
   ptx::cp_async_commit();
   if (threadIdx.x < QuantInt8Shape::kChunkRows) group_amax[threadIdx.x] = 0.0f;
   const int64_t bh = int64_t(batch) * p.heads + head;

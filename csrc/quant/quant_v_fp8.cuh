@@ -35,7 +35,7 @@ __host__ __device__ constexpr int permuted_key(int slot) {  // slot in 0..31 -> 
   return (slot & 16) + 2 * ((slot >> 2) & 3) + (slot & 1) + 8 * ((slot >> 1) & 1);
 }
 
-template <typename T, int D>
+template <typename T>
 __device__ __forceinline__ const T* v_rows(const QuantVFp8Params& p) {
   return static_cast<const T*>(p.v) + blockIdx.z * p.v_stride_b + blockIdx.y * p.v_stride_h;
 }
@@ -72,7 +72,7 @@ __global__ void __launch_bounds__(QuantVFp8Shape::kThreads)
   const int lane_in_row = threadIdx.x % kLanesPerRow;
   const int t0 = blockIdx.x * QuantVFp8Shape::kAmaxRows;
   const int t1 = min(p.len, t0 + QuantVFp8Shape::kAmaxRows);
-  const T* rows = v_rows<T, D>(p) + lane_in_row * 8;
+  const T* rows = v_rows<T>(p) + lane_in_row * 8;
 
   float amax[8] = {};
   for (int t = t0 + threadIdx.x / kLanesPerRow; t < t1; t += kRowsPerPass)
@@ -99,7 +99,7 @@ __device__ __forceinline__ void stage_keys(const QuantVFp8Params& p, KeyTile<T, 
   constexpr int kLanesPerRow = D / 8;
   constexpr int kRowsPerPass = QuantVFp8Shape::kThreads / kLanesPerRow;
   const int k0 = blockIdx.x * QuantVFp8Shape::kKeys;
-  const T* rows = v_rows<T, D>(p);
+  const T* rows = v_rows<T>(p);
   for (int r = threadIdx.x / kLanesPerRow; r < QuantVFp8Shape::kKeys; r += kRowsPerPass) {
     const int c = threadIdx.x % kLanesPerRow;
     uint4 raw = make_uint4(0, 0, 0, 0);
