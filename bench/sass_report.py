@@ -89,14 +89,15 @@ def key_loop(instructions: list[tuple[int, str]]) -> KeyLoop | None:
 
 
 def short_name(mangled: str) -> str:
-    """Our attention kernels by traits ('sm90 hd128 fp8 __half', 'sm80 hd64 fp16 __nv_bfloat16');
-    other names unchanged."""
+    """Our attention kernels by traits ('sm90 hd128 fp8 __half', 'sm80 hd64 fp16 __nv_bfloat16',
+    'sm90 hd128 fp16 persistent __half' for the persistent grid's); other names unchanged."""
     m = re.search(r"(Sm90|Attn)TraitsILi(\d+)ELNS_2PVE(\d)E(\d+)", mangled)
     if not m:
         return mangled
     family, hd, pv, n = m.groups()
     elem = mangled[m.end():m.end() + int(n)]
-    return f"{'sm90' if family == 'Sm90' else 'sm80'} hd{hd} {'fp8' if pv == '1' else 'fp16'} {elem}"
+    grid = " persistent" if mangled[m.end() + int(n):].startswith("EELb1E") else ""
+    return f"{'sm90' if family == 'Sm90' else 'sm80'} hd{hd} {'fp8' if pv == '1' else 'fp16'}{grid} {elem}"
 
 
 def load_setup():

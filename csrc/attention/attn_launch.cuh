@@ -95,4 +95,12 @@ inline int device_capability(int device) {
   return cache[device];
 }
 
+// Streaming multiprocessors, read once per device.
+inline int sm_count(int device) {
+  static int cache[64] = {};
+  TORCH_CHECK(device >= 0 && device < 64, "device index out of range: ", device);
+  if (cache[device] == 0) C10_CUDA_CHECK(cudaDeviceGetAttribute(&cache[device], cudaDevAttrMultiProcessorCount, device));
+  return cache[device];
+}
+
 }  // namespace sage

@@ -26,7 +26,8 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
 }
 
 // A TMA descriptor of a rank-R tensor of bytes or 16-bit elements: sizes and box
-// innermost first, byte strides of dimensions 1 .. R-1. Out-of-range rows read as zeros.
+// innermost first, byte strides of dimensions 1 .. R-1, a swizzle of 64 or 128 bytes or
+// none (0). Out-of-range rows read as zeros.
 template <int R>
 CUtensorMap tensor_map(const void* base, int elem_bytes, std::array<int64_t, R> dims,
                        std::array<int64_t, R - 1> byte_strides, std::array<int, R> box, int swizzle_bytes) {
@@ -43,7 +44,10 @@ CUtensorMap tensor_map(const void* base, int elem_bytes, std::array<int64_t, R> 
   const CUresult r = tensor_map_encoder()(
       &map, elem_bytes == 1 ? CU_TENSOR_MAP_DATA_TYPE_UINT8 : CU_TENSOR_MAP_DATA_TYPE_UINT16, R,
       const_cast<void*>(base), d.data(), st.data(), b.data(), ones.data(), CU_TENSOR_MAP_INTERLEAVE_NONE,
-      swizzle_bytes == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+      swizzle_bytes == 128  ? CU_TENSOR_MAP_SWIZZLE_128B
+      : swizzle_bytes == 64 ? CU_TENSOR_MAP_SWIZZLE_64B
+                            : CU_TENSOR_MAP_SWIZZLE_NONE,
+      CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
       CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   TORCH_CHECK(r == CUDA_SUCCESS, "cuTensorMapEncodeTiled failed (error ", int(r), ")");
   return map;
@@ -121,8 +125,19 @@ std::tuple<at::Tensor, at::Tensor> attn_sm90(const at::Tensor& q_in, const at::T
     auto go = [&](auto traits) {
       using Tr = decltype(traits);
       const int64_t tiles = qs.b * qs.h * ((qs.n + Tr::kCtaQ - 1) / Tr::kCtaQ);
-      TORCH_CHECK(tiles < (int64_t(1) << 31), "too many query tiles: ", tiles);
-      launch_kernel<Tr>(sm90::attn_sm90_kernel<Tr>, p, dim3(tiles), stream);
+      TORCH_CHECK(tiles < (int64_t(1) << 30), "too many query tiles: ", tiles);
+      // Persistent (one CTA an SM: their shared memory allows no more) once every SM has
+      // at least two tiles; on smaller grids it has nothing to overlap (Sm90Traits).
+      const int sms = sm_count(q.get_device());
+      if (Tr::kPersistent && tiles >= 2 * sms) {
+        p.q_map = tensor_map<4>(q.data_ptr(), 2, {D, qs.n, qs.h, qs.b},
+                                {qs.stride_n * 2, qs.stride_h * 2, qs.stride_b * 2}, {int(D), Tr::kCtaQ, 1, 1}, 0);
+        const at::Tensor counter = at::zeros({1}, q.options().dtype(at::kInt));
+        p.tile_counter = counter.data_ptr<int>();
+        launch_kernel<Tr>(sm90::attn_sm90_kernel<Tr, Tr::kPersistent>, p, dim3(sms), stream);
+      } else {
+        launch_kernel<Tr>(sm90::attn_sm90_kernel<Tr, false>, p, dim3(tiles), stream);
+      }
     };
     if (fp8)
       go(sm90::Sm90Traits<head_dim(), PV::kFp8, T>{});

@@ -67,6 +67,9 @@ def test_short_name(sass_report):
     name = "_ZN4sage11attn_kernelINS_10AttnTraitsILi64ELNS_2PVE0E13__nv_bfloat16EEEEvNS_10AttnParamsE"
     assert sass_report.short_name(name) == "sm80 hd64 fp16 __nv_bfloat16"
     assert sass_report.short_name(next(iter(sass_report.parse_ptxas(PTXAS)))) == "sm90 hd128 fp8 __half"
+    persistent = "_ZN4sage4sm9016attn_sm90_kernelINS0_10Sm90TraitsILi64ELNS_2PVE0E6__halfEELb1EEEvNS0_10Sm90ParamsE"
+    assert sass_report.short_name(persistent) == "sm90 hd64 fp16 persistent __half"
+    assert sass_report.short_name(persistent.replace("Lb1", "Lb0")) == "sm90 hd64 fp16 __half"
     assert sass_report.short_name("_Z3addPf") == "_Z3addPf"
 
 
@@ -82,10 +85,14 @@ def test_cli_rejects_a_missing_source(sass_report, capsys):
 # them, and that change's measured speed.
 HOPPER_KEY_LOOPS = {
     "sm90 hd128 fp16": (541, 0),
+    # The persistent grid's stage numbers run on across tiles (first + j): a few more
+    # instructions than one CTA a tile's (552 and 503).
+    "sm90 hd128 fp16 persistent": (552, 0),
     # 484 before one exp2 tile in 8 moved to exp2_poly3 (+7 instructions each): 0.3-2.9% faster
     # on H200 (bench/results/h200-2ebc615-exp2-poly-ab.txt).
     "sm90 hd128 fp8": (540, 0),
     "sm90 hd64 fp16": (499, 0),
+    "sm90 hd64 fp16 persistent": (503, 0),
     "sm90 hd64 fp8": (495, 2),  # three consumers at 160 registers: it spills (see attn_sm90.cuh)
 }
 
@@ -95,7 +102,7 @@ def test_hopper_key_loops(sass_report):
     if sass_report.find_cuobjdump() is None:
         pytest.skip("no cuobjdump (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
     rows = sass_report.report(ROOT / "csrc" / "sm90" / "attn_sm90.cu", "90a")
-    assert len(rows) == 8, sorted(rows)  # hd 64/128 x fp16/fp8 P·V x fp16/bf16
+    assert len(rows) == 12, sorted(rows)  # (hd 64/128 x fp16/fp8 P·V + persistent fp16 P·V) x fp16/bf16
     for name, row in rows.items():
         size, spills = HOPPER_KEY_LOOPS[name.rsplit(" ", 1)[0]]
         loop = row["key_loop"]
