@@ -179,8 +179,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quant_int8_smooth(const at::Tenso
       (*launch)(kernel, p);
       return;
     }
-    // Two passes: torch's mean, then quant_int8's kernel.
-    mean.copy_(x.mean(tensor_layout == kHND ? 2 : 1, /*keepdim=*/false, at::kFloat));
+    // Two passes: torch's mean (written in place), then quant_int8's kernel.
+    at::mean_out(mean, x, {tensor_layout == kHND ? 2 : 1}, /*keepdim=*/false, at::kFloat);
     p.mean = mean.data_ptr<float>();
     launch_quant_int8(p, x.scalar_type(), s, stream);
   });
