@@ -16,8 +16,8 @@
 //   the consumers also take turns issuing their MMAs (FA3's ping-pong, see key_loop).
 // Each Q tile is read once, so the consumers quantize it themselves as they load it
 // (quant_int8's rule), instead of a separate pass over Q.
-// The 16-bit kernels run a persistent grid on grids of two tiles an SM or more (see
-// Sm90Traits::kPersistent): one CTA an SM, whose producer claims tiles from a counter and
+// All but the e4m3 hd64 kernel run a persistent grid on grids of two tiles an SM or more
+// (see Sm90Traits::kPersistent): one CTA an SM, whose producer claims tiles from a counter and
 // streams each tile's 16-bit Q (by TMA) and then its key blocks through the same ring,
 // while the consumers finish the previous tile.
 // 16-bit V is read as the caller stores it ([keys][D] rows, through strides) and fed to
@@ -121,9 +121,11 @@ struct Sm90Traits {
   // CTA a tile (kernel alone, B=4 H=32, 1k-16k, full and causal, three repetitions):
   // 16-bit P·V +4.5% at hd64 (24 of 24 ratios >= 0.999), +1.8% at hd128 (+1.6-6.7% at
   // 1k-2k, 0.985-1.066 at 4k, 0.977-0.998 at 16k; bench/results/
-  // h200-82b2d1f-persistent-ab.txt). Not e4m3 P·V: eb2cfaf's persistent design ran it 3-10%
-  // slower at hd64 (h200-eb2cfaf-persistent-grid-ab.txt).
-  static constexpr bool kPersistent = !kFp8;
+  // h200-82b2d1f-persistent-ab.txt); e4m3 P·V at hd128 +3.6% (22 of 24; +2.5-9.0% at
+  // 1k-4k, 0.993-1.019 at 16k; h200-715ec69-fp8-persistent-ab.txt). Not e4m3 P·V at hd64:
+  // its 16-bit Q tile (24 KB) does not fit its 17 KB stages, and eb2cfaf's persistent
+  // design, stages grown to hold it, ran it 3-10% slower (h200-eb2cfaf-persistent-grid-ab.txt).
+  static constexpr bool kPersistent = !kFp8 || kHeadDim == 128;
 
   // (e4m3 V as two terms under one scale, hi + lo with one more P·V MMA a k step, took the
   // fp8 path's relative L1 from 0.038 to 0.025-0.027 but ran the kernel 7-19% slower on
@@ -153,7 +155,7 @@ struct Sm90Traits {
   // tile numbers from the producer to the consumers through kTileSlots slots: the
   // producer claims the next tile while the consumers finish the current one.
   static constexpr int kQRawBytes = kCtaQ * kHeadDim * 2;
-  static_assert(!kPersistent || kQRawBytes <= kKBytes + kVBytes, "a stage holds a 16-bit Q tile");
+  static_assert(!kPersistent || kQRawBytes <= kKBytes + kVTmaBytes, "a stage holds a 16-bit Q tile (clear of the ones rows)");
   static constexpr int kTileSlots = 2;
   static constexpr int kSmemBytes = 1024 /* alignment slack */ + kQBytes + kStages * kStageBytes + 2 * kStages * 8 +
                                     2 * kCtaQ * 4 /* Q group amax, two tiles' */ +
@@ -525,7 +527,9 @@ struct Sm90Kernel {
     // ptxas knows it is warp-uniform and keeps the Q descriptors in uniform registers: 16
     // fewer instructions a key block at hd128 (549 -> 533). In the same H200 runs against
     // one CTA a tile, the kernel without it measured geomean 0.997 at hd128 and 1.026 at
-    // hd64, with it 1.018 and 1.045. (One CTA a tile keeps its measured SASS.)
+    // hd64, with it 1.018 and 1.045. (One CTA a tile keeps its measured SASS: with the
+    // broadcast too, e4m3 P·V at hd64 measured geomean 0.993, 9 of 24 ratios >= 0.999,
+    // bench/results/h200-715ec69-fp8-persistent-ab.txt.)
     const int wg = kPersistent ? __shfl_sync(0xffffffffu, tid / 128, 0) : tid / 128;
     const int n_blocks = kb.n_blocks;
     auto wait_full = [&](int j) { sm.wait_full(first + j); };

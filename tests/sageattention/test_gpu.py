@@ -215,18 +215,20 @@ def sm90_grids(fn):
     return ["persistent" if re.search(r",\s*true>", n) else "one CTA a tile" for n in names]
 
 
+@pytest.mark.parametrize("name", ["sm90_fp16", "sm90_fp8"])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("d", [64, 128])
 @pytest.mark.parametrize("layout", [0, 1])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_sm90_persistent_grid_matches_one_cta_per_tile(causal, d, layout, dtype):
-    """16-bit P·V runs a persistent grid once there are two query tiles an SM, else one CTA a
-    tile (attn_sm90.cu). A tile computes the same either way, so a batch run whole
-    (persistent) and one sequence at a time (one CTA a tile) agree bit for bit, LSE included:
-    every tile claimed once, its Q (by TMA, through the stage ring) and its key blocks
-    (stage numbers running on across tiles) where they belong."""
-    if "sm90_fp16" not in kernels():
-        pytest.skip("sm90_fp16 does not run on this GPU/build")
+def test_sm90_persistent_grid_matches_one_cta_per_tile(name, causal, d, layout, dtype):
+    """The Hopper kernel runs a persistent grid once there are two query tiles an SM (all but
+    e4m3 P·V at hd64: Sm90Traits::kPersistent), else one CTA a tile (attn_sm90.cu). A tile
+    computes the same either way, so a batch run whole (persistent) and one sequence at a
+    time (one CTA a tile) agree bit for bit, LSE included: every tile claimed once, its Q (by
+    TMA, through the stage ring) and its key blocks (stage numbers running on across tiles)
+    where they belong."""
+    if name not in kernels():
+        pytest.skip(f"{name} does not run on this GPU/build")
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     nq, hq = 1000, 16
     tiles = hq * -(-nq // (128 if d == 128 else 192))  # a sequence's (Sm90Traits::kCtaQ)
@@ -234,13 +236,13 @@ def test_sm90_persistent_grid_matches_one_cta_per_tile(causal, d, layout, dtype)
     b = -(-2 * sms // tiles)
     q, k, v = make_qkv(b=b, hq=hq, hkv=4, nq=nq, nk=nq if causal else 1100, d=d, dtype=dtype,
                        layout=["HND", "NHD"][layout], device=DEV)
-    kernel, gran = core.KERNELS["sm90_fp16"], core.quant.granularity("per_thread")
+    kernel, gran = core.KERNELS[name], core.quant.granularity("per_thread")
     ki, ks, _ = core.quant.quant_k(ops, k, layout, gran, smooth=True)
 
     def run(i=slice(None)):
         return core._run_kernel(ops, kernel, q[i], ki[i], ks[i], v[i], layout, gran, d ** -0.5, causal, True)
 
-    assert sm90_grids(run) == ["persistent"]
+    assert sm90_grids(run) == ["one CTA a tile" if name == "sm90_fp8" and d == 64 else "persistent"]
     assert sm90_grids(lambda: run(slice(0, 1))) == ["one CTA a tile"]
     out, lse = run()
     for i in range(b):
