@@ -123,8 +123,9 @@ struct Sm90Traits {
   // 1k-2k, 0.985-1.066 at 4k, 0.977-0.998 at 16k; bench/results/
   // h200-82b2d1f-persistent-ab.txt); e4m3 P·V at hd128 +3.6% (22 of 24; +2.5-9.0% at
   // 1k-4k, 0.993-1.019 at 16k; h200-715ec69-fp8-persistent-ab.txt). Not e4m3 P·V at hd64:
-  // its 16-bit Q tile (24 KB) does not fit its 17 KB stages, and eb2cfaf's persistent
-  // design, stages grown to hold it, ran it 3-10% slower (h200-eb2cfaf-persistent-grid-ab.txt).
+  // its 16-bit Q tile (24 KB) exceeds its 17 KB stages. With the tile as two stage loads it
+  // ran 1.4% slower (0.94-0.97 at 16k; h200-f974cae-fp8-hd64-persistent-ab.txt), with the
+  // stages grown to hold it 3-10% (eb2cfaf's design, h200-eb2cfaf-persistent-grid-ab.txt).
   static constexpr bool kPersistent = !kFp8 || kHeadDim == 128;
 
   // (e4m3 V as two terms under one scale, hi + lo with one more P·V MMA a k step, took the
@@ -155,7 +156,8 @@ struct Sm90Traits {
   // tile numbers from the producer to the consumers through kTileSlots slots: the
   // producer claims the next tile while the consumers finish the current one.
   static constexpr int kQRawBytes = kCtaQ * kHeadDim * 2;
-  static_assert(!kPersistent || kQRawBytes <= kKBytes + kVTmaBytes, "a stage holds a 16-bit Q tile (clear of the ones rows)");
+  static_assert(!kPersistent || kQRawBytes <= kKBytes + kVTmaBytes,
+                "a stage holds a 16-bit Q tile (clear of the ones rows)");
   static constexpr int kTileSlots = 2;
   static constexpr int kSmemBytes = 1024 /* alignment slack */ + kQBytes + kStages * kStageBytes + 2 * kStages * 8 +
                                     2 * kCtaQ * 4 /* Q group amax, two tiles' */ +
