@@ -225,9 +225,15 @@ struct Sm90Kernel {
     __device__ uint32_t tile_empty_bar(int n) const { return tile_empty + n % Tr::kTileSlots * 8; }
     __device__ uint32_t slot(int n) const { return slots + n % Tr::kTileSlots * 4; }
     __device__ void wait_full(LoadNo b) const { ptx::mbar_wait(full_bar(b), (b / Tr::kStages) & 1); }
-    __device__ void release(LoadNo b, int lane) const {  // this consumer warp is done with load b
+    __device__ void wait_empty(int b) const {  // the producer, before stage load b
+      if (b >= Tr::kStages) ptx::mbar_wait(empty_bar(b), (b / Tr::kStages - 1) & 1);
+    }
+    // This consumer warp is done with load b / with tile n's slot: one arrival a warp.
+    __device__ void release(LoadNo b, int lane) const { warp_arrive(empty_bar(b), lane); }
+    __device__ void release_slot(int n, int lane) const { warp_arrive(tile_empty_bar(n), lane); }
+    __device__ static void warp_arrive(uint32_t bar, int lane) {
       __syncwarp();
-      if (lane == 0) ptx::mbar_arrive(empty_bar(b));
+      if (lane == 0) ptx::mbar_arrive(bar);
     }
   };
 
@@ -240,7 +246,7 @@ struct Sm90Kernel {
     const float* k_scale = p.k_scale + c.bkv * p.kv_len;
     for (int j = 0; j < n_blocks; ++j) {
       const int b = first + j;
-      wait_empty(sm, b);
+      sm.wait_empty(b);
       const int k0 = j * Tr::kCtaK;
       const uint32_t full = sm.full_bar(b);
       if (lane == 0) {
@@ -264,10 +270,6 @@ struct Sm90Kernel {
     }
   }
 
-  __device__ static void wait_empty(const Smem& sm, int b) {  // before stage load b
-    if (b >= Tr::kStages) ptx::mbar_wait(sm.empty_bar(b), (b / Tr::kStages - 1) & 1);
-  }
-
   // Persistent grids: claims tiles until none are left. Per tile: its 16-bit Q as a
   // stage load (rows past the sequence arrive as zeros); its number in its slot (-1 once
   // none are left); its key blocks. The next tile is claimed once this one's last block
@@ -282,7 +284,7 @@ struct Sm90Kernel {
       const bool valid = tile < tiles;
       const Coord c = tile_coord(p, valid ? tile : 0);
       if (valid) {
-        wait_empty(sm, first);
+        sm.wait_empty(first);
         if (lane == 0) {
           mbar_arrive_expect_tx(sm.full_bar(first), Tr::kQRawBytes);
           tma_load_4d(sm.k(first), &p.q_map, sm.full_bar(first), 0, c.q0, c.head, c.batch);
@@ -677,8 +679,7 @@ struct Sm90Kernel {
       ptx::mbar_wait(sm.tile_full_bar(n), (n / Tr::kTileSlots) & 1);
       int tile;
       asm volatile("ld.shared.s32 %0, [%1];\n" : "=r"(tile) : "r"(sm.slot(n)) : "memory");
-      __syncwarp();
-      if (threadIdx.x % 32 == 0) ptx::mbar_arrive(sm.tile_empty_bar(n));
+      sm.release_slot(n, threadIdx.x % 32);
       if (tile < 0) return;
       const Coord c = tile_coord(p, tile);
       const auto kb = c.key_blocks(p, Tr::kCtaQ, Tr::kCtaK);
@@ -727,40 +728,43 @@ struct Sm90Kernel {
     return sm;
   }
 
-  // Warpgroup 0 produces, the others consume. One CTA a tile: q_raw is the consumers'
-  // Q, loaded already if kEarlyQ.
-  __device__ static void specialize(const Sm90Params& p, const Coord& c, const Smem& sm, QRegs& q_raw) {
-    const auto kb = c.key_blocks(p, Tr::kCtaQ, Tr::kCtaK);
+  // Warpgroup 0 produces (one warp of it), the others consume; the registers move to the
+  // consumers.
+  template <class Produce, class Consume>
+  __device__ static void specialize(Produce&& produce, Consume&& consume) {
     if (threadIdx.x < 128) {
       setmaxnreg_dec<Tr::kProducerRegs>();
-      if (threadIdx.x < 32) load_blocks(p, c, sm, 0, kb.n_blocks);
+      if (threadIdx.x < 32) produce();
     } else {
       setmaxnreg_inc<Tr::kConsumerRegs>();
-      if constexpr (!Tr::kEarlyQ) load_q(p, c, threadIdx.x - 128, q_raw);
-      run_tile(p, c, sm, kb, 0, 0, q_raw);
+      consume();
     }
+  }
+
+  // One CTA a tile: q_raw is the consumers' Q, loaded already if kEarlyQ.
+  __device__ static void run_one_tile(const Sm90Params& p, const Coord& c, const Smem& sm, QRegs& q_raw) {
+    const auto kb = c.key_blocks(p, Tr::kCtaQ, Tr::kCtaK);
+    specialize([&] { load_blocks(p, c, sm, 0, kb.n_blocks); },
+               [&] {
+                 if constexpr (!Tr::kEarlyQ) load_q(p, c, threadIdx.x - 128, q_raw);
+                 run_tile(p, c, sm, kb, 0, 0, q_raw);
+               });
   }
 
   __device__ static void run(const Sm90Params& p) {
     if constexpr (kPersistent) {
       const Smem sm = setup_smem();
-      if (threadIdx.x < 128) {
-        setmaxnreg_dec<Tr::kProducerRegs>();
-        if (threadIdx.x < 32) produce(p, sm);
-      } else {
-        setmaxnreg_inc<Tr::kConsumerRegs>();
-        consume_tiles(p, sm);
-      }
+      specialize([&] { produce(p, sm); }, [&] { consume_tiles(p, sm); });
     } else if constexpr (Tr::kEarlyQ) {
       QRegs q_raw;
       const Coord c = tile_coord(p, blockIdx.x);
       if (threadIdx.x >= 128) load_q(p, c, threadIdx.x - 128, q_raw);
       const Smem sm = setup_smem();
-      specialize(p, c, sm, q_raw);
+      run_one_tile(p, c, sm, q_raw);
     } else {
       QRegs q_raw;
       const Smem sm = setup_smem();
-      specialize(p, tile_coord(p, blockIdx.x), sm, q_raw);
+      run_one_tile(p, tile_coord(p, blockIdx.x), sm, q_raw);
     }
   }
 };
