@@ -9,8 +9,13 @@
 
 namespace sage::int8 {
 
-// Token r of a chunk is in group (r / block) * stride + r % stride (quant_int8's rule).
-__device__ __forceinline__ int group_of(int r, int block, int stride) { return (r / block) * stride + r % stride; }
+// Token r >= 0 of a chunk is in group (r / block) * stride + r % stride (quant_int8's
+// rule). block and stride are powers of two (quant.cu and attn_sm90.cu check), so this is
+// a shift and a mask: as / and % by values the compiler cannot see, each compiled to an
+// integer division sequence, 40% of the Hopper kernel's Q quantization instructions.
+__device__ __forceinline__ int group_of(int r, int block, int stride) {
+  return (r >> (__ffs(block) - 1)) * stride + (r & (stride - 1));
+}
 
 // How kThreads threads hold kRows rows of D 16-bit channels in registers: each lane 8
 // channels (16 bytes) of kPasses rows, a row's lanes adjacent in one warp. `tid` is the

@@ -84,6 +84,9 @@ struct Sm90Traits {
   // 9-22% (bench/results/h200-1378cda-fp8-schedule-ab.txt).
   static constexpr bool kPingPong = !kFp8;
   // The split of the 64K registers (setmaxnreg, multiples of 8): the producer keeps 24.
+  // setmaxnreg only moves the registers the CTA launched with (65536 / kThreads, rounded
+  // down to 8: 168 a thread at head dim 128): a warpgroup's increase beyond what the others
+  // released waits forever (a producer at 32 and consumers at 240 hung the kernel).
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = (65536 - 128 * kProducerRegs) / kConsumerThreads / 8 * 8;
   static_assert(kConsumerRegs <= 256 && 128 * kProducerRegs + kConsumerThreads * kConsumerRegs <= 65536, "registers");

@@ -1,0 +1,159 @@
+"""Where the persistent Hopper kernel's consumers spend their cycles, phase by phase.
+
+    python bench/sm90_phases.py patch TREE      # instrument a copy of the repository at TREE
+    (cd TREE && python setup.py build_ext --inplace)
+    python bench/sm90_phases.py run TREE > raw.txt   # on an H100/H200
+    python bench/sm90_phases.py summary raw.txt [--json phases.json]
+
+`patch` adds clock64() accumulators to TREE's csrc/sm90/attn_sm90.cuh (never to this
+tree: the counters and the printf cost registers and time). Lane 0 of each consumer
+warpgroup's first warp adds up, over its tiles, the cycles from one mark to the next:
+
+    tile wait   the tile's number and its 16-bit Q stage (consume_tiles, read_q)
+    quantize_q  Q to INT8 and the row scales
+    first block Q K^T and softmax of key block 0 (nothing overlaps them)
+    steps       key blocks 1 .. n-1, FA3's software pipeline (of which: waits for loads)
+    drain       the last P V and its fold
+    store       O and the LSE to global memory
+
+and printf's them when the CTA runs out of tiles. `run` launches kernel-only calls
+(pre-quantized K and V, as bench_attention.py's kernel rows) and prints a marker before
+each, so that `summary` can attribute the lines; it reports the second launch of each shape.
+The patch anchors on the kernel's source text and fails loudly where that has changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import pathlib
+import sys
+
+PHASES = ["tile wait", "quantize_q", "first block", "steps", "drain", "store"]
+SHAPES = [  # (path, head dim, N, causal), B=4 H=32 fp16
+    ("sm90_fp8", 128, 1024, False), ("sm90_fp8", 128, 4096, False), ("sm90_fp8", 128, 4096, True),
+    ("sm90_fp8", 128, 16384, False), ("sm90_fp16", 128, 4096, False), ("sm90_fp16", 64, 4096, False),
+    ("sm90_fp16", 64, 4096, True),
+]
+
+PHASES_STRUCT = """
+struct Phases {  // (sm90_phases.py) cycles per phase; acc[6] load waits in steps, [7] blocks, [8] tiles
+  long long t = 0, acc[9] = {};
+  __device__ void start() { t = clock64(); }
+  __device__ void mark(int i) { const long long u = clock64(); acc[i] += u - t; t = u; }
+};
+"""
+
+# (anchor, replacement) pairs applied in order; each anchor must occur exactly once.
+EDITS = [
+    ("template <class Tr, bool kPersistent>\nstruct Sm90Kernel {",
+     PHASES_STRUCT + "template <class Tr, bool kPersistent>\nstruct Sm90Kernel {"),
+    ("const typename Coord::KeyBlocks& kb, int first, RowState& st) {",
+     "const typename Coord::KeyBlocks& kb, int first, RowState& st, Phases& ph) {"),
+    ("    auto step = [&](int j, auto masked) {\n      wait_full(j);",
+     "    auto step = [&](int j, auto masked) {\n"
+     "      { const long long w0 = clock64(); wait_full(j); ph.acc[6] += clock64() - w0; }"),
+    ("      Softmax::pack(x, pf);\n    }\n    int j = 1;", "      Softmax::pack(x, pf);\n    }\n    ph.mark(2);\n    int j = 1;"),
+    ("    for (; j < n_blocks; ++j) step(j, std::true_type{});\n",
+     "    for (; j < n_blocks; ++j) step(j, std::true_type{});\n    ph.mark(3);\n    ph.acc[7] += n_blocks;\n"),
+    ("    if constexpr (Tr::kPingPong) after_softmax.keep(p.kv_len < 0, st.sum[0][0]);\n  }",
+     "    if constexpr (Tr::kPingPong) after_softmax.keep(p.kv_len < 0, st.sum[0][0]);\n    ph.mark(4);\n  }"),
+    ("int n, int first, const QRegs& q_raw) {", "int n, int first, const QRegs& q_raw, Phases& ph) {"),
+    ("    quantize_q(p, sm, n, tid, q_raw, st);\n", "    quantize_q(p, sm, n, tid, q_raw, st);\n    ph.mark(1);\n"),
+    ("    key_loop(p, c, sm, tid, kb, first, st);\n    store(p, c, tid, st);\n",
+     "    key_loop(p, c, sm, tid, kb, first, st, ph);\n    store(p, c, tid, st);\n    ph.mark(5);\n    ph.acc[8] += 1;\n"),
+    ("    const int tid = threadIdx.x - 128;\n    for (int n = 0, first = 0;; ++n) {",
+     "    const int tid = threadIdx.x - 128;\n    Phases ph;\n    ph.start();\n    for (int n = 0, first = 0;; ++n) {"),
+    ("      if (tile < 0) return;",
+     "      if (tile < 0) {\n        if (tid % 128 == 0)\n"
+     '          printf("PH %d %d %lld %lld %lld %lld %lld %lld %lld %lld %lld\\n", int(blockIdx.x), tid / 128,\n'
+     "                 ph.acc[0], ph.acc[1], ph.acc[2], ph.acc[3], ph.acc[4], ph.acc[5], ph.acc[6], ph.acc[7], ph.acc[8]);\n"
+     "        return;\n      }"),
+    ("      read_q(sm, first, tid, q_raw);\n      run_tile(p, c, sm, kb, n, first + 1, q_raw);",
+     "      read_q(sm, first, tid, q_raw);\n      ph.mark(0);\n      run_tile(p, c, sm, kb, n, first + 1, q_raw, ph);"),
+    ("                 run_tile(p, c, sm, kb, 0, 0, q_raw);",
+     "                 Phases ph;\n                 run_tile(p, c, sm, kb, 0, 0, q_raw, ph);"),
+]
+
+
+def patch(tree: pathlib.Path) -> None:
+    src = tree / "csrc" / "sm90" / "attn_sm90.cuh"
+    text = src.read_text()
+    for anchor, replacement in EDITS:
+        if text.count(anchor) != 1:
+            raise SystemExit(f"{src}: expected one occurrence of:\n{anchor}\nfound {text.count(anchor)}")
+        text = text.replace(anchor, replacement)
+    src.write_text(text)
+    print(f"instrumented {src}")
+
+
+def run(tree: pathlib.Path) -> None:
+    sys.path[:0] = [str(tree), str(tree / "bench")]
+    import torch
+    import bench_attention as ba
+
+    for path, d, n, causal in SHAPES:
+        torch.manual_seed(0)
+        q, k, v = (torch.randn(4, 32, n, d, device="cuda", dtype=torch.float16) for _ in range(3))
+        fn = ba.kernel_only(path, "per_thread", causal, q, k, v)
+        tag = f"{path} hd{d} N={n} {'causal' if causal else 'full'}"
+        for launch in range(2):
+            fn()  # unmarked: its lines print at this synchronize
+            torch.cuda.synchronize()
+            print(f"SHAPE {tag} launch{launch}", flush=True)
+            fn()
+            torch.cuda.synchronize()
+            print("END", flush=True)
+
+
+def summarize(raw: pathlib.Path) -> dict:
+    rows, tag = collections.defaultdict(list), None
+    for line in raw.read_text().splitlines():
+        words = line.split()
+        if words[:1] == ["SHAPE"]:
+            tag = " ".join(words[1:])
+        elif words[:1] == ["END"]:
+            tag = None
+        elif words[:1] == ["PH"] and tag is not None:
+            rows[tag].append([int(x) for x in words[3:]])
+    out = {}
+    for tag, wgs in rows.items():
+        if not tag.endswith("launch1"):
+            continue
+        mean = [sum(w[i] for w in wgs) / len(wgs) for i in range(9)]
+        tiles, blocks, total = mean[8], mean[7], sum(mean[:6])
+        shape = tag.rsplit(" ", 1)[0]
+        out[shape] = {"warpgroups": len(wgs), "tiles": tiles, "key_blocks": blocks,
+                      "cycles_per_tile": {name: mean[i] / tiles for i, name in enumerate(PHASES)},
+                      "load_wait_cycles_per_tile": mean[6] / tiles,
+                      "share": {name: mean[i] / total for i, name in enumerate(PHASES)}}
+        print(f"== {shape}: {len(wgs)} consumer warpgroups, {tiles:.1f} tiles and {blocks:.0f} key blocks each")
+        for i, name in enumerate(PHASES):
+            print(f"  {name:12s} {mean[i] / total * 100:5.1f}%  {mean[i] / tiles:8.0f} cycles a tile")
+        print(f"  {'(load waits in steps)':22s} {mean[6] / tiles:8.0f} cycles a tile")
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("patch").add_argument("tree", type=pathlib.Path)
+    sub.add_parser("run").add_argument("tree", type=pathlib.Path)
+    s = sub.add_parser("summary")
+    s.add_argument("raw", type=pathlib.Path)
+    s.add_argument("--json", type=pathlib.Path)
+    args = ap.parse_args(argv)
+    if args.cmd == "patch":
+        patch(args.tree)
+    elif args.cmd == "run":
+        run(args.tree)
+    else:
+        out = summarize(args.raw)
+        if args.json:
+            args.json.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
