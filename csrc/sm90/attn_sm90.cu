@@ -85,7 +85,6 @@ std::tuple<at::Tensor, at::Tensor> attn_sm90(const at::Tensor& q_in, const at::T
     TORCH_CHECK(v_scale->sizes() == at::IntArrayRef({v.size(0), v.size(1), D}) && v_scale->is_contiguous(),
                 "v_scale must be a contiguous [B, Hkv, D] tensor");
     p.v_scale = v_scale->data_ptr<float>();
-    TORCH_CHECK(reinterpret_cast<uintptr_t>(p.v_scale) % 16 == 0, "v_scale must be 16-byte aligned");
     p.v_padded_len = int(padded);
   } else {
     const Bhnd vs = bhnd(v, tensor_layout, "v");

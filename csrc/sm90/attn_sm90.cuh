@@ -162,13 +162,9 @@ struct Sm90Traits {
   static_assert(!kPersistent || kQRawBytes <= kKBytes + kVTmaBytes,
                 "a stage holds a 16-bit Q tile (clear of the ones rows)");
   static constexpr int kTileSlots = 2;
-  // e4m3 P·V: each consumer warp's copy of its tile's V scales (copy_v_scales), 16-byte aligned
-  // for cp.async: after Q's group maxima, before the tile slots' mbarriers.
-  static constexpr int kVScaleBytes = kFp8 ? kConsumerThreads / 32 * kHeadDim * 4 : 0;
-  static_assert((kQBytes + kStages * kStageBytes + 2 * kStages * 8 + 2 * kCtaQ * 4) % 16 == 0, "V scales 16-byte aligned");
   static constexpr int kSmemBytes = 1024 /* alignment slack */ + kQBytes + kStages * kStageBytes + 2 * kStages * 8 +
                                     2 * kCtaQ * 4 /* Q group amax, two tiles' */ +
-                                    kVScaleBytes + kTileSlots * (2 * 8 /* mbarriers */ + 4 /* tile number */);
+                                    kTileSlots * (2 * 8 /* mbarriers */ + 4 /* tile number */);
 };
 
 // kPersistent: one CTA an SM claims tiles until none are left (Sm90Traits::kPersistent);
@@ -222,7 +218,6 @@ struct Sm90Kernel {
     uint32_t tile_full;   // persistent: mbarriers [kTileSlots]: the slot holds a tile number
     uint32_t tile_empty;  // persistent: mbarriers [kTileSlots]: every consumer warp has read it
     uint32_t slots;       // persistent: [kTileSlots] tile numbers (-1: none left)
-    uint32_t v_scales;    // e4m3 P·V: [consumer warps][D] floats, each warp's copy of its tile's V scales
     __device__ uint32_t k(LoadNo b) const { return stages + (b % Tr::kStages) * Tr::kStageBytes; }
     __device__ uint32_t v(LoadNo b) const { return k(b) + Tr::kKBytes; }
     __device__ uint32_t scales(LoadNo b) const { return v(b) + Tr::kVBytes; }
@@ -633,34 +628,17 @@ struct Sm90Kernel {
     if constexpr (Tr::kPingPong) after_softmax.keep(p.kv_len < 0, st.sum[0][0]);
   }
 
-  // e4m3 P·V: each consumer warp copies its tile's V scales to shared memory as the tile
-  // starts (cp.async, no registers held), for store() to read without a global round trip.
-  // (Loaded from global memory in store(), they took the e4m3 kernel's store 4.0k cycles a
-  // tile against the 16-bit kernel's 2.3k: bench/results/h200-012d1d4-group-shift-phases.txt.)
-  __device__ static void copy_v_scales(const AttnParams& p, const Coord& c, const Smem& sm, int tid) {
-    constexpr int kPieces = D * 4 / 16;
-    const int warp = tid / 32, lane = tid % 32;
-    if (lane < kPieces)
-      ptx::cp_async_16(sm.v_scales + (warp * D + lane * 4) * 4, p.v_scale + c.bkv * D + lane * 4, true);
-    ptx::cp_async_commit();
-  }
-
   // O / l (fp8: times the per-channel V scale) to the caller's layout, and the LSE.
-  __device__ static void store(const AttnParams& p, const Coord& c, const Smem& sm, int tid, const RowState& st) {
+  // The fp8 path's V scales are all loaded before the first store: a load may not pass a
+  // store that could alias it, so loads between the stores would each wait a full L2
+  // round trip (on H100 this cost the fp8 kernel 4% at N = 4k, 12% at 4k causal).
+  __device__ static void store(const AttnParams& p, const Coord& c, int tid, const RowState& st) {
     const int warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
     float v_scale[Tr::kOTiles][2];
-    if constexpr (kFp8) {
-      ptx::cp_async_wait<0>();
-      __syncwarp();  // the warp's copy, by all its lanes
-    }
 #pragma unroll
-    for (int nt = 0; nt < Tr::kOTiles; ++nt) {
-      v_scale[nt][0] = v_scale[nt][1] = 1.0f;
-      if constexpr (kFp8)
-        asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];\n"
-                     : "=f"(v_scale[nt][0]), "=f"(v_scale[nt][1])
-                     : "r"(sm.v_scales + (warp * D + nt * 8 + 2 * t) * 4));
-    }
+    for (int nt = 0; nt < Tr::kOTiles; ++nt)
+#pragma unroll
+      for (int i = 0; i < 2; ++i) v_scale[nt][i] = kFp8 ? __ldg(p.v_scale + c.bkv * D + nt * 8 + 2 * t + i) : 1.0f;
     Elem* out = static_cast<Elem*>(p.out) + c.batch * p.o_stride_b + c.head * p.o_stride_h;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -682,7 +660,6 @@ struct Sm90Kernel {
   __device__ static void run_tile(const Sm90Params& p, const Coord& c, const Smem& sm,
                                   const typename Coord::KeyBlocks& kb, int n, int first, const QRegs& q_raw) {
     const int tid = threadIdx.x - 128;
-    if constexpr (kFp8) copy_v_scales(p, c, sm, tid);
     RowState st;
     quantize_q(p, sm, n, tid, q_raw, st);
 #pragma unroll
@@ -693,7 +670,7 @@ struct Sm90Kernel {
 #pragma unroll
     for (int i = 0; i < Tr::kAccTiles * 4; ++i) st.o[i] = 0.0f;
     key_loop(p, c, sm, tid, kb, first, st);
-    store(p, c, sm, tid, st);
+    store(p, c, tid, st);
   }
 
   // Persistent: the tiles the producer hands over, one after the other (the next one's Q
@@ -727,8 +704,7 @@ struct Sm90Kernel {
     sm.full = sm.stages + Tr::kStages * Tr::kStageBytes;
     sm.empty = sm.full + Tr::kStages * 8;
     sm.q_amax = reinterpret_cast<float*>(smem + Tr::kQBytes + Tr::kStages * Tr::kStageBytes + 2 * Tr::kStages * 8);
-    sm.v_scales = ptx::smem_addr(sm.q_amax + 2 * Tr::kCtaQ);
-    sm.tile_full = sm.v_scales + Tr::kVScaleBytes;
+    sm.tile_full = ptx::smem_addr(sm.q_amax + 2 * Tr::kCtaQ);
     sm.tile_empty = sm.tile_full + Tr::kTileSlots * 8;
     sm.slots = sm.tile_empty + Tr::kTileSlots * 8;
     if (threadIdx.x < Tr::kStages) {
