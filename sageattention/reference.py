@@ -95,20 +95,7 @@ def quantize_int8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 def quant_int8(x, mean, tensor_layout: int, group_block: int, group_stride: int, scale_mult: float):
     """-> (x_int8 [B, H, N, D] contiguous, scale fp32 [B, H, N] = group scale * scale_mult)."""
-    xf = to_hnd(x, tensor_layout).float()
-    b, h, n, d = xf.shape
-    if mean is not None:
-        if tuple(mean.shape) != (b, h, d):
-            raise ValueError(f"mean must have shape [B, H, D] = {[b, h, d]}, got {list(mean.shape)}")
-        xf = xf - mean.float().unsqueeze(2)
-    gid = group_ids(n, group_block, group_stride, x.device)
-    n_groups = (n + group_block - 1) // group_block * group_stride
-    token_amax = xf.abs().amax(dim=-1)  # [B, H, N]
-    group_amax = torch.zeros(b, h, n_groups, dtype=torch.float32, device=x.device)
-    group_amax = group_amax.scatter_reduce(2, gid.expand(b, h, n), token_amax, "amax")
-    scale = int8_scale(group_amax).index_select(2, gid)  # per token
-    x_int8 = quantize_int8(xf, scale.unsqueeze(-1)).contiguous()
-    return x_int8, (scale * scale_mult).contiguous()
+    return _quant_int8_hnd(to_hnd(x, tensor_layout).float(), mean, group_block, group_stride, scale_mult)
 
 
 def quant_int8_smooth(x, tensor_layout: int, group_block: int, group_stride: int):
@@ -117,7 +104,24 @@ def quant_int8_smooth(x, tensor_layout: int, group_block: int, group_stride: int
     if xf.shape[2] == 0:
         raise ValueError("x must hold at least one token (its mean over tokens is taken)")
     mean = xf.mean(dim=2)
-    return (*quant_int8(x, mean, tensor_layout, group_block, group_stride, 1.0), mean)
+    return (*_quant_int8_hnd(xf, mean, group_block, group_stride, 1.0), mean)
+
+
+def _quant_int8_hnd(xf, mean, group_block: int, group_stride: int, scale_mult: float):
+    """quant_int8 of xf, fp32 [B, H, N, D]."""
+    b, h, n, d = xf.shape
+    if mean is not None:
+        if tuple(mean.shape) != (b, h, d):
+            raise ValueError(f"mean must have shape [B, H, D] = {[b, h, d]}, got {list(mean.shape)}")
+        xf = xf - mean.float().unsqueeze(2)
+    gid = group_ids(n, group_block, group_stride, xf.device)
+    n_groups = (n + group_block - 1) // group_block * group_stride
+    token_amax = xf.abs().amax(dim=-1)  # [B, H, N]
+    group_amax = torch.zeros(b, h, n_groups, dtype=torch.float32, device=xf.device)
+    group_amax = group_amax.scatter_reduce(2, gid.expand(b, h, n), token_amax, "amax")
+    scale = int8_scale(group_amax).index_select(2, gid)  # per token
+    x_int8 = quantize_int8(xf, scale.unsqueeze(-1)).contiguous()
+    return x_int8, (scale * scale_mult).contiguous()
 
 
 def quant_v_fp8(v, tensor_layout: int):
