@@ -5,6 +5,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <optional>
+
 #include "attention/attn_kernel.cuh"
 #include "common/checks.h"
 #include "common/dispatch.cuh"
@@ -82,25 +84,25 @@ inline std::tuple<at::Tensor, at::Tensor> attn_outputs(AttnParams& p, const Bhnd
   return {out, lse};
 }
 
-// Compute capability as major * 10 + minor, read once per device.
-inline int device_capability(int device) {
-  static int cache[64] = {};
+// A device attribute, read once per (attribute, device).
+template <cudaDeviceAttr kAttr>
+inline int device_attribute(int device) {
+  static std::optional<int> cache[64];
   TORCH_CHECK(device >= 0 && device < 64, "device index out of range: ", device);
-  if (cache[device] == 0) {
-    int major = 0, minor = 0;
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
-    cache[device] = major * 10 + minor;
+  if (!cache[device]) {
+    int value = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, kAttr, device));
+    cache[device] = value;
   }
-  return cache[device];
+  return *cache[device];
 }
 
-// Streaming multiprocessors, read once per device.
-inline int sm_count(int device) {
-  static int cache[64] = {};
-  TORCH_CHECK(device >= 0 && device < 64, "device index out of range: ", device);
-  if (cache[device] == 0) C10_CUDA_CHECK(cudaDeviceGetAttribute(&cache[device], cudaDevAttrMultiProcessorCount, device));
-  return cache[device];
+// Compute capability as major * 10 + minor.
+inline int device_capability(int device) {
+  return device_attribute<cudaDevAttrComputeCapabilityMajor>(device) * 10 +
+         device_attribute<cudaDevAttrComputeCapabilityMinor>(device);
 }
+
+inline int sm_count(int device) { return device_attribute<cudaDevAttrMultiProcessorCount>(device); }
 
 }  // namespace sage
