@@ -15,6 +15,7 @@
 #include <cuda_runtime.h>
 
 #include "attention/softmax.cuh"
+#include "attention/store_rows.cuh"
 #include "attention/traits.cuh"
 #include "common/numeric.cuh"
 #include "common/ptx.cuh"
@@ -281,15 +282,14 @@ struct AttnKernel {
       for (int h = 0; h < 2; ++h) {
         const int row = c.q0 + warp * Tr::kWarpQ + mt * 16 + h * 8 + g;
         const float sum = Softmax::quad_sum(st.sum[mt][h]);
-        if (row >= p.q_len) continue;
         const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-        Elem* dst = out + row * p.o_stride_n + 2 * t;
+        uint32_t words[Tr::kOTiles];
 #pragma unroll
         for (int nt = 0; nt < Tr::kOTiles; ++nt)
-          *reinterpret_cast<uint32_t*>(dst + nt * 8) =
-              pack_pair<Elem>(st.o[mt][nt][2 * h] * inv * v_scale[nt][0],
-                              st.o[mt][nt][2 * h + 1] * inv * v_scale[nt][1]);
-        if (p.lse != nullptr && t == 0)
+          words[nt] = pack_pair<Elem>(st.o[mt][nt][2 * h] * inv * v_scale[nt][0],
+                                      st.o[mt][nt][2 * h + 1] * inv * v_scale[nt][1]);
+        store_quad_row(out + row * p.o_stride_n, words, t, row < p.q_len);
+        if (row < p.q_len && p.lse != nullptr && t == 0)
           p.lse[bh * p.q_len + row] = (st.max[mt][h] + __log2f(sum)) * 0.69314718055994531f;
       }
   }

@@ -30,6 +30,7 @@
 #include <type_traits>
 
 #include "attention/softmax.cuh"
+#include "attention/store_rows.cuh"
 #include "attention/traits.cuh"
 #include "common/numeric.cuh"
 #include "common/ptx.cuh"
@@ -628,30 +629,11 @@ struct Sm90Kernel {
     if constexpr (Tr::kPingPong) after_softmax.keep(p.kv_len < 0, st.sum[0][0]);
   }
 
-  // Lane t of a quad holds word t (channels 2t, 2t + 1) of each of four n8 tiles; returns
-  // tile t's four words (its 8 channels): a 4x4 transpose over the quad in two exchanges,
-  // with lane t ^ 1, then t ^ 2, of two words each.
-  __device__ static uint4 quad_transpose(uint32_t (&w)[4], int t) {
-#pragma unroll
-    for (int bit = 1; bit <= 2; bit *= 2)
-#pragma unroll
-      for (int k = 0; k < 2; ++k) {
-        const int lo = bit == 1 ? 2 * k : k, hi = lo + bit;  // the pairs (0, 1), (2, 3), then (0, 2), (1, 3)
-        const bool upper = t & bit;                          // keeps w[hi], trades w[lo]
-        const uint32_t got = __shfl_xor_sync(0xffffffffu, upper ? w[lo] : w[hi], bit);
-        (upper ? w[lo] : w[hi]) = got;
-      }
-    return make_uint4(w[0], w[1], w[2], w[3]);
-  }
-
-  // O / l (fp8: times the per-channel V scale) to the caller's layout, and the LSE.
-  // Each quad's lanes trade words (quad_transpose) so that a lane stores 16 contiguous
-  // bytes, not 4: an 8-row warp store then writes 64 bytes of each row instead of 16.
-  // The fp8 path's V scales are all loaded before the first store: a load may not pass a
-  // store that could alias it, so loads between the stores would each wait a full L2
-  // round trip (on H100 this cost the fp8 kernel 4% at N = 4k, 12% at 4k causal).
+  // O / l (fp8: times the per-channel V scale) to the caller's layout (store_quad_row), and
+  // the LSE. The fp8 path's V scales are all loaded before the first store: a load may not
+  // pass a store that could alias it, so loads between the stores would each wait a full
+  // L2 round trip (on H100 this cost the fp8 kernel 4% at N = 4k, 12% at 4k causal).
   __device__ static void store(const AttnParams& p, const Coord& c, int tid, const RowState& st) {
-    static_assert(Tr::kOTiles % 4 == 0, "quads of n8 tiles");
     const int warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
     float v_scale[Tr::kOTiles][2];
 #pragma unroll
@@ -664,19 +646,12 @@ struct Sm90Kernel {
       const int row = c.q0 + 16 * warp + h * 8 + g;
       const float sum = Tr::kSumTiles > 0 ? st.o[Tr::kOTiles * 4 + 2 * h] : Softmax::quad_sum(st.sum[0][h]);
       const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-      Elem* dst = out + row * p.o_stride_n + 8 * t;  // tile 4 b + t of the row: 16-byte aligned (D | o_stride_n)
+      uint32_t words[Tr::kOTiles];
 #pragma unroll
-      for (int b = 0; b < Tr::kOTiles / 4; ++b) {
-        uint32_t w[4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int nt = 4 * b + i;
-          w[i] = pack_pair<Elem>(st.o[nt * 4 + 2 * h] * (inv * v_scale[nt][0]),
-                                 st.o[nt * 4 + 2 * h + 1] * (inv * v_scale[nt][1]));
-        }
-        const uint4 words = quad_transpose(w, t);  // every lane: rows past the end trade too
-        if (row < p.q_len) *reinterpret_cast<uint4*>(dst + 32 * b) = words;
-      }
+      for (int nt = 0; nt < Tr::kOTiles; ++nt)
+        words[nt] = pack_pair<Elem>(st.o[nt * 4 + 2 * h] * (inv * v_scale[nt][0]),
+                                    st.o[nt * 4 + 2 * h + 1] * (inv * v_scale[nt][1]));
+      store_quad_row(out + row * p.o_stride_n, words, t, row < p.q_len);
       if (row < p.q_len && p.lse != nullptr && t == 0)
         p.lse[c.bh * p.q_len + row] = (st.max[0][h] + __log2f(sum) - kLog2PScale) * 0.69314718055994531f;
     }
