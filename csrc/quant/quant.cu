@@ -192,7 +192,7 @@ std::tuple<at::Tensor, at::Tensor> quant_v_fp8(const at::Tensor& v_in, int64_t t
   const at::Tensor v = aligned16(v_in, tensor_layout, "v");
   const Bhnd s = bhnd(v, tensor_layout, "v");
   const c10::cuda::CUDAGuard guard(v.device());
-  // 128: a multiple of every key block size of the attention kernels.
+  // 128: a multiple of every key block size of the attention kernels (and of the e4m3 pass's CTA).
   const int64_t padded = (s.n + 127) / 128 * 128;
   at::Tensor out = at::empty({s.b, s.h, s.d, padded}, v.options().dtype(at::kFloat8_e4m3fn));
   at::Tensor scale = at::empty({s.b, s.h, s.d}, v.options().dtype(at::kFloat));
@@ -215,7 +215,7 @@ std::tuple<at::Tensor, at::Tensor> quant_v_fp8(const at::Tensor& v_in, int64_t t
     const int amax_blocks = std::max<int64_t>(1, (s.n + QuantVFp8Shape::kAmaxRows - 1) / QuantVFp8Shape::kAmaxRows);
     v_amax_kernel<T, D><<<dim3(amax_blocks, s.h, s.b), QuantVFp8Shape::kThreads, 0, stream>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    v_fp8_kernel<T, D><<<dim3(padded / QuantVFp8Shape::kKeys, s.h, s.b), QuantVFp8Shape::kThreads, 0,
+    v_fp8_kernel<T, D><<<dim3(padded / QuantVFp8Shape::kPassKeys, s.h, s.b), QuantVFp8Shape::kPassThreads, 0,
                          stream>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

@@ -25,9 +25,10 @@ struct QuantVFp8Params {
 };
 
 struct QuantVFp8Shape {
-  static constexpr int kThreads = 128;
-  static constexpr int kAmaxRows = 256;  // tokens per CTA of the amax pass
-  static constexpr int kKeys = 64;       // tokens per CTA of the e4m3 pass
+  static constexpr int kThreads = 128;    // the amax pass
+  static constexpr int kAmaxRows = 256;   // tokens per CTA of the amax pass
+  static constexpr int kKeys = 64;        // tokens per staged tile (the cluster kernel's unit)
+  static constexpr int kPassThreads = 256, kPassKeys = 128;  // a CTA of the e4m3 pass
   static constexpr float kE4m3Max = 448.0f;
 };
 
@@ -87,34 +88,18 @@ __global__ void __launch_bounds__(QuantVFp8Shape::kThreads)
   }
 }
 
-// Stages the CTA's kKeys keys of V ([kKeys][D], zeros past the sequence end) in
-// shared memory, so that the transposed writes read channels, not keys, from global.
-// (Staged by cp.async instead, the pass ran slower on H200: 68.7 -> 77.9 us at B=4 H=32
-// N=4k hd128.)
+// A tile of kKeys keys of V staged in shared memory, so that the transposed writes read
+// channels, not keys, from global memory.
 template <typename T, int D>
 using KeyTile = T[QuantVFp8Shape::kKeys][D + 8];  // +8: rows start in different banks
 
-template <typename T, int D>
-__device__ __forceinline__ void stage_keys(const QuantVFp8Params& p, KeyTile<T, D>& tile) {
-  constexpr int kLanesPerRow = D / 8;
-  constexpr int kRowsPerPass = QuantVFp8Shape::kThreads / kLanesPerRow;
-  const int k0 = blockIdx.x * QuantVFp8Shape::kKeys;
-  const T* rows = v_rows<T>(p);
-  for (int r = threadIdx.x / kLanesPerRow; r < QuantVFp8Shape::kKeys; r += kRowsPerPass) {
-    const int c = threadIdx.x % kLanesPerRow;
-    uint4 raw = make_uint4(0, 0, 0, 0);
-    if (k0 + r < p.len) raw = *reinterpret_cast<const uint4*>(rows + (k0 + r) * p.v_stride_n + c * 8);
-    *reinterpret_cast<uint4*>(&tile[r][c * 8]) = raw;
-  }
-  __syncthreads();
-}
-
-// Writes channel d of the kKeys keys staged from `keys` on (rows of a KeyTile) as
-// permuted e4m3 bytes, times `inv`, to dst[0 .. kKeys).
-template <typename T, int D>
+// Writes channel d of the kKeys keys staged from `keys` on (rows [D + 8] as in a KeyTile)
+// as permuted e4m3 bytes, times `inv`, to dst[0 .. kKeys). kKeys: whole 32-key groups.
+template <typename T, int D, int kKeys = QuantVFp8Shape::kKeys>
 __device__ __forceinline__ void write_channel(const T (*keys)[D + 8], int d, float inv, uint8_t* dst) {
+  static_assert(kKeys % 32 == 0, "the permutation works on aligned groups of 32 keys");
 #pragma unroll
-  for (int chunk = 0; chunk < QuantVFp8Shape::kKeys / 16; ++chunk) {
+  for (int chunk = 0; chunk < kKeys / 16; ++chunk) {
     uint32_t words[4];
 #pragma unroll
     for (int w = 0; w < 4; ++w) {
@@ -129,20 +114,35 @@ __device__ __forceinline__ void write_channel(const T (*keys)[D + 8], int d, flo
 
 __device__ __forceinline__ float e4m3_scale(float amax) { return amax > 0.0f ? amax / QuantVFp8Shape::kE4m3Max : 1.0f; }
 
-// Pass 2: one CTA per 64 keys: stage them in shared memory, then write each channel's
-// 64 permuted, scaled e4m3 bytes. Keys past the sequence end are written as zeros.
+// Pass 2: one CTA per kPassKeys keys. Its threads issue all their loads at once (kPassKeys
+// rows in flight), stage the keys in shared memory, then each writes one channel's share of
+// them (kPassKeys / (kPassThreads / D) keys) as permuted, scaled e4m3 bytes; keys past the
+// sequence end are written as zeros. Against 64 keys a CTA of 128 threads (at head dim 64
+// half of them idle while writing), on H200 at B=4 H=32: the op (amax pass included) 7.7%
+// faster at hd64 16k and 2.0% at 8k, unchanged at hd128 4k-16k, where the pass still runs
+// at about 2.9 TB/s (bench/results/h200-7f5e090-v-pass-ab.txt).
 template <typename T, int D>
-__global__ void __launch_bounds__(QuantVFp8Shape::kThreads)
+__global__ void __launch_bounds__(QuantVFp8Shape::kPassThreads)
     v_fp8_kernel(const __grid_constant__ QuantVFp8Params p) {
-  __shared__ __align__(16) KeyTile<T, D> tile;
-  stage_keys<T, D>(p, tile);
-  const int k0 = blockIdx.x * QuantVFp8Shape::kKeys;
+  using Shape = QuantVFp8Shape;
+  using Rows = int8::RowChunk<D, Shape::kPassThreads, Shape::kPassKeys>;
+  constexpr int kShares = Shape::kPassThreads / D, kShareKeys = Shape::kPassKeys / kShares;
+  __shared__ __align__(16) T keys[Shape::kPassKeys][D + 8];
+
+  const int k0 = blockIdx.x * Shape::kPassKeys;
+  uint4 raw[Rows::kPasses];
+  Rows::load(v_rows<T>(p) + int64_t(k0) * p.v_stride_n, p.v_stride_n, p.len - k0, threadIdx.x, raw);
+#pragma unroll
+  for (int i = 0; i < Rows::kPasses; ++i)
+    *reinterpret_cast<uint4*>(&keys[Rows::row(threadIdx.x, i)][Rows::lane_in_row(threadIdx.x) * 8]) = raw[i];
+  __syncthreads();
+
+  const int d = threadIdx.x % D, share = threadIdx.x / D;
   const int64_t bh = int64_t(blockIdx.z) * p.heads + blockIdx.y;
-  for (int d = threadIdx.x; d < D; d += QuantVFp8Shape::kThreads) {
-    const float scale = e4m3_scale(p.amax[bh * D + d]);
-    if (blockIdx.x == 0) p.scale[bh * D + d] = scale;
-    write_channel<T, D>(tile, d, 1.0f / scale, static_cast<uint8_t*>(p.out) + (bh * D + d) * p.padded_len + k0);
-  }
+  const float scale = e4m3_scale(p.amax[bh * D + d]);
+  if (blockIdx.x == 0 && share == 0) p.scale[bh * D + d] = scale;
+  write_channel<T, D, kShareKeys>(keys + share * kShareKeys, d, 1.0f / scale,
+                                  static_cast<uint8_t*>(p.out) + (bh * D + d) * p.padded_len + k0 + share * kShareKeys);
 }
 
 }  // namespace sage
