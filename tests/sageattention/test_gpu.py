@@ -133,8 +133,10 @@ def test_quant_v_fp8_matches_reference(layout, n, dtype):
 
 @pytest.mark.parametrize("d", [64, 128])
 @pytest.mark.parametrize("n", CLUSTER_LENGTHS)
-def test_quant_v_fp8_long_sequences_match_reference(d, n):
-    assert_v_fp8_matches_reference(make_qkv(b=1, hq=2, nq=n, d=d, layout="NHD", device=DEV)[2], 1)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_quant_v_fp8_long_sequences_match_reference(d, n, dtype):
+    v = make_qkv(b=1, hq=2, nq=n, d=d, dtype=dtype, layout="NHD", device=DEV)[2]
+    assert_v_fp8_matches_reference(v, 1)
 
 
 # ------------------------------------------------------------- attention ops vs reference
