@@ -94,7 +94,7 @@ __global__ void __launch_bounds__(ClusterQuantShape::kThreads)
 
 // V: CTA r stages key tiles [r * tiles, (r + 1) * tiles) of kKeys keys (zeros past the
 // end), the cluster takes its channel maxima, and each CTA writes its tiles' permuted
-// e4m3 channels exactly as v_fp8_kernel would.
+// e4m3 channels exactly as v_fp8_kernel would (through ByteTiles as well).
 template <typename T, int D>
 __global__ void __launch_bounds__(ClusterQuantShape::kThreads)
     quant_v_fp8_cluster_kernel(const __grid_constant__ QuantVFp8Params p, int tiles) {
@@ -136,11 +136,24 @@ __global__ void __launch_bounds__(ClusterQuantShape::kThreads)
   }
   __syncthreads();
 
+  // kGroupTiles tiles at a time, one channel of one tile a thread; a tile's bytes go out
+  // through a ByteTile in the place of its keys.
+  using Bytes = ByteTile<D, kKeys>;
+  static_assert(sizeof(Bytes) <= sizeof(KeyTile<T, D>), "a tile's bytes fit where its keys were");
+  constexpr int kGroupTiles = ClusterQuantShape::kThreads / D;
+  auto bytes = [&](int t) -> Bytes& { return *reinterpret_cast<Bytes*>(keys + t * kKeys); };
   const int my_tiles = min(tiles, (p.padded_len - k0) / kKeys);  // the last CTA may reach past the padding
-  for (int item = threadIdx.x; item < my_tiles * D; item += ClusterQuantShape::kThreads) {
-    const int d = item % D, t = item / D;
-    write_channel<T, D>(keys + t * kKeys, d, inv_smem[d],
-                        static_cast<uint8_t*>(p.out) + (bh * D + d) * p.padded_len + k0 + t * kKeys);
+  const int d = threadIdx.x % D;
+  uint8_t* out = static_cast<uint8_t*>(p.out) + bh * D * p.padded_len + k0;
+  for (int group = 0; group < my_tiles; group += kGroupTiles) {
+    const int t = group + threadIdx.x / D;
+    uint4 chunks[kKeys / 16];
+    if (t < my_tiles) encode_channel<T, D>(keys + t * kKeys, d, inv_smem[d], chunks);
+    __syncthreads();  // the group's keys are read
+    if (t < my_tiles) bytes(t).put(d, 0, chunks);
+    __syncthreads();
+    for (int u = group; u < min(my_tiles, group + kGroupTiles); ++u)
+      bytes(u).template write<ClusterQuantShape::kThreads>(out + u * kKeys, p.padded_len, threadIdx.x);
   }
   cluster.sync();  // cta_amax stays readable until every CTA of the cluster has read it
 #endif

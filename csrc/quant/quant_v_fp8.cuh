@@ -94,10 +94,10 @@ __global__ void __launch_bounds__(QuantVFp8Shape::kThreads)
 template <typename T, int D, int kKeys = QuantVFp8Shape::kKeys>
 using KeyTile = T[kKeys][D + 8];  // +8: rows start in different banks
 
-// Writes channel d of the kKeys keys staged from `keys` on (rows [D + 8] as in a KeyTile)
-// as permuted e4m3 bytes, times `inv`, to dst[0 .. kKeys). kKeys: whole 32-key groups.
+// Channel d of the kKeys keys staged from `keys` on (rows [D + 8] as in a KeyTile), as
+// permuted e4m3 bytes times `inv`, 16 keys a chunk. kKeys: whole 32-key groups.
 template <typename T, int D, int kKeys = QuantVFp8Shape::kKeys>
-__device__ __forceinline__ void write_channel(const T (*keys)[D + 8], int d, float inv, uint8_t* dst) {
+__device__ __forceinline__ void encode_channel(const T (*keys)[D + 8], int d, float inv, uint4 (&chunks)[kKeys / 16]) {
   static_assert(kKeys % 32 == 0, "the permutation works on aligned groups of 32 keys");
 #pragma unroll
   for (int chunk = 0; chunk < kKeys / 16; ++chunk) {
@@ -109,16 +109,42 @@ __device__ __forceinline__ void write_channel(const T (*keys)[D + 8], int d, flo
       auto val = [&](int s) { return to_float(keys[base + permuted_key(s & 31)][d]) * inv; };
       words[w] = ptx::cvt_e4m3x2(val(slot), val(slot + 1)) | uint32_t(ptx::cvt_e4m3x2(val(slot + 2), val(slot + 3))) << 16;
     }
-    *reinterpret_cast<uint4*>(dst + chunk * 16) = make_uint4(words[0], words[1], words[2], words[3]);
+    chunks[chunk] = make_uint4(words[0], words[1], words[2], words[3]);
   }
 }
+
+// kKeys keys of D channels of e4m3 bytes on their way out, as the rows of V^T they become.
+// Lanes put whole 16-byte chunks of one channel in; `write` then stores whole rows, adjacent
+// lanes on adjacent chunks. (Each lane storing its chunks straight into a row of V^T of its
+// own, the e4m3 pass ran 11-19% slower on H100: bench/results/h100-e30e818-v-row-stores-ab.txt.)
+template <int D, int kKeys>
+struct ByteTile {
+  static constexpr int kRowChunks = kKeys / 16;
+  uint8_t rows[D][kKeys + 16];  // +16: the chunks of 8 adjacent rows fall in different banks
+
+  template <int kChunks>
+  __device__ void put(int d, int key0, const uint4 (&chunks)[kChunks]) {
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c) *reinterpret_cast<uint4*>(&rows[d][key0 + 16 * c]) = chunks[c];
+  }
+
+  // Row d to out + d * row_stride, by kThreads threads (tid: this one's index among them).
+  template <int kThreads>
+  __device__ void write(uint8_t* out, int64_t row_stride, int tid) const {
+#pragma unroll
+    for (int i = tid; i < D * kRowChunks; i += kThreads) {
+      const int d = i / kRowChunks, c = i % kRowChunks;
+      *reinterpret_cast<uint4*>(out + d * row_stride + 16 * c) = *reinterpret_cast<const uint4*>(&rows[d][16 * c]);
+    }
+  }
+};
 
 __device__ __forceinline__ float e4m3_scale(float amax) { return amax > 0.0f ? amax / QuantVFp8Shape::kE4m3Max : 1.0f; }
 
 // Pass 2: one CTA per kPassKeys keys. Its threads issue all their loads at once (kPassKeys
-// rows in flight), stage the keys in shared memory, then each writes one channel's share of
-// them (kPassKeys / (kPassThreads / D) keys) as permuted, scaled e4m3 bytes; keys past the
-// sequence end are written as zeros. Against 64 keys a CTA of 128 threads (at head dim 64
+// rows in flight), stage the keys in shared memory, then each encodes one channel's share of
+// them (kPassKeys / (kPassThreads / D) keys) as permuted, scaled e4m3 bytes, which go out
+// through a ByteTile in the keys' place; keys past the sequence end are written as zeros. Against 64 keys a CTA of 128 threads (at head dim 64
 // half of them idle while writing), on H200 at B=4 H=32: the op (amax pass included) 7.7%
 // faster at hd64 16k and 2.0% at 8k, unchanged at hd128 4k-16k, where the pass still runs
 // at about 2.9 TB/s (bench/results/h200-7f5e090-v-pass-ab.txt).
@@ -142,8 +168,15 @@ __global__ void __launch_bounds__(QuantVFp8Shape::kPassThreads)
   const int64_t bh = int64_t(blockIdx.z) * p.heads + blockIdx.y;
   const float scale = e4m3_scale(p.amax[bh * D + d]);
   if (blockIdx.x == 0 && share == 0) p.scale[bh * D + d] = scale;
-  write_channel<T, D, kShareKeys>(keys + share * kShareKeys, d, 1.0f / scale,
-                                  static_cast<uint8_t*>(p.out) + (bh * D + d) * p.padded_len + k0 + share * kShareKeys);
+  uint4 chunks[kShareKeys / 16];
+  encode_channel<T, D, kShareKeys>(keys + share * kShareKeys, d, 1.0f / scale, chunks);
+  using Bytes = ByteTile<D, Shape::kPassKeys>;
+  static_assert(sizeof(Bytes) <= sizeof(keys), "the bytes fit where the keys were");
+  auto& bytes = *reinterpret_cast<Bytes*>(&keys);
+  __syncthreads();  // every key read
+  bytes.put(d, share * kShareKeys, chunks);
+  __syncthreads();
+  bytes.write<Shape::kPassThreads>(static_cast<uint8_t*>(p.out) + bh * D * p.padded_len + k0, p.padded_len, threadIdx.x);
 }
 
 }  // namespace sage
