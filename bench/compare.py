@@ -1,5 +1,6 @@
 """A/B of two builds from bench_attention.py JSON files: per shape and path, base -> new
-TFLOPS and their ratio, then per path a summary over every pair given.
+TFLOPS and their ratio, then per path a summary over every pair given. bench_quant.py files
+compare alike, by each op's GB/s (its minimum bytes over its time).
 
     python bench/compare.py BASE.json NEW.json [BASE2.json NEW2.json ...] [--labels L ...] [--json OUT]
 
@@ -27,7 +28,7 @@ class Ratio:
     label: str
     n: int
     d: int
-    causal: bool
+    causal: bool | None  # None: a quantization op (no mask)
     base: float
     new: float
     l1_base: float | None = None
@@ -51,9 +52,15 @@ class Summary:
 
 def _shapes(data: dict, path: Path) -> dict:
     try:
+        if data["rows"] and "op" in data["rows"][0]:  # bench_quant.py
+            shapes: dict = {}
+            for r in data["rows"]:
+                shapes.setdefault((r["N"], r["D"], None), {})[r["op"]] = {"tflops": r["min_bytes_gbps"]}
+            return shapes
         return {(r["N"], r["D"], bool(r["causal"])): r["results"] for r in data["rows"]}
     except (KeyError, TypeError):
-        raise ValueError(f"{path}: not a bench_attention.py JSON file (no rows with N, D, causal, results)") from None
+        raise ValueError(f"{path}: not a bench_attention.py or bench_quant.py JSON file "
+                         "(no rows with N, D and causal and results, or op and min_bytes_gbps)") from None
 
 
 def load(path: Path) -> dict:
@@ -89,7 +96,8 @@ def summarize(rs: list[Ratio]) -> list[Summary]:
 
 def format_ratio(r: Ratio) -> str:
     l1 = f"  l1 {r.l1_base:.4f}->{r.l1_new:.4f}" if r.l1_base is not None and r.l1_new is not None else ""
-    return (f"N={r.n:>5} hd{r.d:>3} {'causal' if r.causal else 'full  '} {r.label:<18} "
+    mask = {None: "", True: "causal ", False: "full   "}[r.causal]
+    return (f"N={r.n:>5} hd{r.d:>3} {mask}{r.label:<18} "
             f"{r.base:6.0f} -> {r.new:6.0f}  {r.ratio:.3f}x{l1}")
 
 
@@ -100,7 +108,7 @@ def format_summary(s: Summary) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("files", nargs="+", type=Path, help="pairs of bench_attention.py --out files: base, new, ...")
+    p.add_argument("files", nargs="+", type=Path, help="pairs of bench_attention.py (or bench_quant.py) --out files: base, new, ...")
     p.add_argument("--labels", nargs="+", help="only these paths (e.g. kernel_sm90_fp16 sageattn)")
     p.add_argument("--json", type=Path, help="also write every ratio and the summary here")
     args = p.parse_args(argv)

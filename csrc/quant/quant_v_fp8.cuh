@@ -115,8 +115,11 @@ __device__ __forceinline__ void encode_channel(const T (*keys)[D + 8], int d, fl
 
 // kKeys keys of D channels of e4m3 bytes on their way out, as the rows of V^T they become.
 // Lanes put whole 16-byte chunks of one channel in; `write` then stores whole rows, adjacent
-// lanes on adjacent chunks. (Each lane storing its chunks straight into a row of V^T of its
-// own, the e4m3 pass ran 11-19% slower on H100: bench/results/h100-e30e818-v-row-stores-ab.txt.)
+// lanes on adjacent chunks. Against each lane storing its chunks straight into a row of V^T
+// of its own (each 32-byte sector then written in two halves: ncu counted 25% of the sectors
+// as excess), on H100 at B=4 H=32: v_fp8_kernel 81.8 -> 64.6 us at 4k hd128 (DRAM 2.30 ->
+// 2.87 TB/s, ncu), the op 1.11-1.29x as fast over 1k-16k, cluster path included
+// (bench/results/h100-ec7e999-v-row-stores-ab.txt).
 template <int D, int kKeys>
 struct ByteTile {
   static constexpr int kRowChunks = kKeys / 16;
@@ -144,10 +147,10 @@ __device__ __forceinline__ float e4m3_scale(float amax) { return amax > 0.0f ? a
 // Pass 2: one CTA per kPassKeys keys. Its threads issue all their loads at once (kPassKeys
 // rows in flight), stage the keys in shared memory, then each encodes one channel's share of
 // them (kPassKeys / (kPassThreads / D) keys) as permuted, scaled e4m3 bytes, which go out
-// through a ByteTile in the keys' place; keys past the sequence end are written as zeros. Against 64 keys a CTA of 128 threads (at head dim 64
-// half of them idle while writing), on H200 at B=4 H=32: the op (amax pass included) 7.7%
-// faster at hd64 16k and 2.0% at 8k, unchanged at hd128 4k-16k, where the pass still runs
-// at about 2.9 TB/s (bench/results/h200-7f5e090-v-pass-ab.txt).
+// through a ByteTile in the keys' place; keys past the sequence end are written as zeros.
+// Against 64 keys a CTA of 128 threads (at head dim 64 half of them idle while writing), on
+// H200 at B=4 H=32, before the ByteTile: the op (amax pass included) 7.7% faster at hd64 16k
+// and 2.0% at 8k, unchanged at hd128 4k-16k (bench/results/h200-7f5e090-v-pass-ab.txt).
 template <typename T, int D>
 __global__ void __launch_bounds__(QuantVFp8Shape::kPassThreads)
     v_fp8_kernel(const __grid_constant__ QuantVFp8Params p) {

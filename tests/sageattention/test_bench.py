@@ -137,6 +137,20 @@ def test_compare_ratios_and_summary(tmp_path, capsys):
     assert "kernel_sm90_fp16" not in capsys.readouterr().out
 
 
+def test_compare_quant_files_by_bandwidth(tmp_path, capsys):
+    compare = load_script(ROOT / "bench" / "compare.py")
+    files = []
+    for name, gbps in [("base", 2000.0), ("new", 2500.0)]:
+        rows = [{"op": "quant_v_fp8", "B": 4, "H": 32, "N": 4096, "D": 128, "us": 1e3 / gbps, "min_bytes_gbps": gbps},
+                {"op": "quant_int8_smooth", "B": 4, "H": 32, "N": 4096, "D": 128, "us": 1.0, "min_bytes_gbps": 1000.0}]
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps({"env": {}, "rows": rows}))
+    assert compare.main([str(f) for f in files]) == 0
+    out = capsys.readouterr().out
+    assert "N= 4096 hd128 quant_v_fp8          2000 ->   2500  1.250x" in out
+    assert "N= 4096 hd128 quant_int8_smooth    1000 ->   1000  1.000x" in out
+
+
 def test_compare_rejects_bad_input(tmp_path, capsys):
     compare = load_script(ROOT / "bench" / "compare.py")
     good = _bench_json(tmp_path / "a.json", {(1024, 64, False): {"sageattn": {"tflops": 1.0}}})
@@ -145,7 +159,7 @@ def test_compare_rejects_bad_input(tmp_path, capsys):
     (tmp_path / "broken.json").write_text("{")
     for args, message in [([good], "files come in pairs (base, new), got 1"),
                           ([good, tmp_path / "missing.json"], "missing.json: No such file or directory"),
-                          ([good, tmp_path / "bad.json"], "bad.json: not a bench_attention.py JSON file"),
+                          ([good, tmp_path / "bad.json"], "bad.json: not a bench_attention.py or bench_quant.py JSON file"),
                           ([good, tmp_path / "broken.json"], "broken.json: not JSON")]:
         with pytest.raises(SystemExit) as e:
             compare.main([str(a) for a in args])
