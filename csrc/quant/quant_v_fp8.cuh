@@ -179,7 +179,7 @@ __global__ void __launch_bounds__(QuantVFp8Shape::kPassThreads)
   __syncthreads();  // every key read
   bytes.put(d, share * kShareKeys, chunks);
   __syncthreads();
-  bytes.write<Shape::kPassThreads>(static_cast<uint8_t*>(p.out) + bh * D * p.padded_len + k0, p.padded_len, threadIdx.x);
+  bytes.template write<Shape::kPassThreads>(static_cast<uint8_t*>(p.out) + bh * D * p.padded_len + k0, p.padded_len, threadIdx.x);
 }
 
 }  // namespace sage
