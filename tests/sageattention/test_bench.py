@@ -4,7 +4,9 @@ report.py, error_budget.py, bench_quant.py, compare.py and sm90_phases.py."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -149,6 +151,16 @@ def test_compare_quant_files_by_bandwidth(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "N= 4096 hd128 quant_v_fp8          2000 ->   2500  1.250x" in out
     assert "N= 4096 hd128 quant_int8_smooth    1000 ->   1000  1.000x" in out
+
+
+def test_wheel_ab_rejects_bad_arguments(tmp_path):
+    script = ROOT / "bench" / "wheel_ab.sh"
+    for args, message in [([], "usage: bash bench/wheel_ab.sh BASE.whl NEW.whl"),
+                          ([str(tmp_path / "a.whl")], "usage: bash bench/wheel_ab.sh BASE.whl NEW.whl"),
+                          ([str(tmp_path / "a.whl"), str(tmp_path / "b.whl")], "wheel_ab: no such wheel: ")]:
+        run = subprocess.run(["bash", str(script), *args], capture_output=True, text=True,
+                             env={**os.environ, "OUT": str(tmp_path / "out")})
+        assert run.returncode == 2 and message in run.stderr, run.stderr
 
 
 def test_compare_rejects_bad_input(tmp_path, capsys):
