@@ -155,7 +155,7 @@ struct Sm90Traits {
   // A stage holds one key block: K, V and the key scales (1024-aligned: the swizzle
   // patterns repeat every 1024 bytes).
   static constexpr int kStageBytes = (kKBytes + kVBytes + kScaleBytes + 1023) / 1024 * 1024;
-  static constexpr int kStages = 4;
+  static constexpr int kStages = 4;  // (5 ran the fp8 hd128 kernel 2% slower on H100)
   // A persistent grid streams each tile's 16-bit Q through the stage ring, and hands
   // tile numbers from the producer to the consumers through kTileSlots slots: the
   // producer claims the next tile while the consumers finish the current one.
@@ -469,7 +469,7 @@ struct Sm90Kernel {
     for (int h = 0; h < 2; ++h) {
       float class_max[kHalves][2];
       // The fp8 kernel at head dim 128 keeps fmaxf: with the integer maxima it ran 2-4%
-      // slower on H200 (differently scheduled; the cause is not understood).
+      // slower on H200 and 2.6% on H100 (differently scheduled; the cause is not understood).
       if constexpr (kMasked || Tr::kSumTiles > 0) {
 #pragma unroll
         for (int hf = 0; hf < kHalves; ++hf) class_max[hf][0] = class_max[hf][1] = -INFINITY;
@@ -575,6 +575,9 @@ struct Sm90Kernel {
         issue_pv(sm, first + v_block, pf, false, pv_acc);
       }
     };
+    // (On H100 the fold ran 4% slower moved below the next Q K^T issue, and 5% slower done
+    // once every two blocks with P V accumulating onto pv_acc in between:
+    // bench/results/h100-c1a27bf-key-loop-variants-ab.txt.)
     auto fold_pv = [&](const float (&a)[2]) {  // fp8 only, once P V is complete
       if constexpr (kFp8)
 #pragma unroll
