@@ -96,7 +96,10 @@ struct OnlineSoftmax {
       }
   }
 
-  // Probabilities (accumulator order) -> A fragments of the P·V MMA.
+  // Probabilities (accumulator order) -> A fragments of the P·V MMA. fp8: with kPairedEvery,
+  // every kPairedEvery-th n8 tile holds its rows' two probabilities as one f16x2 (the bits
+  // of elements 0 and 2; exp2_f16x2_poly's).
+  template <int kPairedEvery = 0>
   __device__ static void pack(const float (&pr)[kMTiles][kSTiles][4], uint32_t (&pf)[kMTiles][kPVSteps][4]) {
 #pragma unroll
     for (int mt = 0; mt < kMTiles; ++mt)
@@ -106,14 +109,17 @@ struct OnlineSoftmax {
           // k32 A fragment: a0 = row g, keys 4t..4t+3 of the step. Our lane holds keys
           // 2t, 2t+1 of each n8 tile, so the step's four tiles are packed pairwise;
           // quant_v_fp8 stores V's keys in the same permuted order.
-          const auto& s0 = pr[mt][4 * kk];
-          const auto& s1 = pr[mt][4 * kk + 1];
-          const auto& s2 = pr[mt][4 * kk + 2];
-          const auto& s3 = pr[mt][4 * kk + 3];
-          pf[mt][kk][0] = ptx::cvt_e4m3x2(s0[0], s0[1]) | uint32_t(ptx::cvt_e4m3x2(s1[0], s1[1])) << 16;
-          pf[mt][kk][1] = ptx::cvt_e4m3x2(s0[2], s0[3]) | uint32_t(ptx::cvt_e4m3x2(s1[2], s1[3])) << 16;
-          pf[mt][kk][2] = ptx::cvt_e4m3x2(s2[0], s2[1]) | uint32_t(ptx::cvt_e4m3x2(s3[0], s3[1])) << 16;
-          pf[mt][kk][3] = ptx::cvt_e4m3x2(s2[2], s2[3]) | uint32_t(ptx::cvt_e4m3x2(s3[2], s3[3])) << 16;
+          auto e4m3 = [&](int nt, int h) -> uint32_t {  // row h's two keys of tile nt
+            const auto& v = pr[mt][nt];
+            if (kPairedEvery > 0 && nt % kPairedEvery == kPairedEvery - 1)
+              return ptx::cvt_e4m3x2_from_f16x2(__float_as_uint(v[2 * h]));
+            return ptx::cvt_e4m3x2(v[2 * h], v[2 * h + 1]);
+          };
+          const int nt = 4 * kk;
+          pf[mt][kk][0] = e4m3(nt, 0) | e4m3(nt + 1, 0) << 16;
+          pf[mt][kk][1] = e4m3(nt, 1) | e4m3(nt + 1, 1) << 16;
+          pf[mt][kk][2] = e4m3(nt + 2, 0) | e4m3(nt + 3, 0) << 16;
+          pf[mt][kk][3] = e4m3(nt + 2, 1) | e4m3(nt + 3, 1) << 16;
         } else {
           // k16 A fragment: two adjacent n8 accumulator tiles map onto it directly.
           const auto& s0 = pr[mt][2 * kk];

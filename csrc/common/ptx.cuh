@@ -109,6 +109,18 @@ __device__ __forceinline__ uint16_t cvt_e4m3x2(float lo, float hi) {
 #endif
 }
 
+// An f16x2 (lo = the low half) -> two e4m3 bytes (lo = first), round to nearest, saturating.
+__device__ __forceinline__ uint16_t cvt_e4m3x2_from_f16x2(uint32_t pair) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  uint16_t r;
+  asm("{ .reg .b16 t; cvt.rn.satfinite.e4m3x2.f16x2 t, %1; mov.b16 %0, t; }\n" : "=h"(r) : "r"(pair));
+  return r;
+#else
+  __trap();
+  return 0;
+#endif
+}
+
 __device__ __forceinline__ float exp2_approx(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));

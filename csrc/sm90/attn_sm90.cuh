@@ -103,13 +103,17 @@ struct Sm90Traits {
   // instead ran 7-9% slower.
   static constexpr int kSumTiles = kFp8 && kHeadDim == 128 ? 1 : 0;
   static constexpr int kAccTiles = kOTiles + kSumTiles;  // n8 tiles of the O accumulator
-  // Unmasked blocks take the exp2s of every kPolyEvery-th n8 tile of S from exp2_poly3
-  // (FMA and ALU pipes) instead of MUFU, whose 16 lanes a clock an SM bound each warp's
-  // softmax (0: none). Measured on H200 (kernel alone, B=4 H=32, 1k-16k, full and causal,
-  // three A/B runs): one tile in 8 ran the e4m3 kernel at head dim 128 0.3-2.9% faster;
-  // one in 4 or 2, and one in 8 in the 16-bit and head-dim-64 kernels, 2-15% slower
-  // (bench/results/h200-2ebc615-exp2-poly-ab.txt).
-  static constexpr int kPolyEvery = kFp8 && kHeadDim == 128 ? 8 : 0;
+  // Unmasked blocks take the exp2s of every kPairedEvery-th n8 tile of S two at a time from
+  // exp2_f16x2_poly (FP16 FMA and ALU pipes) instead of MUFU, whose 16 lanes a clock an SM
+  // bound each warp's softmax (on H100, ncu: MUFU.EX2 drew 18% of the key loop's warp
+  // samples, more than any other instruction). e4m3 P needs no more than fp16 precision. Measured on H100 (kernel alone,
+  // B=4 H=32 hd128, 1k-16k, full and causal, three interleaved A/B runs against one fp32
+  // polynomial tile in 8): one paired tile in 4 +1.6% (15 of 18 ratios >= 0.999; end to end
+  // +1.7%), one in 2 -3.4% (bench/results/h100-c1a27bf-exp2-f16x2-ab.txt). Only with
+  // kSumTiles: the paired tiles are not summed on the CUDA cores. (On H200 the fp32
+  // polynomial, 8 instructions an exp2, helped at one tile in 8 and lost 2-15% at one in
+  // 4 or 2: bench/results/h200-2ebc615-exp2-poly-ab.txt.)
+  static constexpr int kPairedEvery = kFp8 && kHeadDim == 128 ? 4 : 0;
   static constexpr int kQKSteps = kHeadDim / 32;
   // One CTA a tile: the 16-bit kernels' consumers issue their loads of the Q tile first
   // thing, so that the memory latency overlaps the CTA's setup (barriers, __syncthreads).
@@ -510,15 +514,24 @@ struct Sm90Kernel {
         }
       float sum = 0.0f;
 #pragma unroll
-      for (int nt = 0; nt < Tr::kSTiles; ++nt)
+      for (int nt = 0; nt < Tr::kSTiles; ++nt) {
+        if constexpr (!kMasked && Tr::kPairedEvery > 0) {
+          if (nt % Tr::kPairedEvery == Tr::kPairedEvery - 1) {
+            static_assert(Tr::kSumTiles > 0, "paired tiles leave the row sums to the P·V MMA");
+            const int c = nt / kTilesPerHalf;
+            x[0][nt][2 * h] = __uint_as_float(exp2_f16x2_poly(fmaf(x[0][nt][2 * h], mul[c][0], add[c][0]),
+                                                              fmaf(x[0][nt][2 * h + 1], mul[c][1], add[c][1])));
+            continue;
+          }
+        }
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
           float& v = x[0][nt][2 * h + i];
           const float arg = fmaf(v, mul[nt / kTilesPerHalf][i], add[nt / kTilesPerHalf][i]);
-          v = !kMasked && Tr::kPolyEvery > 0 && nt % Tr::kPolyEvery == Tr::kPolyEvery - 1 ? exp2_poly3(arg)
-                                                                                       : ptx::exp2_approx(arg);
+          v = ptx::exp2_approx(arg);
           if constexpr (Tr::kSumTiles == 0) sum += v;  // else the P·V MMA sums P
         }
+      }
       if constexpr (Tr::kSumTiles == 0) st.sum[0][h] = fmaf(st.sum[0][h], alpha[0][h], sum);
     }
   }
@@ -601,7 +614,7 @@ struct Sm90Kernel {
       fence_regs(pv_acc);
       sm.release(first + j - 1, lane);
       fold_pv(alpha_prev);
-      Softmax::pack(x, pf);
+      Softmax::template pack<decltype(masked)::value ? 0 : Tr::kPairedEvery>(x, pf);
     };
 
     wait_full(0);
@@ -612,11 +625,13 @@ struct Sm90Kernel {
     fence_regs(s);
     {
       float x[1][Tr::kSTiles][4];
-      if (kb.n_unmasked > 0)
+      if (kb.n_unmasked > 0) {
         softmax<false>(p, c, sm, warp, 0, first, s, st, x, alpha);
-      else
+        Softmax::template pack<Tr::kPairedEvery>(x, pf);
+      } else {
         softmax<true>(p, c, sm, warp, 0, first, s, st, x, alpha);
-      Softmax::pack(x, pf);
+        Softmax::pack(x, pf);
+      }
     }
     int j = 1;
     for (; j < kb.n_unmasked; ++j) step(j, std::false_type{});

@@ -174,7 +174,7 @@ def test_attention_op_matches_reference_op(name, causal, d, gran):
 @pytest.mark.parametrize("d", [64, 128])
 def test_sm90_peaky_logits_match_reference_op(name, d):
     """Q scaled 30x: scores span hundreds of log2 units, so most exp2 arguments fall below
-    -126, where the fp8 kernel's exp2_poly3 clamps (and MUFU flushes to zero)."""
+    -14, where the fp8 kernel's exp2_f16x2_poly clamps (and MUFU flushes to zero below -126)."""
     if name not in kernels():
         pytest.skip(f"{name} does not run on this GPU/build")
     q, k, v = make_qkv(b=1, hq=4, nq=512, d=d, device=DEV)

@@ -87,10 +87,11 @@ HOPPER_KEY_LOOPS = {
     "sm90 hd128 fp16": (541, 0),
     # Persistent grids (the warpgroup index broadcast from lane 0: see attn_sm90.cuh).
     "sm90 hd128 fp16 persistent": (533, 0),
-    # 484 before one exp2 tile in 8 moved to exp2_poly3 (+7 instructions each): 0.3-2.9% faster
-    # on H200 (bench/results/h200-2ebc615-exp2-poly-ab.txt).
-    "sm90 hd128 fp8": (540, 0),
-    "sm90 hd128 fp8 persistent": (533, 0),
+    # One n8 tile in 4 takes its exp2s from exp2_f16x2_poly (9 instructions a pair, MUFU 58 -> 50
+    # a block), where one in 8 took them from an fp32 polynomial: +1.6% on H100
+    # (bench/results/h100-c1a27bf-exp2-f16x2-ab.txt).
+    "sm90 hd128 fp8": (541, 0),
+    "sm90 hd128 fp8 persistent": (529, 0),
     "sm90 hd64 fp16": (499, 0),
     "sm90 hd64 fp16 persistent": (495, 0),
     "sm90 hd64 fp8": (495, 2),  # three consumers at 160 registers: it spills (see attn_sm90.cuh)
