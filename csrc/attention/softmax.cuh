@@ -111,8 +111,8 @@ struct OnlineSoftmax {
           // quant_v_fp8 stores V's keys in the same permuted order.
           auto e4m3 = [&](int nt, int h) -> uint32_t {  // row h's two keys of tile nt
             const auto& v = pr[mt][nt];
-            if (kPairedEvery > 0 && nt % kPairedEvery == kPairedEvery - 1)
-              return ptx::cvt_e4m3x2_from_f16x2(__float_as_uint(v[2 * h]));
+            if constexpr (kPairedEvery > 0)
+              if (nt % kPairedEvery == kPairedEvery - 1) return ptx::cvt_e4m3x2_from_f16x2(__float_as_uint(v[2 * h]));
             return ptx::cvt_e4m3x2(v[2 * h], v[2 * h + 1]);
           };
           const int nt = 4 * kk;
