@@ -106,13 +106,13 @@ struct Sm90Traits {
   // Unmasked blocks take the exp2s of every kPairedEvery-th n8 tile of S two at a time from
   // exp2_f16x2_poly (FP16 FMA and ALU pipes) instead of MUFU, whose 16 lanes a clock an SM
   // bound each warp's softmax (on H100, ncu: MUFU.EX2 drew 18% of the key loop's warp
-  // samples, more than any other instruction). e4m3 P needs no more than fp16 precision. Measured on H100 (kernel alone,
-  // B=4 H=32 hd128, 1k-16k, full and causal, three interleaved A/B runs against one fp32
-  // polynomial tile in 8): one paired tile in 4 +1.6% (15 of 18 ratios >= 0.999; end to end
-  // +1.7%), one in 2 -3.4% (bench/results/h100-c1a27bf-exp2-f16x2-ab.txt). Only with
-  // kSumTiles: the paired tiles are not summed on the CUDA cores. (On H200 the fp32
-  // polynomial, 8 instructions an exp2, helped at one tile in 8 and lost 2-15% at one in
-  // 4 or 2: bench/results/h200-2ebc615-exp2-poly-ab.txt.)
+  // samples, more than any other instruction); e4m3 P needs no more than fp16 precision.
+  // Measured on H100 (kernel alone, B=4 H=32 hd128, 1k-16k, full and causal, interleaved
+  // A/B runs against one fp32-polynomial tile in 8): one paired tile in 4 +1.6% (15 of 18
+  // ratios >= 0.999; end to end +1.7%), one in 3 the same as one in 4, one in 2 -3.4%
+  // (bench/results/h100-c1a27bf-exp2-f16x2-ab.txt). Only with kSumTiles: the paired tiles
+  // are not summed on the CUDA cores. (On H200 the fp32 polynomial, 8 instructions an exp2,
+  // helped at one tile in 8 and lost 2-15% at one in 4 or 2: h200-2ebc615-exp2-poly-ab.txt.)
   static constexpr int kPairedEvery = kFp8 && kHeadDim == 128 ? 4 : 0;
   static constexpr int kQKSteps = kHeadDim / 32;
   // One CTA a tile: the 16-bit kernels' consumers issue their loads of the Q tile first
