@@ -96,9 +96,15 @@ struct OnlineSoftmax {
       }
   }
 
-  // Probabilities (accumulator order) -> A fragments of the P·V MMA. fp8: with kPairedEvery,
-  // every kPairedEvery-th n8 tile holds its rows' two probabilities as one f16x2 (the bits
-  // of elements 0 and 2; exp2_f16x2_poly's).
+  // fp8 with kPairedEvery: every kPairedEvery-th n8 tile holds each row's two probabilities
+  // as one f16x2 (exp2_f16x2_poly's), in the bits of elements 0 and 2.
+  template <int kPairedEvery>
+  __device__ static constexpr bool paired_tile(int nt) {
+    static_assert(kPairedEvery > 0, "callers test kPairedEvery > 0 first (if constexpr)");
+    return nt % kPairedEvery == kPairedEvery - 1;
+  }
+
+  // Probabilities (accumulator order) -> A fragments of the P·V MMA (paired_tile: see above).
   template <int kPairedEvery = 0>
   __device__ static void pack(const float (&pr)[kMTiles][kSTiles][4], uint32_t (&pf)[kMTiles][kPVSteps][4]) {
 #pragma unroll
@@ -112,7 +118,7 @@ struct OnlineSoftmax {
           auto e4m3 = [&](int nt, int h) -> uint32_t {  // row h's two keys of tile nt
             const auto& v = pr[mt][nt];
             if constexpr (kPairedEvery > 0)
-              if (nt % kPairedEvery == kPairedEvery - 1) return ptx::cvt_e4m3x2_from_f16x2(__float_as_uint(v[2 * h]));
+              if (paired_tile<kPairedEvery>(nt)) return ptx::cvt_e4m3x2_from_f16x2(__float_as_uint(v[2 * h]));
             return ptx::cvt_e4m3x2(v[2 * h], v[2 * h + 1]);
           };
           const int nt = 4 * kk;

@@ -516,7 +516,7 @@ struct Sm90Kernel {
 #pragma unroll
       for (int nt = 0; nt < Tr::kSTiles; ++nt) {
         if constexpr (!kMasked && Tr::kPairedEvery > 0) {
-          if (nt % Tr::kPairedEvery == Tr::kPairedEvery - 1) {
+          if (Softmax::template paired_tile<Tr::kPairedEvery>(nt)) {
             static_assert(Tr::kSumTiles > 0, "paired tiles leave the row sums to the P·V MMA");
             const int c = nt / kTilesPerHalf;
             x[0][nt][2 * h] = __uint_as_float(exp2_f16x2_poly(fmaf(x[0][nt][2 * h], mul[c][0], add[c][0]),
