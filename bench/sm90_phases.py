@@ -54,8 +54,8 @@ EDITS = [
     ("    auto step = [&](int j, auto masked) {\n      wait_full(j);",
      "    auto step = [&](int j, auto masked) {\n"
      "      { const long long w0 = clock64(); wait_full(j); ph.acc[6] += clock64() - w0; }"),
-    ("        Softmax::pack(x, pf);\n      }\n    }\n    int j = 1;",
-     "        Softmax::pack(x, pf);\n      }\n    }\n    ph.mark(2);\n    int j = 1;"),
+    ("        pack<true>(x, pf);\n      }\n    }\n    int j = 1;",
+     "        pack<true>(x, pf);\n      }\n    }\n    ph.mark(2);\n    int j = 1;"),
     ("    for (; j < n_blocks; ++j) step(j, std::true_type{});\n",
      "    for (; j < n_blocks; ++j) step(j, std::true_type{});\n    ph.mark(3);\n    ph.acc[7] += n_blocks;\n"),
     ("    if constexpr (Tr::kPingPong) after_softmax.keep(p.kv_len < 0, st.sum[0][0]);\n  }",

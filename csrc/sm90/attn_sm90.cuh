@@ -426,6 +426,11 @@ struct Sm90Kernel {
     wgmma_commit();
   }
 
+  // Every kPaired<kMasked>-th n8 tile of P is an f16x2 pair (0: none): masked blocks pair no
+  // tiles. softmax<kMasked> writes them, pack<kMasked> reads them.
+  template <bool kMasked>
+  static constexpr int kPaired = kMasked ? 0 : Tr::kPairedEvery;
+
   // Online softmax of the tile's key block j (stage load b): S -> P (as floats), alpha =
   // the rescale of O.
   // A column class (64-key half, e) shares one key scale, so the scales are applied per
@@ -515,8 +520,8 @@ struct Sm90Kernel {
       float sum = 0.0f;
 #pragma unroll
       for (int nt = 0; nt < Tr::kSTiles; ++nt) {
-        if constexpr (!kMasked && Tr::kPairedEvery > 0) {
-          if (Softmax::template paired_tile<Tr::kPairedEvery>(nt)) {
+        if constexpr (kPaired<kMasked> > 0) {
+          if (Softmax::template paired_tile<kPaired<kMasked>>(nt)) {
             static_assert(Tr::kSumTiles > 0, "paired tiles leave the row sums to the P·V MMA");
             const int c = nt / kTilesPerHalf;
             x[0][nt][2 * h] = __uint_as_float(exp2_f16x2_poly(fmaf(x[0][nt][2 * h], mul[c][0], add[c][0]),
@@ -534,6 +539,12 @@ struct Sm90Kernel {
       }
       if constexpr (Tr::kSumTiles == 0) st.sum[0][h] = fmaf(st.sum[0][h], alpha[0][h], sum);
     }
+  }
+
+  // softmax<kMasked>'s P -> the A fragments of the P·V MMA.
+  template <bool kMasked>
+  __device__ static void pack(const float (&x)[1][Tr::kSTiles][4], PFrags& pf) {
+    Softmax::template pack<kPaired<kMasked>>(x, pf);
   }
 
   // The key loop, software-pipelined as in FlashAttention-3: block j's Q K^T and block
@@ -614,7 +625,7 @@ struct Sm90Kernel {
       fence_regs(pv_acc);
       sm.release(first + j - 1, lane);
       fold_pv(alpha_prev);
-      Softmax::template pack<decltype(masked)::value ? 0 : Tr::kPairedEvery>(x, pf);
+      pack<decltype(masked)::value>(x, pf);
     };
 
     wait_full(0);
@@ -627,10 +638,10 @@ struct Sm90Kernel {
       float x[1][Tr::kSTiles][4];
       if (kb.n_unmasked > 0) {
         softmax<false>(p, c, sm, warp, 0, first, s, st, x, alpha);
-        Softmax::template pack<Tr::kPairedEvery>(x, pf);
+        pack<false>(x, pf);
       } else {
         softmax<true>(p, c, sm, warp, 0, first, s, st, x, alpha);
-        Softmax::pack(x, pf);
+        pack<true>(x, pf);
       }
     }
     int j = 1;
