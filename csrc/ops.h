@@ -13,8 +13,8 @@ std::tuple<at::Tensor, at::Tensor> quant_int8(const at::Tensor& x, const std::op
                                               int64_t tensor_layout, int64_t group_block,
                                               int64_t group_stride, double scale_mult);
 
-// quant_int8 of x minus its mean over tokens -> (x_int8, scale, mean [B, H, D] fp32); one
-// read of x on sm_90 where a cluster holds the sequence (quant/quant_cluster.cuh).
+// quant_int8 of x minus its mean over a sample of its tokens -> (x_int8, scale, mean
+// [B, H, D] fp32); one read of x (quant/token_sample.cuh).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quant_int8_smooth(const at::Tensor& x, int64_t tensor_layout,
                                                                  int64_t group_block, int64_t group_stride);
 

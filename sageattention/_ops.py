@@ -14,13 +14,13 @@ Op contract (the CUDA kernels implement exactly this):
     a group's scale is ``amax / 127`` (1 if amax == 0), values round to nearest even and
     clamp to +-127. -> int8 [B, H, N, D] (always HND), fp32 [B, H, N] = scale * scale_mult.
 ``quant_int8_smooth(x, tensor_layout, group_block, group_stride) -> (x_int8, scale, mean)``
-    K smoothing and quantization in one op: mean = x's fp32 mean over tokens [B, H, D]
-    (x must hold a token), then ``quant_int8(x, mean, tensor_layout, group_block,
-    group_stride, 1.0)``. On sm_90 a thread-block cluster per head reads x once (the mean's
-    fp32 summation order differs from torch's).
+    K smoothing and quantization in one op: mean = x's fp32 mean over the tokens of
+    ``reference.sample_tokens`` [B, H, D] (x must hold a token), then ``quant_int8(x, mean,
+    tensor_layout, group_block, group_stride, 1.0)``; one read of x.
 ``quant_v_fp8(v, tensor_layout) -> (v_fp8, v_scale)``
     -> e4m3 [B, H, D, round_up(N, 128)] (channel-major, keys permuted in groups of 32, see
-    ``reference.v_permutation``, padding 0) and fp32 [B, H, D] = amax over tokens / 448.
+    ``reference.v_permutation``, padding 0) and fp32 [B, H, D] = max(16 * amax over the
+    sampled tokens, amax over all tokens) / 448 (1 where 0); one read of v.
 ``attn_fp16pv(q, k, v, q_scale, k_scale, tensor_layout, is_causal, return_lse) -> (out, lse)``
     s = q_int8 . k_int8 * q_scale * k_scale (base-2 logits), causal top-left aligned,
     P = 2^(s - rowmax) rounded to v's dtype, out = P.V / rowsum in v's dtype and layout;

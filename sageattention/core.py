@@ -6,11 +6,13 @@ Every entry point runs the same pipeline (:func:`_attention`):
    never modified in place;
 2. zero-pad head dims other than 64/128 (up to 128) to the next kernel size, with the
    softmax scale of the *original* head dim;
-3. quantize Q and K to INT8 (K minus its per-head mean over tokens: ``smooth_k``),
+3. quantize Q and K to INT8 (K minus its per-head mean over tokens: ``smooth_k``; the mean
+   of 64 sampled tokens, which serves as well since softmax is invariant to any vector
+   subtracted from every key, and spares a read of K),
    V to FP8 for the fp8 kernels (the Hopper kernel quantizes Q itself, by the same rule,
    as it loads each Q tile; its 16-bit P·V reads V as given);
 4. run one attention op; slice the head dim back; with ``return_lse`` add the smoothing
-   term ``sm_scale * q . mean(K)`` back so the LSE is that of unsmoothed attention.
+   term ``sm_scale * q . mean`` back so the LSE is that of unsmoothed attention.
 
 Where the ops run: CUDA tensors with the compiled extension -> the CUDA kernels; CPU
 tensors -> the ops' CPU implementations (pure PyTorch, the reference maths), with a

@@ -58,8 +58,9 @@ def quant_q(ops, q: torch.Tensor, layout: int, gran: Granularity, sm_scale: floa
 def quant_k(ops, k: torch.Tensor, layout: int, gran: Granularity, smooth: bool):
     """-> (k_int8 [B, H, N, D], k_scale [B, H, N], mean fp32 [B, H, D] or None).
 
-    ``smooth``: K's mean over tokens is subtracted first (it cancels in softmax, and the
-    smaller range quantizes finer); one op computes it and quantizes.
+    ``smooth``: K's mean over a sample of its tokens is subtracted first (any per-head
+    vector cancels in softmax, and one near the mean leaves a smaller range, which quantizes
+    finer); one op computes it and quantizes, in one read of K.
     """
     if smooth:
         return ops.quant_int8_smooth(k, layout, gran.k.block, gran.k.stride)

@@ -12,7 +12,11 @@ Conventions (the CUDA kernels mirror them):
 * INT8 scale of a group: ``s = amax / 127`` (``s = 1`` where ``amax == 0``, so zeros
   quantize to 0 without NaN); values are ``x * (1 / s)`` rounded to nearest even
   (CUDA's ``__float2int_rn``) and clamped to [-127, 127].
-* FP8 V scale per channel: ``amax / 448`` (1 where ``amax == 0``), saturating e4m3 cast.
+* K smoothing subtracts each channel's mean over a sample of the tokens
+  (:func:`sample_tokens`, summed in sample order); softmax is invariant to it.
+* FP8 V scale per channel: ``max(16 * sample amax, amax) / 448`` (1 where that is 0), where
+  ``sample amax`` is the channel's ``|v|`` maximum over :func:`sample_tokens`; saturating
+  e4m3 cast (which never saturates: the scale covers the channel's maximum).
 * Logits are base 2: Q's scale carries ``sm_scale * log2(e)``.
 """
 
@@ -27,6 +31,8 @@ INT8_MAX = 127.0
 E4M3_MAX = 448.0  # largest finite float8_e4m3fn value
 V_PAD = 128  # quant_v_fp8 pads the keys to a multiple of this
 V_PERM_GROUP = 32  # keys are permuted inside aligned groups of this many
+SAMPLE_TOKENS = 64  # at most this many tokens in the sample of a head (csrc/quant/token_sample.cuh)
+V_HEADROOM = 16.0  # V's sample maximum times this maps to 448, unless a value exceeds it
 LN2 = math.log(2.0)
 
 
@@ -98,12 +104,29 @@ def quant_int8(x, mean, tensor_layout: int, group_block: int, group_stride: int,
     return _quant_int8_hnd(to_hnd(x, tensor_layout).float(), mean, group_block, group_stride, scale_mult)
 
 
+def sample_tokens(n: int) -> list[int]:
+    """The tokens of a head's sample: one from each of ``min(n, SAMPLE_TOKENS)`` equal strata
+    of the sequence, at a fixed pseudo-random offset inside it (a regular stride could alias
+    with rotary embeddings' periods). Integer arithmetic, as the kernels do it."""
+    count = min(n, SAMPLE_TOKENS)
+    tokens = []
+    for i in range(count):
+        lo, hi = i * n // count, (i + 1) * n // count
+        tokens.append(lo + ((((i * 40503 + 20000) & 0xFFFF) * (hi - lo)) >> 16))
+    return tokens
+
+
 def quant_int8_smooth(x, tensor_layout: int, group_block: int, group_stride: int):
-    """-> (x_int8, scale, mean fp32 [B, H, D]): quant_int8 of x minus its mean over tokens."""
+    """-> (x_int8, scale, mean fp32 [B, H, D]): quant_int8 of x minus its mean over the
+    tokens of :func:`sample_tokens`."""
     xf = to_hnd(x, tensor_layout).float()
     if xf.shape[2] == 0:
         raise ValueError("x must hold at least one token (its mean over tokens is taken)")
-    mean = xf.mean(dim=2)
+    tokens = sample_tokens(xf.shape[2])
+    total = torch.zeros_like(xf[:, :, 0])
+    for t in tokens:  # in sample order, as the kernel sums
+        total = total + xf[:, :, t]
+    mean = total / len(tokens)
     return (*_quant_int8_hnd(xf, mean, group_block, group_stride, 1.0), mean)
 
 
@@ -128,7 +151,10 @@ def quant_v_fp8(v, tensor_layout: int):
     """-> (v_fp8 e4m3 [B, H, D, Npad] keys permuted, v_scale fp32 [B, H, D])."""
     vf = to_hnd(v, tensor_layout).float()
     n = vf.shape[2]
-    amax = vf.abs().amax(dim=2) if n > 0 else vf.new_zeros(vf.shape[0], vf.shape[1], vf.shape[3])
+    amax = vf.new_zeros(vf.shape[0], vf.shape[1], vf.shape[3])
+    if n > 0:
+        limit = V_HEADROOM * vf[:, :, sample_tokens(n)].abs().amax(dim=2)
+        amax = torch.maximum(limit, vf.abs().amax(dim=2))
     scale = torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
     inv = 1.0 / scale
     vt = (vf * inv.unsqueeze(2)).transpose(2, 3)  # [B, H, D, N]

@@ -7,7 +7,8 @@
 // notion of granularity: it dequantizes with scale[row] * scale[col].
 //
 // One pass over memory: a CTA stages its whole chunk of rows in shared memory
-// (cp.async), reduces the group maxima there and quantizes what it holds. (Reading the
+// (cp.async), reduces the group maxima there and quantizes what it holds. K's smoothing
+// vector comes from a sample of its tokens (token_sample.cuh), not from a pass of its own. (Reading the
 // chunk twice, once for the maxima and once to quantize, cost 1.6x the time on H100.)
 // Shared memory, not registers: held in registers the chunk took 95 registers a thread
 // at head dim 128, two CTAs an SM, too few bytes in flight for the memory (2.0 TB/s on
@@ -18,6 +19,7 @@
 #include "common/numeric.cuh"
 #include "common/ptx.cuh"
 #include "quant/int8_rows.cuh"
+#include "quant/token_sample.cuh"
 
 namespace sage {
 
@@ -30,7 +32,6 @@ struct QuantInt8Params {
   int heads, len;
   int group_block, group_stride;
   float scale_mult;  // folded into the written scale (sm_scale * log2 e for Q)
-  float* mean_out;   // [B, H, D]: where the cluster kernel writes the mean it computed
 };
 
 struct QuantInt8Shape {
@@ -40,8 +41,6 @@ struct QuantInt8Shape {
 
 // One chunk of kChunkRows tokens staged in shared memory, each thread holding (staging,
 // reading back) only its own 16-byte slots, so the cp.async wait alone orders them.
-// quant_int8_kernel quantizes one chunk a CTA; the cluster kernel (quant_cluster.cuh)
-// several, after it has reduced K's mean over them.
 template <typename T, int D>
 struct StagedChunk {
   using Rows = int8::RowChunk<D, QuantInt8Shape::kThreads, QuantInt8Shape::kChunkRows>;
@@ -67,17 +66,6 @@ struct StagedChunk {
     int8::unpack<T>(slot(i), v);
 #pragma unroll
     for (int j = 0; j < 8; ++j) v[j] -= mean[j];
-  }
-
-  // Adds this thread's channels of its rows to `sum` (rows past the end are zeros).
-  __device__ void add_channels(float (&sum)[8]) const {
-#pragma unroll
-    for (int i = 0; i < Rows::kPasses; ++i) {
-      float v[8];
-      int8::unpack<T>(slot(i), v);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) sum[j] += v[j];
-    }
   }
 
   // Merges each row's |x - mean| maximum into group_amax[group] (zeroed beforehand).
@@ -113,6 +101,16 @@ struct StagedChunk {
 template <typename T>
 __device__ __forceinline__ const T* head_rows(const QuantInt8Params& p, int batch, int head) {
   return static_cast<const T*>(p.x) + batch * p.x_stride_b + head * p.x_stride_h;
+}
+
+// K's smoothing vector: each channel's fp32 mean over the head's token sample, summed in
+// sample order. One CTA a (head, batch), one thread a channel.
+template <typename T, int D>
+__global__ void __launch_bounds__(D) sample_mean_kernel(const __grid_constant__ QuantInt8Params p, float* mean) {
+  const int head = blockIdx.x, batch = blockIdx.y;
+  const float sum = token_sample::fold_channel(head_rows<T>(p, batch, head), p.x_stride_n, p.len, threadIdx.x, 0.0f,
+                                               [](float a, float b) { return a + b; });
+  mean[(int64_t(batch) * p.heads + head) * D + threadIdx.x] = sum / float(token_sample::count(p.len));
 }
 
 // One CTA a chunk; the mean, if any, comes from p.mean.

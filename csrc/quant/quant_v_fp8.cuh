@@ -11,25 +11,29 @@
 
 #include "common/numeric.cuh"
 #include "common/ptx.cuh"
-#include "quant/int8_rows.cuh"  // unpack
+#include "quant/int8_rows.cuh"  // RowChunk
+#include "quant/token_sample.cuh"
 
 namespace sage {
 
 struct QuantVFp8Params {
   const void* v;  // [B, H, N, D] addressed through strides (elements)
   int64_t v_stride_b, v_stride_h, v_stride_n;
-  float* amax;      // [B, H, D], zero-initialised, filled by pass 1
-  float* scale;     // [B, H, D] = amax / 448 (1 where amax == 0)
+  float* limit;     // [B, H, D]: kHeadroom x the sample's |v| maximum (sample_limit_kernel)
+  float* overflow;  // [B, H, D]: the largest |v| of a CTA's keys above the limit, else 0
+  int* arrived;     // [B, H]: CTAs of the e4m3 pass done with the head
+  float* scale;     // [B, H, D] = e4m3_scale(max(limit, overflow))
   void* out;        // [B, H, D, padded_len] e4m3
   int heads, len, padded_len;
 };
 
 struct QuantVFp8Shape {
-  static constexpr int kThreads = 128;    // the amax pass
-  static constexpr int kAmaxRows = 256;   // tokens per CTA of the amax pass
-  static constexpr int kKeys = 64;        // tokens per staged tile (the cluster kernel's unit)
-  static constexpr int kPassThreads = 256, kPassKeys = 128;  // a CTA of the e4m3 pass
+  static constexpr int kThreads = 256, kKeys = 128;  // a CTA of the e4m3 pass
   static constexpr float kE4m3Max = 448.0f;
+  // The sample's |v| maximum times this maps to kE4m3Max. A channel's maximum over the whole
+  // sequence is rarely far above that of 64 tokens (1.5x for normal data), and a range 16x
+  // wider than needed costs e4m3 nothing but values below 2^-6 of its top / 448 (subnormals).
+  static constexpr float kHeadroom = 16.0f;
 };
 
 __host__ __device__ constexpr int permuted_key(int slot) {  // slot in 0..31 -> key in 0..31
@@ -41,64 +45,34 @@ __device__ __forceinline__ const T* v_rows(const QuantVFp8Params& p) {
   return static_cast<const T*>(p.v) + blockIdx.z * p.v_stride_b + blockIdx.y * p.v_stride_h;
 }
 
-// Merges the |v| of 8 channels (one 16-byte load of a row) into amax.
-template <typename T>
-__device__ __forceinline__ void merge_amax(const uint4& raw, float (&amax)[8]) {
-  float v[8];
-  int8::unpack<T>(raw, v);
-#pragma unroll
-  for (int j = 0; j < 8; ++j) amax[j] = fmaxf(amax[j], fabsf(v[j]));
-}
+__device__ __forceinline__ float e4m3_scale(float amax) { return amax > 0.0f ? amax / QuantVFp8Shape::kE4m3Max : 1.0f; }
 
-// The CTA's value of channel threadIdx.x (< D) from its threads' partials of 8 channels
-// each, a row's D / 8 lanes adjacent: the channel's partials are those of the threads
-// with its lane in their row.
-template <int D, int kThreads, typename Op>
-__device__ __forceinline__ float reduce_channel(const float (&partial)[kThreads][8], Op op) {
-  constexpr int kLanesPerRow = D / 8;
-  const int lane = threadIdx.x / 8, j = threadIdx.x % 8;
-  float acc = partial[lane][j];
-  for (int r = lane + kLanesPerRow; r < kThreads; r += kLanesPerRow) acc = op(acc, partial[r][j]);
-  return acc;
-}
-
-// Pass 1: per-channel amax over the tokens of one CTA, merged with an integer atomicMax
-// (non-negative floats order like their bit patterns).
+// Each channel's limit from the head's token sample (token_sample.cuh), and the head's
+// overflow state cleared for the e4m3 pass. One CTA a (head, batch), one thread a channel.
 template <typename T, int D>
-__global__ void __launch_bounds__(QuantVFp8Shape::kThreads)
-    v_amax_kernel(const __grid_constant__ QuantVFp8Params p) {
-  constexpr int kLanesPerRow = D / 8;
-  constexpr int kRowsPerPass = QuantVFp8Shape::kThreads / kLanesPerRow;
-  __shared__ float partial[QuantVFp8Shape::kThreads][8];
-  const int lane_in_row = threadIdx.x % kLanesPerRow;
-  const int t0 = blockIdx.x * QuantVFp8Shape::kAmaxRows;
-  const int t1 = min(p.len, t0 + QuantVFp8Shape::kAmaxRows);
-  const T* rows = v_rows<T>(p) + lane_in_row * 8;
-
-  float amax[8] = {};
-  for (int t = t0 + threadIdx.x / kLanesPerRow; t < t1; t += kRowsPerPass)
-    merge_amax<T>(*reinterpret_cast<const uint4*>(rows + t * p.v_stride_n), amax);
-#pragma unroll
-  for (int i = 0; i < 8; ++i) partial[threadIdx.x][i] = amax[i];
-  __syncthreads();
-  if (threadIdx.x < D) {  // one thread per channel folds the rows of the CTA
-    const float m = reduce_channel<D, QuantVFp8Shape::kThreads>(partial, [](float a, float b) { return fmaxf(a, b); });
-    float* dst = p.amax + (int64_t(blockIdx.z) * p.heads + blockIdx.y) * D + threadIdx.x;
-    atomicMax(reinterpret_cast<int*>(dst), __float_as_int(m));
-  }
+__global__ void __launch_bounds__(D) sample_limit_kernel(const __grid_constant__ QuantVFp8Params p) {
+  const int64_t bh = int64_t(blockIdx.y) * p.heads + blockIdx.x;
+  const T* rows = static_cast<const T*>(p.v) + blockIdx.y * p.v_stride_b + blockIdx.x * p.v_stride_h;
+  const float amax = token_sample::fold_channel(rows, p.v_stride_n, p.len, threadIdx.x, 0.0f,
+                                                [](float a, float b) { return fmaxf(a, fabsf(b)); });
+  p.limit[bh * D + threadIdx.x] = QuantVFp8Shape::kHeadroom * amax;
+  p.overflow[bh * D + threadIdx.x] = 0.0f;
+  if (threadIdx.x == 0) p.arrived[bh] = 0;
 }
 
 // kKeys keys of V staged in shared memory, so that the transposed writes read channels,
 // not keys, from global memory. (Staged by cp.async instead, the e4m3 pass of 64-key CTAs
 // ran slower on H200: 68.7 -> 77.9 us at B=4 H=32 N=4k hd128.)
-template <typename T, int D, int kKeys = QuantVFp8Shape::kKeys>
+template <typename T, int D, int kKeys>
 using KeyTile = T[kKeys][D + 8];  // +8: rows start in different banks
 
 // Channel d of the kKeys keys staged from `keys` on (rows [D + 8] as in a KeyTile), as
-// permuted e4m3 bytes times `inv`, 16 keys a chunk. kKeys: whole 32-key groups.
-template <typename T, int D, int kKeys = QuantVFp8Shape::kKeys>
-__device__ __forceinline__ void encode_channel(const T (*keys)[D + 8], int d, float inv, uint4 (&chunks)[kKeys / 16]) {
+// permuted e4m3 bytes times `inv`, 16 keys a chunk; returns their |v| maximum. kKeys:
+// whole 32-key groups.
+template <typename T, int D, int kKeys>
+__device__ __forceinline__ float encode_channel(const T (*keys)[D + 8], int d, float inv, uint4 (&chunks)[kKeys / 16]) {
   static_assert(kKeys % 32 == 0, "the permutation works on aligned groups of 32 keys");
+  float amax = 0.0f;
 #pragma unroll
   for (int chunk = 0; chunk < kKeys / 16; ++chunk) {
     uint32_t words[4];
@@ -106,11 +80,16 @@ __device__ __forceinline__ void encode_channel(const T (*keys)[D + 8], int d, fl
     for (int w = 0; w < 4; ++w) {
       const int slot = chunk * 16 + w * 4;  // 4 slots per word, same 32-key group
       const int base = slot & ~31;
-      auto val = [&](int s) { return to_float(keys[base + permuted_key(s & 31)][d]) * inv; };
+      auto val = [&](int s) {
+        const float x = to_float(keys[base + permuted_key(s & 31)][d]);
+        amax = fmaxf(amax, fabsf(x));
+        return x * inv;
+      };
       words[w] = ptx::cvt_e4m3x2(val(slot), val(slot + 1)) | uint32_t(ptx::cvt_e4m3x2(val(slot + 2), val(slot + 3))) << 16;
     }
     chunks[chunk] = make_uint4(words[0], words[1], words[2], words[3]);
   }
+  return amax;
 }
 
 // kKeys keys of D channels of e4m3 bytes on their way out, as the rows of V^T they become.
@@ -142,44 +121,96 @@ struct ByteTile {
   }
 };
 
-__device__ __forceinline__ float e4m3_scale(float amax) { return amax > 0.0f ? amax / QuantVFp8Shape::kE4m3Max : 1.0f; }
-
-// Pass 2: one CTA per kPassKeys keys. Its threads issue all their loads at once (kPassKeys
-// rows in flight), stage the keys in shared memory, then each encodes one channel's share of
-// them (kPassKeys / (kPassThreads / D) keys) as permuted, scaled e4m3 bytes, which go out
-// through a ByteTile in the keys' place; keys past the sequence end are written as zeros.
-// Against 64 keys a CTA of 128 threads (at head dim 64 half of them idle while writing), on
-// H200 at B=4 H=32, before the ByteTile: the op (amax pass included) 7.7% faster at hd64 16k
-// and 2.0% at 8k, unchanged at hd128 4k-16k (bench/results/h200-7f5e090-v-pass-ab.txt).
+// Keys [k0, k0 + kKeys) of the CTA's head to e4m3 with this thread's channel scaled by
+// 1 / `scale`, written to V^T; returns the |v| maximum of the thread's share of them. The
+// threads issue all their loads at once (kKeys rows in flight), stage the keys in shared
+// memory, then each encodes one channel's share of them (kKeys / (kThreads / D) keys) as
+// permuted, scaled e4m3 bytes, which go out through a ByteTile in the keys' place; keys past
+// the sequence end are written as zeros. Against 64 keys a CTA of 128 threads (at head dim
+// 64 half of them idle while writing), on H200 at B=4 H=32, before the ByteTile: the op
+// 7.7% faster at hd64 16k and 2.0% at 8k, unchanged at hd128 4k-16k
+// (bench/results/h200-7f5e090-v-pass-ab.txt).
 template <typename T, int D>
-__global__ void __launch_bounds__(QuantVFp8Shape::kPassThreads)
-    v_fp8_kernel(const __grid_constant__ QuantVFp8Params p) {
+__device__ float encode_keys(const QuantVFp8Params& p, int64_t bh, int k0, float scale,
+                             KeyTile<T, D, QuantVFp8Shape::kKeys>& keys) {
   using Shape = QuantVFp8Shape;
-  using Rows = int8::RowChunk<D, Shape::kPassThreads, Shape::kPassKeys>;
-  constexpr int kShares = Shape::kPassThreads / D, kShareKeys = Shape::kPassKeys / kShares;
-  __shared__ __align__(16) KeyTile<T, D, Shape::kPassKeys> keys;
-
-  const int k0 = blockIdx.x * Shape::kPassKeys;
+  using Rows = int8::RowChunk<D, Shape::kThreads, Shape::kKeys>;
+  constexpr int kShares = Shape::kThreads / D, kShareKeys = Shape::kKeys / kShares;
   uint4 raw[Rows::kPasses];
   Rows::load(v_rows<T>(p) + int64_t(k0) * p.v_stride_n, p.v_stride_n, p.len - k0, threadIdx.x, raw);
+  __syncthreads();  // the tile's previous keys and bytes are read
 #pragma unroll
   for (int i = 0; i < Rows::kPasses; ++i)
     *reinterpret_cast<uint4*>(&keys[Rows::row(threadIdx.x, i)][Rows::lane_in_row(threadIdx.x) * 8]) = raw[i];
   __syncthreads();
 
   const int d = threadIdx.x % D, share = threadIdx.x / D;
-  const int64_t bh = int64_t(blockIdx.z) * p.heads + blockIdx.y;
-  const float scale = e4m3_scale(p.amax[bh * D + d]);
-  if (blockIdx.x == 0 && share == 0) p.scale[bh * D + d] = scale;
   uint4 chunks[kShareKeys / 16];
-  encode_channel<T, D, kShareKeys>(keys + share * kShareKeys, d, 1.0f / scale, chunks);
-  using Bytes = ByteTile<D, Shape::kPassKeys>;
+  const float amax = encode_channel<T, D, kShareKeys>(keys + share * kShareKeys, d, 1.0f / scale, chunks);
+  using Bytes = ByteTile<D, Shape::kKeys>;
   static_assert(sizeof(Bytes) <= sizeof(keys), "the bytes fit where the keys were");
   auto& bytes = *reinterpret_cast<Bytes*>(&keys);
   __syncthreads();  // every key read
   bytes.put(d, share * kShareKeys, chunks);
   __syncthreads();
-  bytes.template write<Shape::kPassThreads>(static_cast<uint8_t*>(p.out) + bh * D * p.padded_len + k0, p.padded_len, threadIdx.x);
+  bytes.template write<Shape::kThreads>(static_cast<uint8_t*>(p.out) + bh * D * p.padded_len + k0, p.padded_len, threadIdx.x);
+  return amax;
+}
+
+// Whether this CTA is the last of the grid's gridDim.x CTAs to arrive at `arrived` (zeroed
+// beforehand); the stores and atomics of the others are then visible to it.
+__device__ __forceinline__ bool last_to_arrive(int* arrived) {
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(arrived, 1) == int(gridDim.x) - 1;
+  __syncthreads();
+  return last;
+}
+
+// Channel d of the whole head again, scaled by 1 / `scale`, by the `lanes` threads with
+// `lane` < `lanes` among them: each 16 keys (one 16-byte chunk of the V^T row) straight from
+// global memory (2-byte loads a key apart: slow, and rare). Not a loop of encode_keys: that
+// took the pass from 47 to 79 registers at head dim 128 (ptxas), from 5 CTAs an SM to 3.
+template <typename T, int D>
+__device__ void reencode_channel(const QuantVFp8Params& p, int64_t bh, int d, float scale, int lane, int lanes) {
+  const T* rows = v_rows<T>(p) + d;
+  uint8_t* row = static_cast<uint8_t*>(p.out) + (bh * D + d) * p.padded_len;
+  const float inv = 1.0f / scale;
+  for (int k0 = 16 * lane; k0 < p.padded_len; k0 += 16 * lanes) {
+    auto val = [&](int s) {  // slot k0 + s of the row
+      const int key = (k0 & ~31) + permuted_key((k0 + s) & 31);
+      return key < p.len ? to_float(rows[key * p.v_stride_n]) * inv : 0.0f;
+    };
+    uint32_t words[4];
+#pragma unroll
+    for (int w = 0; w < 4; ++w)
+      words[w] = ptx::cvt_e4m3x2(val(4 * w), val(4 * w + 1)) | uint32_t(ptx::cvt_e4m3x2(val(4 * w + 2), val(4 * w + 3))) << 16;
+    *reinterpret_cast<uint4*>(row + k0) = make_uint4(words[0], words[1], words[2], words[3]);
+  }
+}
+
+// The e4m3 pass: one CTA per kKeys keys, after sample_limit_kernel. Each channel maps its
+// limit to 448. Where a CTA holds a value of a channel above its limit (the sample missed
+// an outlier), it records its largest, and the head's last CTA re-encodes that channel
+// with the scale of its true maximum, so no value saturates. A channel's scale is thus
+// e4m3_scale(max(limit, |v| maximum)).
+template <typename T, int D>
+__global__ void __launch_bounds__(QuantVFp8Shape::kThreads) v_fp8_kernel(const __grid_constant__ QuantVFp8Params p) {
+  using Shape = QuantVFp8Shape;
+  __shared__ __align__(16) KeyTile<T, D, Shape::kKeys> keys;
+  const int d = threadIdx.x % D, share = threadIdx.x / D;
+  const int64_t bh = int64_t(blockIdx.z) * p.heads + blockIdx.y;
+  const float limit = p.limit[bh * D + d], scale = e4m3_scale(limit);
+  if (blockIdx.x == 0 && share == 0) p.scale[bh * D + d] = scale;
+  const float amax = encode_keys<T, D>(p, bh, blockIdx.x * Shape::kKeys, scale, keys);
+  if (amax > limit) int8::atomic_amax(&p.overflow[bh * D + d], amax);
+  if (!last_to_arrive(&p.arrived[bh])) return;
+
+  const float repaired = e4m3_scale(fmaxf(limit, __ldcg(&p.overflow[bh * D + d])));
+  if (repaired == scale) return;
+  reencode_channel<T, D>(p, bh, d, repaired, share, Shape::kThreads / D);
+  if (share == 0) p.scale[bh * D + d] = repaired;
 }
 
 }  // namespace sage

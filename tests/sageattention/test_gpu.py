@@ -95,15 +95,14 @@ def test_quant_int8_matches_reference(layout, d, groups, smooth):
     assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3
 
 
-# Lengths on both sides of what one sm_90 cluster takes (quant.cu: 8 CTAs of at most
-# 72 KB): 2048 tokens at head dim 128, 4096 at 64; longer ones take the two-pass kernels
-# (9000 and 16400: many CTAs a head, a partial last chunk and tile).
-CLUSTER_LENGTHS = [1, 100, 1000, 1025, 2048, 2100, 4096, 4200, 9000, 16400]
+# Lengths on both sides of the token sample (64: every token up to there) and of one CTA's
+# chunk (128 tokens), and long ones: many CTAs a head, a partial last chunk.
+LENGTHS = [1, 63, 64, 65, 100, 1000, 1025, 4200, 9000, 16400]
 
 
 @pytest.mark.parametrize("layout", [0, 1])
 @pytest.mark.parametrize("d", [64, 128])
-@pytest.mark.parametrize("n", CLUSTER_LENGTHS)
+@pytest.mark.parametrize("n", LENGTHS)
 def test_quant_int8_smooth_matches_reference(layout, d, n):
     x = make_qkv(b=1, hq=2, nq=n, d=d, layout="HND" if layout == 0 else "NHD", device=DEV, k_outlier=4.0)[1]
     got_i, got_s, got_m = ops.quant_int8_smooth(x, layout, 64, 8)
@@ -132,11 +131,31 @@ def test_quant_v_fp8_matches_reference(layout, n, dtype):
 
 
 @pytest.mark.parametrize("d", [64, 128])
-@pytest.mark.parametrize("n", CLUSTER_LENGTHS)
+@pytest.mark.parametrize("n", LENGTHS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_quant_v_fp8_long_sequences_match_reference(d, n, dtype):
     v = make_qkv(b=1, hq=2, nq=n, d=d, dtype=dtype, layout="NHD", device=DEV)[2]
     assert_v_fp8_matches_reference(v, 1)
+
+
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("n", [200, 5000])
+def test_quant_v_fp8_repairs_channels_the_sample_missed(d, n):
+    """Values far above 16x their channel's sample maximum, at unsampled tokens of several
+    CTAs, and a channel zero at every sampled token: the e4m3 pass's repair path."""
+    v = make_qkv(b=2, hq=3, nq=n, d=d, layout="NHD", device=DEV)[2]
+    missed = [t for t in range(n) if t not in set(R.sample_tokens(n))]
+    v[0, missed[0], 1, 5] = 2000.0
+    v[0, missed[-1], 1, 5] = -3000.0  # another CTA of the same head and channel
+    v[1, :, 2, d - 1] = 0
+    v[1, missed[len(missed) // 2], 2, d - 1] = 0.25
+    assert_v_fp8_matches_reference(v, 1)
+    got_v, got_s = ops.quant_v_fp8(v, 1)
+    assert got_s[0, 1, 5] == 3000.0 / 448 and got_s[1, 2, d - 1] == 0.25 / 448
+    deq = R.dequant_v_fp8(got_v, n)  # [B, H, N, D] in units of the scale
+    assert deq[0, 1, missed[-1], 5] == -448 and deq[1, 2, missed[len(missed) // 2], d - 1] == 448
+    q, k, _ = make_qkv(b=2, hq=3, nq=n, d=d, layout="NHD", device=DEV)
+    assert_accurate(sageattn_qk_int8_pv_fp8_cuda(q, k, v, "NHD"), ref32(q, k, v, "NHD"), L1_FP8_PV)
 
 
 # ------------------------------------------------------------- attention ops vs reference

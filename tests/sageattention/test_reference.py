@@ -4,6 +4,9 @@ attention contract, checked against independent, naive re-computations."""
 from __future__ import annotations
 
 import math
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +14,7 @@ from sage_helpers import L1_FP8_PV, L1_FP16_PV, assert_accurate, make_qkv, metri
 
 from sageattention import reference as R
 
+ROOT = Path(__file__).resolve().parents[2]
 
 # ------------------------------------------------------------------------------ quant_int8
 def naive_quant_int8(x_hnd: torch.Tensor, mean, group_block: int, group_stride: int):
@@ -131,7 +135,7 @@ def test_quant_v_fp8_layout_permutation_padding(n, layout):
     n_pad = (n + 127) // 128 * 128
     assert v8.dtype == torch.float8_e4m3fn and v8.shape == (2, 3, 64, n_pad) and v8.is_contiguous()
     assert vs.dtype == torch.float32 and vs.shape == (2, 3, 64)
-    amax = v.float().abs().amax(dim=2)
+    amax = torch.maximum(16 * v.float()[:, :, R.sample_tokens(n)].abs().amax(dim=2), v.float().abs().amax(dim=2))
     torch.testing.assert_close(vs, torch.where(amax > 0, amax / 448, torch.ones_like(amax)))
     perm = R.v_permutation()
     stored = v8.float()
@@ -145,13 +149,55 @@ def test_quant_v_fp8_layout_permutation_padding(n, layout):
         assert torch.equal(stored[..., slot], expect), f"slot {slot} (key {key})"
 
 
-def test_quant_v_fp8_zero_channel_and_saturation():
+def test_quant_v_fp8_zero_channel_and_headroom():
     v = torch.randn(1, 1, 10, 64, dtype=torch.float16)
     v[..., 5] = 0
     v8, vs = R.quant_v_fp8(v, R.HND)
     assert vs[0, 0, 5] == 1.0 and torch.all(v8.float()[0, 0, 5] == 0)
-    assert v8.float().abs().max() == 448  # each channel's amax maps to e4m3's largest value
+    # 10 tokens are all sampled: each channel's maximum maps to 448 / 16
+    top = v8.float().abs().amax(dim=-1)[0, 0]
+    assert torch.equal(top[top > 0], torch.full_like(top[top > 0], 28.0))
     assert torch.isfinite(v8.float()).all()
+
+
+def test_quant_v_fp8_scale_covers_values_the_sample_missed():
+    n = 1000
+    v = torch.randn(1, 1, n, 64, generator=torch.Generator().manual_seed(3)).half()
+    missed = next(t for t in range(n) if t not in R.sample_tokens(n))
+    v[0, 0, missed, 7] = -3000.0  # far above 16x any sampled value of channel 7
+    v[..., 9] = 0
+    v[0, 0, missed, 9] = 0.5  # channel 9: zero at every sampled token
+    v8, vs = R.quant_v_fp8(v, R.HND)
+    assert vs[0, 0, 7] == 3000.0 / 448 and vs[0, 0, 9] == 0.5 / 448
+    deq = R.dequant_v_fp8(v8, n)[0, 0]  # [n, D] in units of the scale
+    assert deq[missed, 7] == -448 and deq[missed, 9] == 448  # the maximum maps to 448: no saturation
+    sampled = v[0, 0, R.sample_tokens(n)].float().abs().amax(dim=0)
+    torch.testing.assert_close(vs[0, 0, :7], 16 * sampled[:7] / 448)
+
+
+def test_sample_tokens_one_in_each_stratum():
+    assert R.sample_tokens(1) == [0] and R.sample_tokens(64) == list(range(64))
+    for n in (65, 100, 1000, 4096, 16387):
+        tokens = R.sample_tokens(n)
+        assert len(tokens) == 64
+        assert all(i * n // 64 <= t < (i + 1) * n // 64 for i, t in enumerate(tokens))
+    offsets = {t - i * 64 for i, t in enumerate(R.sample_tokens(4096))}
+    assert len(offsets) > 32  # not a regular stride
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="no nvcc on PATH")
+def test_sample_tokens_are_the_kernels(tmp_path):
+    lengths = [1, 2, 63, 64, 65, 100, 127, 1000, 4096, 16387, 2**31 - 1]
+    src = tmp_path / "sample.cu"
+    src.write_text('#include <cstdio>\n#include "quant/token_sample.cuh"\nint main() {\n'
+                   + "".join(f"  for (int i = 0; i < sage::token_sample::count({n}); ++i) "
+                             f'printf("%d ", sage::token_sample::token(i, {n}));\n  printf("\\n");\n'
+                             for n in lengths)
+                   + "}\n")
+    exe = tmp_path / "sample"
+    subprocess.run(["nvcc", "-std=c++17", f"-I{ROOT / 'csrc'}", str(src), "-o", str(exe)], check=True)
+    got = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.splitlines()
+    assert [list(map(int, line.split())) for line in got] == [R.sample_tokens(n) for n in lengths]
 
 
 def test_dequant_v_fp8_roundtrip():
