@@ -98,7 +98,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quant_int8_smooth(const at::Tenso
   const auto stream = c10::cuda::getCurrentCUDAStream();
   dispatch_half_hd(x.scalar_type(), s.d, [&](auto elem, auto head_dim) {
     using T = typename decltype(elem)::type;
-    sample_mean_kernel<T, head_dim()><<<dim3(s.h, s.b), head_dim(), 0, stream>>>(p, mean.data_ptr<float>());
+    sample_mean_kernel<T, head_dim()>
+        <<<dim3(s.h, s.b), head_dim(), 0, stream>>>(p, token_sample::draw(int(s.n)), mean.data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   p.mean = mean.data_ptr<float>();
@@ -118,21 +119,20 @@ std::tuple<at::Tensor, at::Tensor> quant_v_fp8(const at::Tensor& v_in, int64_t t
   if (s.b == 0 || s.h == 0) return {out, scale};
   if (s.n == 0) return {out, scale.fill_(1.0f)};  // no value: quant_v_fp8's scale of an all-zero channel
 
-  // The e4m3 pass's working state: each channel's limit and overflow, each head's count of
-  // CTAs done (quant_v_fp8.cuh).
-  at::Tensor state = at::empty({2 * s.b * s.h * s.d + s.b * s.h}, v.options().dtype(at::kFloat));
-  float* limit = state.data_ptr<float>();
-  float* overflow = limit + s.b * s.h * s.d;
-  int* arrived = reinterpret_cast<int*>(overflow + s.b * s.h * s.d);
-  const QuantVFp8Params p{v.data_ptr(), s.stride_b, s.stride_h, s.stride_n, limit, overflow, arrived,
-                          scale.data_ptr<float>(), out.data_ptr(), int(s.h), int(s.n), int(padded)};
+  // The e4m3 pass's working state (quant_v_fp8.cuh): each channel's limit and overflow.
+  at::Tensor state = at::empty({2, s.b, s.h, s.d}, v.options().dtype(at::kFloat));
+  const QuantVFp8Params p{v.data_ptr(), s.stride_b, s.stride_h, s.stride_n, state[0].data_ptr<float>(),
+                          state[1].data_ptr<float>(), scale.data_ptr<float>(), out.data_ptr(), int(s.h), int(s.n),
+                          int(padded)};
   const auto stream = c10::cuda::getCurrentCUDAStream();
   dispatch_half_hd(v.scalar_type(), s.d, [&](auto elem, auto head_dim) {
     using T = typename decltype(elem)::type;
     constexpr int D = head_dim();
-    sample_limit_kernel<T, D><<<dim3(s.h, s.b), D, 0, stream>>>(p);
+    sample_limit_kernel<T, D><<<dim3(s.h, s.b), D, 0, stream>>>(p, token_sample::draw(int(s.n)));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     v_fp8_kernel<T, D><<<dim3(padded / QuantVFp8Shape::kKeys, s.h, s.b), QuantVFp8Shape::kThreads, 0, stream>>>(p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    v_fp8_repair_kernel<T, D><<<dim3(s.h, s.b), QuantVFp8Shape::kThreads, 0, stream>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {out, scale};

@@ -106,11 +106,13 @@ __device__ __forceinline__ const T* head_rows(const QuantInt8Params& p, int batc
 // K's smoothing vector: each channel's fp32 mean over the head's token sample, summed in
 // sample order. One CTA a (head, batch), one thread a channel.
 template <typename T, int D>
-__global__ void __launch_bounds__(D) sample_mean_kernel(const __grid_constant__ QuantInt8Params p, float* mean) {
+__global__ void __launch_bounds__(D) sample_mean_kernel(const __grid_constant__ QuantInt8Params p,
+                                                        const __grid_constant__ token_sample::Sample sample,
+                                                        float* mean) {
   const int head = blockIdx.x, batch = blockIdx.y;
-  const float sum = token_sample::fold_channel(head_rows<T>(p, batch, head), p.x_stride_n, p.len, threadIdx.x, 0.0f,
+  const float sum = token_sample::fold_channel(sample, head_rows<T>(p, batch, head), p.x_stride_n, threadIdx.x, 0.0f,
                                                [](float a, float b) { return a + b; });
-  mean[(int64_t(batch) * p.heads + head) * D + threadIdx.x] = sum / float(token_sample::count(p.len));
+  mean[(int64_t(batch) * p.heads + head) * D + threadIdx.x] = sum / float(sample.count);
 }
 
 // One CTA a chunk; the mean, if any, comes from p.mean.

@@ -20,8 +20,7 @@ struct QuantVFp8Params {
   const void* v;  // [B, H, N, D] addressed through strides (elements)
   int64_t v_stride_b, v_stride_h, v_stride_n;
   float* limit;     // [B, H, D]: kHeadroom x the sample's |v| maximum (sample_limit_kernel)
-  float* overflow;  // [B, H, D]: the largest |v| of a CTA's keys above the limit, else 0
-  int* arrived;     // [B, H]: CTAs of the e4m3 pass done with the head
+  float* overflow;  // [B, H, D]: the channel's |v| maximum if above the limit, else 0
   float* scale;     // [B, H, D] = e4m3_scale(max(limit, overflow))
   void* out;        // [B, H, D, padded_len] e4m3
   int heads, len, padded_len;
@@ -47,17 +46,17 @@ __device__ __forceinline__ const T* v_rows(const QuantVFp8Params& p) {
 
 __device__ __forceinline__ float e4m3_scale(float amax) { return amax > 0.0f ? amax / QuantVFp8Shape::kE4m3Max : 1.0f; }
 
-// Each channel's limit from the head's token sample (token_sample.cuh), and the head's
-// overflow state cleared for the e4m3 pass. One CTA a (head, batch), one thread a channel.
+// Each channel's limit from the head's token sample (token_sample.cuh), and its overflow
+// cleared for the e4m3 pass. One CTA a (head, batch), one thread a channel.
 template <typename T, int D>
-__global__ void __launch_bounds__(D) sample_limit_kernel(const __grid_constant__ QuantVFp8Params p) {
+__global__ void __launch_bounds__(D) sample_limit_kernel(const __grid_constant__ QuantVFp8Params p,
+                                                         const __grid_constant__ token_sample::Sample sample) {
   const int64_t bh = int64_t(blockIdx.y) * p.heads + blockIdx.x;
   const T* rows = static_cast<const T*>(p.v) + blockIdx.y * p.v_stride_b + blockIdx.x * p.v_stride_h;
-  const float amax = token_sample::fold_channel(rows, p.v_stride_n, p.len, threadIdx.x, 0.0f,
+  const float amax = token_sample::fold_channel(sample, rows, p.v_stride_n, threadIdx.x, 0.0f,
                                                 [](float a, float b) { return fmaxf(a, fabsf(b)); });
   p.limit[bh * D + threadIdx.x] = QuantVFp8Shape::kHeadroom * amax;
   p.overflow[bh * D + threadIdx.x] = 0.0f;
-  if (threadIdx.x == 0) p.arrived[bh] = 0;
 }
 
 // kKeys keys of V staged in shared memory, so that the transposed writes read channels,
@@ -121,63 +120,14 @@ struct ByteTile {
   }
 };
 
-// Keys [k0, k0 + kKeys) of the CTA's head to e4m3 with this thread's channel scaled by
-// 1 / `scale`, written to V^T; returns the |v| maximum of the thread's share of them. The
-// threads issue all their loads at once (kKeys rows in flight), stage the keys in shared
-// memory, then each encodes one channel's share of them (kKeys / (kThreads / D) keys) as
-// permuted, scaled e4m3 bytes, which go out through a ByteTile in the keys' place; keys past
-// the sequence end are written as zeros. Against 64 keys a CTA of 128 threads (at head dim
-// 64 half of them idle while writing), on H200 at B=4 H=32, before the ByteTile: the op
-// 7.7% faster at hd64 16k and 2.0% at 8k, unchanged at hd128 4k-16k
-// (bench/results/h200-7f5e090-v-pass-ab.txt).
+// Channel d of the head again, scaled by 1 / `scale`, by the CTA's threads: each 16 keys
+// (one 16-byte chunk of the V^T row) straight from global memory, 2-byte loads a row apart.
 template <typename T, int D>
-__device__ float encode_keys(const QuantVFp8Params& p, int64_t bh, int k0, float scale,
-                             KeyTile<T, D, QuantVFp8Shape::kKeys>& keys) {
-  using Shape = QuantVFp8Shape;
-  using Rows = int8::RowChunk<D, Shape::kThreads, Shape::kKeys>;
-  constexpr int kShares = Shape::kThreads / D, kShareKeys = Shape::kKeys / kShares;
-  uint4 raw[Rows::kPasses];
-  Rows::load(v_rows<T>(p) + int64_t(k0) * p.v_stride_n, p.v_stride_n, p.len - k0, threadIdx.x, raw);
-  __syncthreads();  // the tile's previous keys and bytes are read
-#pragma unroll
-  for (int i = 0; i < Rows::kPasses; ++i)
-    *reinterpret_cast<uint4*>(&keys[Rows::row(threadIdx.x, i)][Rows::lane_in_row(threadIdx.x) * 8]) = raw[i];
-  __syncthreads();
-
-  const int d = threadIdx.x % D, share = threadIdx.x / D;
-  uint4 chunks[kShareKeys / 16];
-  const float amax = encode_channel<T, D, kShareKeys>(keys + share * kShareKeys, d, 1.0f / scale, chunks);
-  using Bytes = ByteTile<D, Shape::kKeys>;
-  static_assert(sizeof(Bytes) <= sizeof(keys), "the bytes fit where the keys were");
-  auto& bytes = *reinterpret_cast<Bytes*>(&keys);
-  __syncthreads();  // every key read
-  bytes.put(d, share * kShareKeys, chunks);
-  __syncthreads();
-  bytes.template write<Shape::kThreads>(static_cast<uint8_t*>(p.out) + bh * D * p.padded_len + k0, p.padded_len, threadIdx.x);
-  return amax;
-}
-
-// Whether this CTA is the last of the grid's gridDim.x CTAs to arrive at `arrived` (zeroed
-// beforehand); the stores and atomics of the others are then visible to it.
-__device__ __forceinline__ bool last_to_arrive(int* arrived) {
-  __shared__ bool last;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(arrived, 1) == int(gridDim.x) - 1;
-  __syncthreads();
-  return last;
-}
-
-// Channel d of the whole head again, scaled by 1 / `scale`, by the `lanes` threads with
-// `lane` < `lanes` among them: each 16 keys (one 16-byte chunk of the V^T row) straight from
-// global memory (2-byte loads a key apart: slow, and rare). Not a loop of encode_keys: that
-// took the pass from 47 to 79 registers at head dim 128 (ptxas), from 5 CTAs an SM to 3.
-template <typename T, int D>
-__device__ void reencode_channel(const QuantVFp8Params& p, int64_t bh, int d, float scale, int lane, int lanes) {
-  const T* rows = v_rows<T>(p) + d;
+__device__ void reencode_channel(const QuantVFp8Params& p, int64_t bh, int d, float scale) {
+  const T* rows = static_cast<const T*>(p.v) + blockIdx.y * p.v_stride_b + blockIdx.x * p.v_stride_h + d;
   uint8_t* row = static_cast<uint8_t*>(p.out) + (bh * D + d) * p.padded_len;
   const float inv = 1.0f / scale;
-  for (int k0 = 16 * lane; k0 < p.padded_len; k0 += 16 * lanes) {
+  for (int k0 = 16 * threadIdx.x; k0 < p.padded_len; k0 += 16 * blockDim.x) {
     auto val = [&](int s) {  // slot k0 + s of the row
       const int key = (k0 & ~31) + permuted_key((k0 + s) & 31);
       return key < p.len ? to_float(rows[key * p.v_stride_n]) * inv : 0.0f;
@@ -190,27 +140,63 @@ __device__ void reencode_channel(const QuantVFp8Params& p, int64_t bh, int d, fl
   }
 }
 
-// The e4m3 pass: one CTA per kKeys keys, after sample_limit_kernel. Each channel maps its
-// limit to 448. Where a CTA holds a value of a channel above its limit (the sample missed
-// an outlier), it records its largest, and the head's last CTA re-encodes that channel
-// with the scale of its true maximum, so no value saturates. A channel's scale is thus
-// e4m3_scale(max(limit, |v| maximum)).
+// The e4m3 pass: one CTA per kKeys keys, after sample_limit_kernel. Its threads issue all
+// their loads at once (kKeys rows in flight), stage the keys in shared memory, then each
+// encodes one channel's share of them (kKeys / (kThreads / D) keys) as permuted e4m3 bytes,
+// the channel's limit mapped to 448, which go out through a ByteTile in the keys' place;
+// keys past the sequence end are written as zeros. A thread whose share holds a value above
+// the limit (the sample missed an outlier) records its largest, for v_fp8_repair_kernel.
+// Against 64 keys a CTA of 128 threads (at head dim 64 half of them idle while writing), on
+// H200 at B=4 H=32, before the ByteTile: the op 7.7% faster at hd64 16k and 2.0% at 8k,
+// unchanged at hd128 4k-16k (bench/results/h200-7f5e090-v-pass-ab.txt).
 template <typename T, int D>
 __global__ void __launch_bounds__(QuantVFp8Shape::kThreads) v_fp8_kernel(const __grid_constant__ QuantVFp8Params p) {
   using Shape = QuantVFp8Shape;
+  using Rows = int8::RowChunk<D, Shape::kThreads, Shape::kKeys>;
+  constexpr int kShares = Shape::kThreads / D, kShareKeys = Shape::kKeys / kShares;
   __shared__ __align__(16) KeyTile<T, D, Shape::kKeys> keys;
+
+  const int k0 = blockIdx.x * Shape::kKeys;
+  uint4 raw[Rows::kPasses];
+  Rows::load(v_rows<T>(p) + int64_t(k0) * p.v_stride_n, p.v_stride_n, p.len - k0, threadIdx.x, raw);
+#pragma unroll
+  for (int i = 0; i < Rows::kPasses; ++i)
+    *reinterpret_cast<uint4*>(&keys[Rows::row(threadIdx.x, i)][Rows::lane_in_row(threadIdx.x) * 8]) = raw[i];
+  __syncthreads();
+
   const int d = threadIdx.x % D, share = threadIdx.x / D;
   const int64_t bh = int64_t(blockIdx.z) * p.heads + blockIdx.y;
   const float limit = p.limit[bh * D + d], scale = e4m3_scale(limit);
   if (blockIdx.x == 0 && share == 0) p.scale[bh * D + d] = scale;
-  const float amax = encode_keys<T, D>(p, bh, blockIdx.x * Shape::kKeys, scale, keys);
+  uint4 chunks[kShareKeys / 16];
+  const float amax = encode_channel<T, D, kShareKeys>(keys + share * kShareKeys, d, 1.0f / scale, chunks);
   if (amax > limit) int8::atomic_amax(&p.overflow[bh * D + d], amax);
-  if (!last_to_arrive(&p.arrived[bh])) return;
+  using Bytes = ByteTile<D, Shape::kKeys>;
+  static_assert(sizeof(Bytes) <= sizeof(keys), "the bytes fit where the keys were");
+  auto& bytes = *reinterpret_cast<Bytes*>(&keys);
+  __syncthreads();  // every key read
+  bytes.put(d, share * kShareKeys, chunks);
+  __syncthreads();
+  bytes.template write<Shape::kThreads>(static_cast<uint8_t*>(p.out) + bh * D * p.padded_len + k0, p.padded_len, threadIdx.x);
+}
 
-  const float repaired = e4m3_scale(fmaxf(limit, __ldcg(&p.overflow[bh * D + d])));
-  if (repaired == scale) return;
-  reencode_channel<T, D>(p, bh, d, repaired, share, Shape::kThreads / D);
-  if (share == 0) p.scale[bh * D + d] = repaired;
+// After the e4m3 pass, one CTA a (head, batch): the channels with an overflow are encoded
+// again with the scale of their maximum, so that no value saturates. A channel's scale is
+// thus e4m3_scale(max(limit, |v| maximum)). A separate launch (about 2 us): the last CTA of
+// each head doing it instead, its arrival behind a fence in every CTA, slowed the pass 16%.
+template <typename T, int D>
+__global__ void __launch_bounds__(QuantVFp8Shape::kThreads) v_fp8_repair_kernel(const __grid_constant__ QuantVFp8Params p) {
+  __shared__ float overflow[D];
+  const int64_t bh = int64_t(blockIdx.y) * p.heads + blockIdx.x;
+  const float mine = threadIdx.x < D ? p.overflow[bh * D + threadIdx.x] : 0.0f;
+  if (threadIdx.x < D) overflow[threadIdx.x] = mine;
+  if (!__syncthreads_or(mine > 0.0f)) return;
+  for (int d = 0; d < D; ++d) {
+    if (overflow[d] == 0.0f) continue;
+    const float scale = e4m3_scale(overflow[d]);
+    reencode_channel<T, D>(p, bh, d, scale);
+    if (threadIdx.x == 0) p.scale[bh * D + d] = scale;
+  }
 }
 
 }  // namespace sage

@@ -141,17 +141,20 @@ def test_quant_v_fp8_long_sequences_match_reference(d, n, dtype):
 @pytest.mark.parametrize("d", [64, 128])
 @pytest.mark.parametrize("n", [200, 5000])
 def test_quant_v_fp8_repairs_channels_the_sample_missed(d, n):
-    """Values far above 16x their channel's sample maximum, at unsampled tokens of several
-    CTAs, and a channel zero at every sampled token: the e4m3 pass's repair path."""
+    """Values above 16x their channel's sample maximum (at most about 4 for 64 normal
+    samples), at unsampled tokens of two CTAs, and a channel zero at every sampled token: the
+    e4m3 pass's repair path. (Much larger outliers would dominate the output, whose error
+    is then e4m3 P's on their terms, whatever V's scale.)"""
     v = make_qkv(b=2, hq=3, nq=n, d=d, layout="NHD", device=DEV)[2]
     missed = [t for t in range(n) if t not in set(R.sample_tokens(n))]
-    v[0, missed[0], 1, 5] = 2000.0
-    v[0, missed[-1], 1, 5] = -3000.0  # another CTA of the same head and channel
+    v[0, missed[0], 1, 5] = 80.0
+    v[0, missed[-1], 1, 5] = -100.0  # another CTA of the same head and channel
     v[1, :, 2, d - 1] = 0
     v[1, missed[len(missed) // 2], 2, d - 1] = 0.25
     assert_v_fp8_matches_reference(v, 1)
     got_v, got_s = ops.quant_v_fp8(v, 1)
-    assert got_s[0, 1, 5] == 3000.0 / 448 and got_s[1, 2, d - 1] == 0.25 / 448
+    torch.testing.assert_close(got_s[0, 1, 5], torch.tensor(100.0 / 448, device=DEV), rtol=1e-6, atol=0)
+    torch.testing.assert_close(got_s[1, 2, d - 1], torch.tensor(0.25 / 448, device=DEV), rtol=1e-6, atol=0)
     deq = R.dequant_v_fp8(got_v, n)  # [B, H, N, D] in units of the scale
     assert deq[0, 1, missed[-1], 5] == -448 and deq[1, 2, missed[len(missed) // 2], d - 1] == 448
     q, k, _ = make_qkv(b=2, hq=3, nq=n, d=d, layout="NHD", device=DEV)
