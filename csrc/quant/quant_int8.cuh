@@ -104,15 +104,19 @@ __device__ __forceinline__ const T* head_rows(const QuantInt8Params& p, int batc
 }
 
 // K's smoothing vector: each channel's fp32 mean over the head's token sample, summed in
-// sample order. One CTA a (head, batch), one thread a channel.
+// sample order. One CTA a (head, batch).
 template <typename T, int D>
-__global__ void __launch_bounds__(D) sample_mean_kernel(const __grid_constant__ QuantInt8Params p,
-                                                        const __grid_constant__ token_sample::Sample sample,
-                                                        float* mean) {
+__global__ void __launch_bounds__(token_sample::SampleTile<T, D>::kThreads)
+    sample_mean_kernel(const __grid_constant__ QuantInt8Params p, const __grid_constant__ token_sample::Sample sample,
+                       float* mean) {
+  __shared__ __align__(16) token_sample::SampleTile<T, D> tile;
   const int head = blockIdx.x, batch = blockIdx.y;
-  const float sum = token_sample::fold_channel(sample, head_rows<T>(p, batch, head), p.x_stride_n, threadIdx.x, 0.0f,
-                                               [](float a, float b) { return a + b; });
-  mean[(int64_t(batch) * p.heads + head) * D + threadIdx.x] = sum / float(sample.count);
+  tile.load(sample, head_rows<T>(p, batch, head), p.x_stride_n);
+  __syncthreads();
+  if (threadIdx.x < D) {
+    const float sum = tile.fold(sample, threadIdx.x, 0.0f, [](float a, float b) { return a + b; });
+    mean[(int64_t(batch) * p.heads + head) * D + threadIdx.x] = sum / float(sample.count);
+  }
 }
 
 // One CTA a chunk; the mean, if any, comes from p.mean.

@@ -47,16 +47,19 @@ __device__ __forceinline__ const T* v_rows(const QuantVFp8Params& p) {
 __device__ __forceinline__ float e4m3_scale(float amax) { return amax > 0.0f ? amax / QuantVFp8Shape::kE4m3Max : 1.0f; }
 
 // Each channel's limit from the head's token sample (token_sample.cuh), and its overflow
-// cleared for the e4m3 pass. One CTA a (head, batch), one thread a channel.
+// cleared for the e4m3 pass. One CTA a (head, batch).
 template <typename T, int D>
-__global__ void __launch_bounds__(D) sample_limit_kernel(const __grid_constant__ QuantVFp8Params p,
-                                                         const __grid_constant__ token_sample::Sample sample) {
+__global__ void __launch_bounds__(token_sample::SampleTile<T, D>::kThreads)
+    sample_limit_kernel(const __grid_constant__ QuantVFp8Params p, const __grid_constant__ token_sample::Sample sample) {
+  __shared__ __align__(16) token_sample::SampleTile<T, D> tile;
   const int64_t bh = int64_t(blockIdx.y) * p.heads + blockIdx.x;
-  const T* rows = static_cast<const T*>(p.v) + blockIdx.y * p.v_stride_b + blockIdx.x * p.v_stride_h;
-  const float amax = token_sample::fold_channel(sample, rows, p.v_stride_n, threadIdx.x, 0.0f,
-                                                [](float a, float b) { return fmaxf(a, fabsf(b)); });
-  p.limit[bh * D + threadIdx.x] = QuantVFp8Shape::kHeadroom * amax;
-  p.overflow[bh * D + threadIdx.x] = 0.0f;
+  tile.load(sample, static_cast<const T*>(p.v) + blockIdx.y * p.v_stride_b + blockIdx.x * p.v_stride_h, p.v_stride_n);
+  __syncthreads();
+  if (threadIdx.x < D) {
+    const float amax = tile.fold(sample, threadIdx.x, 0.0f, [](float a, float b) { return fmaxf(a, fabsf(b)); });
+    p.limit[bh * D + threadIdx.x] = QuantVFp8Shape::kHeadroom * amax;
+    p.overflow[bh * D + threadIdx.x] = 0.0f;
+  }
 }
 
 // kKeys keys of V staged in shared memory, so that the transposed writes read channels,

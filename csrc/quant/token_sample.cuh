@@ -37,9 +37,7 @@ __host__ __device__ constexpr int token(int i, int len) {
 }
 
 // The sample of a `len` >= 1 token sequence, drawn on the host and passed to the kernels as a
-// parameter; tokens past `count` are token 0, so that every load is unconditional and all 64
-// are in flight at once. (Drawn in the kernel, or with each load behind its own condition,
-// the loads went one at a time: 29-33 us a sample on H100.)
+// parameter; tokens past `count` are token 0, so that every load is valid.
 struct Sample {
   int count;
   int tokens[kTokens];
@@ -51,19 +49,37 @@ inline Sample draw(int len) {
   return s;
 }
 
-// Channel `d` of the sample, `rows` pointing at token 0 and tokens `stride` elements apart,
-// folded in token order by `merge` from `init`.
-template <typename T, typename Merge>
-__device__ __forceinline__ float fold_channel(const Sample& s, const T* rows, int64_t stride, int d, float init,
-                                              Merge merge) {
-  float x[kTokens];
+// A head's sampled rows staged in shared memory by kThreads threads, 16 bytes a load and
+// every load in flight at once; then one thread a channel folds its column in token order.
+// (One thread a channel loading its 64 values itself kept about 18 loads in flight: 4.5 us
+// a sample kernel on H100; with each load behind a condition, one at a time: 29 us.)
+template <typename T, int D>
+struct SampleTile {
+  static constexpr int kThreads = 256, kLanesPerRow = D / 8;
+  T rows[kTokens][D];
+
+  __device__ void load(const Sample& s, const T* head, int64_t stride) {
+    constexpr int kLoads = kTokens * kLanesPerRow / kThreads;
+    static_assert(kLoads * kThreads == kTokens * kLanesPerRow, "whole loads a thread");
+    const int lane = threadIdx.x % kLanesPerRow, r0 = threadIdx.x / kLanesPerRow;
+    uint4 raw[kLoads];
 #pragma unroll
-  for (int i = 0; i < kTokens; ++i) x[i] = to_float(rows[s.tokens[i] * stride + d]);
-  float acc = init;
+    for (int i = 0; i < kLoads; ++i) {
+      const int r = r0 + i * (kThreads / kLanesPerRow);
+      raw[i] = *reinterpret_cast<const uint4*>(head + s.tokens[r] * stride + 8 * lane);
+    }
 #pragma unroll
-  for (int i = 0; i < kTokens; ++i)
-    if (i < s.count) acc = merge(acc, x[i]);
-  return acc;
-}
+    for (int i = 0; i < kLoads; ++i) reinterpret_cast<uint4*>(rows[r0 + i * (kThreads / kLanesPerRow)])[lane] = raw[i];
+  }
+
+  // Channel d folded by `merge` from `init` over the sample's tokens in order (after the
+  // barrier that follows `load`).
+  template <typename Merge>
+  __device__ float fold(const Sample& s, int d, float init, Merge merge) const {
+    float acc = init;
+    for (int i = 0; i < s.count; ++i) acc = merge(acc, to_float(rows[i][d]));
+    return acc;
+  }
+};
 
 }  // namespace sage::token_sample
