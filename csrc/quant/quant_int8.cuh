@@ -7,9 +7,9 @@
 // notion of granularity: it dequantizes with scale[row] * scale[col].
 //
 // One pass over memory: a CTA stages its whole chunk of rows in shared memory
-// (cp.async), reduces the group maxima there and quantizes what it holds. K's smoothing
-// vector comes from a sample of its tokens (token_sample.cuh), not from a pass of its own. (Reading the
-// chunk twice, once for the maxima and once to quantize, cost 1.6x the time on H100.)
+// (cp.async), reduces the group maxima there and quantizes what it holds. (Reading the
+// chunk twice, once for the maxima and once to quantize, cost 1.6x the time on H100.) K's
+// smoothing vector comes from a sample of its tokens (token_sample.cuh), not a pass of its own.
 // Shared memory, not registers: held in registers the chunk took 95 registers a thread
 // at head dim 128, two CTAs an SM, too few bytes in flight for the memory (2.0 TB/s on
 // H200); staged, no register holds it and six CTAs fit.
