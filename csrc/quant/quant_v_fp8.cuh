@@ -123,85 +123,79 @@ struct ByteTile {
   }
 };
 
-// Channel d of the head again, scaled by 1 / `scale`, by the CTA's threads: each 16 keys
-// (one 16-byte chunk of the V^T row) straight from global memory, 2-byte loads a row apart.
+// Keys [k0, k0 + kKeys) of the head (`rows` at its token 0, `out` at its V^T) to e4m3, this
+// thread's channel scaled by 1 / `scale`; returns the |v| maximum of the thread's share of
+// them. The threads issue all their loads at once (kKeys rows in flight), stage the keys in
+// shared memory, then each encodes one channel's share of them (kKeys / (kThreads / D) keys)
+// as permuted e4m3 bytes, which go out through a ByteTile in the keys' place; keys past the
+// sequence end are written as zeros. Against 64 keys a CTA of 128 threads (at head dim 64
+// half of them idle while writing), on H200 at B=4 H=32, before the ByteTile: the op 7.7%
+// faster at hd64 16k and 2.0% at 8k, unchanged at hd128 4k-16k
+// (bench/results/h200-7f5e090-v-pass-ab.txt).
 template <typename T, int D>
-__device__ void reencode_channel(const QuantVFp8Params& p, int64_t bh, int d, float scale) {
-  const T* rows = static_cast<const T*>(p.v) + blockIdx.y * p.v_stride_b + blockIdx.x * p.v_stride_h + d;
-  uint8_t* row = static_cast<uint8_t*>(p.out) + (bh * D + d) * p.padded_len;
-  const float inv = 1.0f / scale;
-  for (int k0 = 16 * threadIdx.x; k0 < p.padded_len; k0 += 16 * blockDim.x) {
-    auto val = [&](int s) {  // slot k0 + s of the row
-      const int key = (k0 & ~31) + permuted_key((k0 + s) & 31);
-      return key < p.len ? to_float(rows[key * p.v_stride_n]) * inv : 0.0f;
-    };
-    uint32_t words[4];
-#pragma unroll
-    for (int w = 0; w < 4; ++w)
-      words[w] = ptx::cvt_e4m3x2(val(4 * w), val(4 * w + 1)) | uint32_t(ptx::cvt_e4m3x2(val(4 * w + 2), val(4 * w + 3))) << 16;
-    *reinterpret_cast<uint4*>(row + k0) = make_uint4(words[0], words[1], words[2], words[3]);
-  }
-}
-
-// The e4m3 pass: one CTA per kKeys keys, after sample_limit_kernel. Its threads issue all
-// their loads at once (kKeys rows in flight), stage the keys in shared memory, then each
-// encodes one channel's share of them (kKeys / (kThreads / D) keys) as permuted e4m3 bytes,
-// the channel's limit mapped to 448, which go out through a ByteTile in the keys' place;
-// keys past the sequence end are written as zeros. A thread whose share holds a value above
-// the limit (the sample missed an outlier) records its largest, for v_fp8_repair_kernel.
-// Against 64 keys a CTA of 128 threads (at head dim 64 half of them idle while writing), on
-// H200 at B=4 H=32, before the ByteTile: the op 7.7% faster at hd64 16k and 2.0% at 8k,
-// unchanged at hd128 4k-16k (bench/results/h200-7f5e090-v-pass-ab.txt).
-template <typename T, int D>
-__global__ void __launch_bounds__(QuantVFp8Shape::kThreads) v_fp8_kernel(const __grid_constant__ QuantVFp8Params p) {
+__device__ __forceinline__ float encode_tile(const QuantVFp8Params& p, const T* rows, uint8_t* out, int k0, float scale,
+                                             KeyTile<T, D, QuantVFp8Shape::kKeys>& keys) {
   using Shape = QuantVFp8Shape;
   using Rows = int8::RowChunk<D, Shape::kThreads, Shape::kKeys>;
   constexpr int kShares = Shape::kThreads / D, kShareKeys = Shape::kKeys / kShares;
-  __shared__ __align__(16) KeyTile<T, D, Shape::kKeys> keys;
-
-  const int k0 = blockIdx.x * Shape::kKeys;
   uint4 raw[Rows::kPasses];
-  Rows::load(v_rows<T>(p) + int64_t(k0) * p.v_stride_n, p.v_stride_n, p.len - k0, threadIdx.x, raw);
+  Rows::load(rows + int64_t(k0) * p.v_stride_n, p.v_stride_n, p.len - k0, threadIdx.x, raw);
 #pragma unroll
   for (int i = 0; i < Rows::kPasses; ++i)
     *reinterpret_cast<uint4*>(&keys[Rows::row(threadIdx.x, i)][Rows::lane_in_row(threadIdx.x) * 8]) = raw[i];
   __syncthreads();
 
   const int d = threadIdx.x % D, share = threadIdx.x / D;
-  const int64_t bh = int64_t(blockIdx.z) * p.heads + blockIdx.y;
-  const float limit = p.limit[bh * D + d], scale = e4m3_scale(limit);
-  if (blockIdx.x == 0 && share == 0) p.scale[bh * D + d] = scale;
   uint4 chunks[kShareKeys / 16];
   const float amax = encode_channel<T, D, kShareKeys>(keys + share * kShareKeys, d, 1.0f / scale, chunks);
-  if (amax > limit) int8::atomic_amax(&p.overflow[bh * D + d], amax);
   using Bytes = ByteTile<D, Shape::kKeys>;
   static_assert(sizeof(Bytes) <= sizeof(keys), "the bytes fit where the keys were");
   auto& bytes = *reinterpret_cast<Bytes*>(&keys);
   __syncthreads();  // every key read
   bytes.put(d, share * kShareKeys, chunks);
   __syncthreads();
-  bytes.template write<Shape::kThreads>(static_cast<uint8_t*>(p.out) + bh * D * p.padded_len + k0, p.padded_len, threadIdx.x);
+  bytes.template write<Shape::kThreads>(out + k0, p.padded_len, threadIdx.x);
+  return amax;
 }
 
-// After the e4m3 pass, one CTA a (head, batch): the channels with an overflow are encoded
-// again with the scale of their maximum, so that no value saturates. A channel's scale is
-// thus e4m3_scale(max(limit, |v| maximum)). A separate launch (1.6 us on H100 when nothing
-// overflowed): with the head's last CTA doing it instead (a fence and an atomic in every CTA,
+// The e4m3 pass: one CTA per kKeys keys, after sample_limit_kernel; each channel's limit maps
+// to 448. A thread whose share of the keys holds a value above the limit (the sample missed
+// an outlier) records its largest, for v_fp8_repair_kernel.
+template <typename T, int D>
+__global__ void __launch_bounds__(QuantVFp8Shape::kThreads) v_fp8_kernel(const __grid_constant__ QuantVFp8Params p) {
+  __shared__ __align__(16) KeyTile<T, D, QuantVFp8Shape::kKeys> keys;
+  const int d = threadIdx.x % D;
+  const int64_t bh = int64_t(blockIdx.z) * p.heads + blockIdx.y;
+  const float limit = p.limit[bh * D + d], scale = e4m3_scale(limit);
+  if (blockIdx.x == 0 && threadIdx.x < D) p.scale[bh * D + d] = scale;
+  const float amax = encode_tile<T, D>(p, v_rows<T>(p), static_cast<uint8_t*>(p.out) + bh * D * p.padded_len,
+                                       blockIdx.x * QuantVFp8Shape::kKeys, scale, keys);
+  if (amax > limit) int8::atomic_amax(&p.overflow[bh * D + d], amax);
+}
+
+// After the e4m3 pass, one CTA a (head, batch): a head with an overflow is encoded again,
+// each channel with the scale of max(limit, overflow), so that no value saturates; a
+// channel's scale is thus e4m3_scale(max(limit, |v| maximum)). Channels without an overflow
+// are rewritten with the bytes they had. A launch of its own, 1.6 us on H100 when nothing
+// overflowed: with the head's last CTA doing it instead (a fence and an atomic in every CTA,
 // 47 registers) the pass took 72 us at 4k hd128, against 68.4 + 1.7 us for the two kernels
-// (profiler, the H100s of two calls).
+// (profiler, the H100s of two calls). Re-encoding a channel at a time from strided 2-byte
+// loads instead took 2.1 ms at 4k hd128 with every channel repaired (78 us normally).
 template <typename T, int D>
 __global__ void __launch_bounds__(QuantVFp8Shape::kThreads) v_fp8_repair_kernel(const __grid_constant__ QuantVFp8Params p) {
-  __shared__ float overflow[D];
+  __shared__ __align__(16) KeyTile<T, D, QuantVFp8Shape::kKeys> keys;
+  const int d = threadIdx.x % D;
   const int64_t bh = int64_t(blockIdx.y) * p.heads + blockIdx.x;
-  const float mine = threadIdx.x < D ? p.overflow[bh * D + threadIdx.x] : 0.0f;
-  if (threadIdx.x < D) overflow[threadIdx.x] = mine;
-  if (!__syncthreads_or(mine > 0.0f)) return;
-  for (int d = 0; d < D; ++d) {
-    if (overflow[d] == 0.0f) continue;
-    const float scale = e4m3_scale(overflow[d]);
-    reencode_channel<T, D>(p, bh, d, scale);
-    if (threadIdx.x == 0) p.scale[bh * D + d] = scale;
+  const float overflow = p.overflow[bh * D + d];
+  if (!__syncthreads_or(overflow > 0.0f)) return;
+  const float scale = e4m3_scale(fmaxf(p.limit[bh * D + d], overflow));
+  const T* rows = static_cast<const T*>(p.v) + blockIdx.y * p.v_stride_b + blockIdx.x * p.v_stride_h;
+  uint8_t* out = static_cast<uint8_t*>(p.out) + bh * D * p.padded_len;
+  for (int k0 = 0; k0 < p.padded_len; k0 += QuantVFp8Shape::kKeys) {
+    encode_tile<T, D>(p, rows, out, k0, scale, keys);
+    __syncthreads();  // the tile's bytes are written out before the next keys take their place
   }
+  if (threadIdx.x < D) p.scale[bh * D + d] = scale;
 }
 
 }  // namespace sage
