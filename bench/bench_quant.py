@@ -5,6 +5,10 @@ bytes an op must move at least (read 2 bytes, write 1 byte an element), and save
 with the GPU, shapes, dtype and commit as JSON.
 
     python bench/bench_quant.py --n 1024 4096 --hd 128 --out bench_quant.json
+
+``--sample-missed`` zeroes the tokens of each head's sample (``reference.sample_tokens``):
+V's sampled maxima are then 0, so every channel of every head overflows its limit and takes
+``quant_v_fp8``'s repair path, the op's worst case.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_attention as ba  # noqa: E402  (timing, environment; puts an in-place build first)
 
-from sageattention import quant  # noqa: E402
+from sageattention import quant, reference  # noqa: E402
 
 OPS = ("quant_int8_smooth", "quant_v_fp8")
 
@@ -34,6 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--min-ms", type=float, default=50.0, help="time at least this much per measurement")
+    p.add_argument("--sample-missed", action="store_true",
+                   help="zero every head's sampled tokens: quant_v_fp8 repairs every channel (its worst case)")
     p.add_argument("--out", type=Path, default=Path("bench_quant.json"))
     args = p.parse_args(argv)
     args.gran = "per_thread"  # K's groups (recorded by bench_attention.environment)
@@ -55,12 +61,14 @@ def main(argv=None) -> int:
     if not ba.sageattention.extension_loaded():
         print(f"bench_quant: sageattention._C not loaded: {ba.sageattention.extension_error()}", file=sys.stderr)
         return 2
-    env = ba.environment(args)
+    env = {**ba.environment(args), "sample_missed": args.sample_missed}
     print(json.dumps(env), flush=True)
     rows = []
     for d in args.hd:
         for n in args.n:
             x = torch.randn(args.batch, args.heads, n, d, device=ba.DEVICE, dtype=ba.DTYPES[args.dtype])
+            if args.sample_missed:
+                x[:, :, reference.sample_tokens(n)] = 0
             for op in OPS:
                 ms = ba.bench_ms(op_call(op, x), args.warmup, args.reps, args.min_ms)
                 row = {"op": op, "B": args.batch, "H": args.heads, "N": n, "D": d, "us": ms * 1e3,

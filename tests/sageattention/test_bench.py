@@ -101,6 +101,7 @@ def test_bench_quant_without_gpu_exits_2(tmp_path):
     bq = load_script(ROOT / "bench" / "bench_quant.py")
     args = bq.parse_args([])
     assert args.n == [1024, 2048, 4096, 8192] and args.hd == [128, 64] and args.gran == "per_thread"
+    assert not args.sample_missed and bq.parse_args(["--sample-missed"]).sample_missed
     assert bq.main(["--out", str(tmp_path / "q.json")]) == 2
     assert not (tmp_path / "q.json").exists()
 
