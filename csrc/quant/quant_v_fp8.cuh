@@ -30,8 +30,9 @@ struct QuantVFp8Shape {
   static constexpr int kThreads = 256, kKeys = 128;  // a CTA of the e4m3 pass
   static constexpr float kE4m3Max = 448.0f;
   // The sample's |v| maximum times this maps to kE4m3Max. A channel's maximum over the whole
-  // sequence is rarely far above that of 64 tokens (1.5x for normal data), and a range 16x
-  // wider than needed costs e4m3 nothing but values below 2^-6 of its top / 448 (subnormals).
+  // sequence is rarely far above that of 64 tokens (1.5x for normal data), and e4m3 is
+  // floating point: the wider range costs precision only to values under 16 x 2^-6 / 448 =
+  // 1/1792 of the sample maximum, which become subnormal.
   static constexpr float kHeadroom = 16.0f;
 };
 
@@ -40,8 +41,8 @@ __host__ __device__ constexpr int permuted_key(int slot) {  // slot in 0..31 -> 
 }
 
 template <typename T>
-__device__ __forceinline__ const T* v_rows(const QuantVFp8Params& p) {
-  return static_cast<const T*>(p.v) + blockIdx.z * p.v_stride_b + blockIdx.y * p.v_stride_h;
+__device__ __forceinline__ const T* v_rows(const QuantVFp8Params& p, int batch, int head) {
+  return static_cast<const T*>(p.v) + batch * p.v_stride_b + head * p.v_stride_h;
 }
 
 __device__ __forceinline__ float e4m3_scale(float amax) { return amax > 0.0f ? amax / QuantVFp8Shape::kE4m3Max : 1.0f; }
@@ -53,7 +54,7 @@ __global__ void __launch_bounds__(token_sample::SampleTile<T, D>::kThreads)
     sample_limit_kernel(const __grid_constant__ QuantVFp8Params p, const __grid_constant__ token_sample::Sample sample) {
   __shared__ __align__(16) token_sample::SampleTile<T, D> tile;
   const int64_t bh = int64_t(blockIdx.y) * p.heads + blockIdx.x;
-  tile.load(sample, static_cast<const T*>(p.v) + blockIdx.y * p.v_stride_b + blockIdx.x * p.v_stride_h, p.v_stride_n);
+  tile.load(sample, v_rows<T>(p, blockIdx.y, blockIdx.x), p.v_stride_n);
   __syncthreads();
   if (threadIdx.x < D) {
     const float amax = tile.fold(sample, threadIdx.x, 0.0f, [](float a, float b) { return fmaxf(a, fabsf(b)); });
@@ -168,8 +169,9 @@ __global__ void __launch_bounds__(QuantVFp8Shape::kThreads) v_fp8_kernel(const _
   const int64_t bh = int64_t(blockIdx.z) * p.heads + blockIdx.y;
   const float limit = p.limit[bh * D + d], scale = e4m3_scale(limit);
   if (blockIdx.x == 0 && threadIdx.x < D) p.scale[bh * D + d] = scale;
-  const float amax = encode_tile<T, D>(p, v_rows<T>(p), static_cast<uint8_t*>(p.out) + bh * D * p.padded_len,
-                                       blockIdx.x * QuantVFp8Shape::kKeys, scale, keys);
+  uint8_t* out = static_cast<uint8_t*>(p.out) + bh * D * p.padded_len;
+  const float amax = encode_tile<T, D>(p, v_rows<T>(p, blockIdx.z, blockIdx.y), out, blockIdx.x * QuantVFp8Shape::kKeys,
+                                       scale, keys);
   if (amax > limit) int8::atomic_amax(&p.overflow[bh * D + d], amax);
 }
 
@@ -189,7 +191,7 @@ __global__ void __launch_bounds__(QuantVFp8Shape::kThreads) v_fp8_repair_kernel(
   const float overflow = p.overflow[bh * D + d];
   if (!__syncthreads_or(overflow > 0.0f)) return;
   const float scale = e4m3_scale(fmaxf(p.limit[bh * D + d], overflow));
-  const T* rows = static_cast<const T*>(p.v) + blockIdx.y * p.v_stride_b + blockIdx.x * p.v_stride_h;
+  const T* rows = v_rows<T>(p, blockIdx.y, blockIdx.x);
   uint8_t* out = static_cast<uint8_t*>(p.out) + bh * D * p.padded_len;
   for (int k0 = 0; k0 < p.padded_len; k0 += QuantVFp8Shape::kKeys) {
     encode_tile<T, D>(p, rows, out, k0, scale, keys);
