@@ -185,8 +185,8 @@ struct Sm90Kernel {
   using Coord = CtaCoord;
   static constexpr float kLog2PScale = kFp8 ? 8.8073549220576041f : 0.0f;  // log2(Softmax::kPScale)
 
-  static constexpr int kConsumerBarrier = 1;  // named barrier of the consumer threads
-  static constexpr int kTurnBarrier = 2;      // + wg: consumer wg's turn to issue MMAs (ping-pong)
+  static constexpr int kTurnBarrier = 1;                            // + wg: consumer wg's turn to issue MMAs (ping-pong)
+  static constexpr int kQuantBarrier = kTurnBarrier + Tr::kConsumers;  // + wg: consumer wg's Q quantization
 
   // Tiles, one per (batch, head, query block), are numbered in runs of kHeadGroup
   // (batch, head) pairs with the longest query blocks first inside a run, and start in
@@ -321,22 +321,25 @@ struct Sm90Kernel {
     float q_scale[1][2];  // Q's scale times sm_scale * log2 e
   };
 
-  // The Q tile, 16-bit, in the consumers' registers as quant_int8 would hold it: from
-  // global memory (one CTA a tile) or from its stage (persistent).
-  using QChunk = int8::RowChunk<D, Tr::kConsumerThreads, Tr::kCtaQ>;
+  // A consumer's 64 rows of the Q tile, 16-bit, in its registers as quant_int8 would hold
+  // them: from global memory (one CTA a tile) or from its stage (persistent). Consumer
+  // wg's rows are the tile's wg * kWgQ + QChunk::row(tid % 128, i).
+  using QChunk = int8::RowChunk<D, 128, Tr::kWgQ>;
   using QRegs = uint4[QChunk::kPasses];
 
   __device__ static void load_q(const Sm90Params& p, const Coord& c, int tid, QRegs& raw) {
+    const int q0 = c.q0 + tid / 128 * Tr::kWgQ;
     QChunk::load(static_cast<const Elem*>(p.q_in) + c.batch * p.q_stride_b + c.head * p.q_stride_h +
-                     int64_t(c.q0) * p.q_stride_n,
-                 p.q_stride_n, min(Tr::kCtaQ, p.q_len - c.q0), tid, raw);
+                     int64_t(q0) * p.q_stride_n,
+                 p.q_stride_n, min(Tr::kWgQ, p.q_len - q0), tid % 128, raw);
   }
 
   __device__ static void read_q(const Smem& sm, int b, int tid, QRegs& raw) {
     sm.wait_full(b);
+    const int wg = tid / 128, w = tid % 128;
 #pragma unroll
     for (int i = 0; i < QChunk::kPasses; ++i) {
-      const uint32_t src = sm.k(b) + QChunk::row(tid, i) * D * 2 + QChunk::lane_in_row(tid) * 16;
+      const uint32_t src = sm.k(b) + (wg * Tr::kWgQ + QChunk::row(w, i)) * D * 2 + QChunk::lane_in_row(w) * 16;
       asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
                    : "=r"(raw[i].x), "=r"(raw[i].y), "=r"(raw[i].z), "=r"(raw[i].w)
                    : "r"(src));
@@ -346,15 +349,18 @@ struct Sm90Kernel {
 
   // The CTA's n-th Q tile -> INT8 in shared memory (the layout wgmma reads) and this
   // lane's row scales, by quant_int8's rule: one scale per token group, amax / 127.
-  // Groups may span consumers, so the group maxima meet in shared memory. The INT8 tile
-  // is written only once every consumer is past the previous tile's Q K^T (the first
-  // barrier). Persistent: tile n's maxima are in amax(n), and amax(n + 1) is cleared
-  // between the barriers: after tile n - 1's last reads of it, before tile n + 1's first
-  // writes.
+  // Each consumer quantizes its own rows: a group lies inside one consumer's rows (the host
+  // checks that q_group_block divides kWgQ), so the consumers need not wait for each other.
+  // A group's rows span the consumer's warps, so its maximum meets in shared memory. The
+  // consumer writes its INT8 rows once all its warps are past the previous tile's Q K^T
+  // (the first barrier). Persistent: tile n's maxima are in amax(n), and the consumer
+  // clears its groups of amax(n + 1) between the barriers: after tile n - 1's last reads
+  // of them, before tile n + 1's first writes.
   __device__ static void quantize_q(const Sm90Params& p, const Smem& sm, int n, int tid, const QRegs& raw,
                                     RowState& st) {
-    const int lane_in_row = QChunk::lane_in_row(tid);
+    const int wg = tid / 128, w = tid % 128, lane_in_row = QChunk::lane_in_row(w);
     auto group = [&](int r) { return int8::group_of(r, p.q_group_block, p.q_group_stride); };
+    auto row = [&](int i) { return wg * Tr::kWgQ + QChunk::row(w, i); };  // in the tile
     float* const q_amax = sm.amax(n);
 
 #pragma unroll
@@ -362,15 +368,15 @@ struct Sm90Kernel {
       float v[8];
       int8::unpack<Elem>(raw[i], v);
       const float amax = int8::row_amax<QChunk::kLanesPerRow>(v);
-      if (lane_in_row == 0) int8::atomic_amax(&q_amax[group(QChunk::row(tid, i))], amax);
+      if (lane_in_row == 0) int8::atomic_amax(&q_amax[group(row(i))], amax);
     }
-    named_sync(kConsumerBarrier, Tr::kConsumerThreads);
+    named_sync(kQuantBarrier + wg, 128);
     if constexpr (kPersistent)
-      if (tid < Tr::kCtaQ) sm.amax(n + 1)[tid] = 0.0f;
+      if (w < Tr::kWgQ) sm.amax(n + 1)[group(wg * Tr::kWgQ + w)] = 0.0f;
 
 #pragma unroll
     for (int i = 0; i < QChunk::kPasses; ++i) {
-      const int r = QChunk::row(tid, i);
+      const int r = row(i);
       float v[8];
       int8::unpack<Elem>(raw[i], v);
       const uint2 packed = int8::quantize(v, int8::scale_of(q_amax[group(r)]));
@@ -381,7 +387,7 @@ struct Sm90Kernel {
 #pragma unroll
     for (int h = 0; h < 2; ++h) st.q_scale[0][h] = int8::scale_of(q_amax[group(16 * warp + 8 * h + g)]) * p.q_scale_mult;
     fence_proxy_async();  // Q's st.shared, before wgmma reads it
-    named_sync(kConsumerBarrier, Tr::kConsumerThreads);
+    named_sync(kQuantBarrier + wg, 128);
   }
 
   __device__ static void pv_mma(float (&acc)[Tr::kAccTiles * 4], const uint32_t (&a)[4], uint64_t b, int scale_d) {
