@@ -100,8 +100,8 @@ __device__ __forceinline__ float encode_channel(const T (*keys)[D + 8], int d, f
 // lanes on adjacent chunks. Against each lane storing its chunks straight into a row of V^T
 // of its own (each 32-byte sector then written in two halves: ncu counted 25% of the sectors
 // as excess), on H100 at B=4 H=32: v_fp8_kernel 81.8 -> 64.6 us at 4k hd128 (DRAM 2.30 ->
-// 2.87 TB/s, ncu), the op 1.11-1.29x as fast over 1k-16k, cluster path included
-// (bench/results/h100-ec7e999-v-row-stores-ab.txt).
+// 2.87 TB/s, ncu), the op 1.11-1.29x as fast over 1k-16k (measured while short sequences
+// still took a thread-block-cluster path, since removed; bench/results/h100-ec7e999-v-row-stores-ab.txt).
 template <int D, int kKeys>
 struct ByteTile {
   static constexpr int kRowChunks = kKeys / 16;
