@@ -326,6 +326,12 @@ struct Sm90Kernel {
   // wg's rows are the tile's wg * kWgQ + QChunk::row(tid % 128, i).
   using QChunk = int8::RowChunk<D, 128, Tr::kWgQ>;
   using QRegs = uint4[QChunk::kPasses];
+  // per_thread's groups (sageattention.quant: WARP_Q = 32 rows, rows congruent mod 8) where a
+  // pass covers 8 rows (head dim 128): each group is kLocalGroupPasses passes of one
+  // half-warp's lanes, so quantize_q takes its maximum without shared-memory atomics.
+  static constexpr int kLocalGroupBlock = 32;
+  static constexpr bool kLocalGroups = QChunk::kRowsPerPass == 8;
+  static constexpr int kLocalGroupPasses = kLocalGroupBlock / QChunk::kRowsPerPass;
 
   __device__ static void load_q(const Sm90Params& p, const Coord& c, int tid, QRegs& raw) {
     const int q0 = c.q0 + tid / 128 * Tr::kWgQ;
@@ -351,37 +357,65 @@ struct Sm90Kernel {
   // lane's row scales, by quant_int8's rule: one scale per token group, amax / 127.
   // Each consumer quantizes its own rows: a group lies inside one consumer's rows (the host
   // checks that q_group_block divides kWgQ), so the consumers need not wait for each other.
-  // A group's rows span the consumer's warps, so its maximum meets in shared memory. The
-  // consumer writes its INT8 rows once all its warps are past the previous tile's Q K^T
-  // (the first barrier). Persistent: tile n's maxima are in amax(n), and the consumer
-  // clears its groups of amax(n + 1) between the barriers: after tile n - 1's last reads
-  // of them, before tile n + 1's first writes.
+  // A consumer writes its INT8 rows once all its warps are past the previous tile's Q K^T
+  // (the first barrier). The group maxima meet in shared memory, for the row scales of the
+  // lanes whose accumulator rows they are (and, but for kLocalGroups, for the quantization
+  // itself). Persistent: tile n's maxima are in amax(n), and the consumer clears its groups
+  // of amax(n + 1) between the barriers: after tile n - 1's last reads of them, before tile
+  // n + 1's first writes.
   __device__ static void quantize_q(const Sm90Params& p, const Smem& sm, int n, int tid, const QRegs& raw,
                                     RowState& st) {
     const int wg = tid / 128, w = tid % 128, lane_in_row = QChunk::lane_in_row(w);
     auto group = [&](int r) { return int8::group_of(r, p.q_group_block, p.q_group_stride); };
     auto row = [&](int i) { return wg * Tr::kWgQ + QChunk::row(w, i); };  // in the tile
     float* const q_amax = sm.amax(n);
-
+    float amax[QChunk::kPasses];
 #pragma unroll
     for (int i = 0; i < QChunk::kPasses; ++i) {
       float v[8];
       int8::unpack<Elem>(raw[i], v);
-      const float amax = int8::row_amax<QChunk::kLanesPerRow>(v);
-      if (lane_in_row == 0) int8::atomic_amax(&q_amax[group(row(i))], amax);
+      amax[i] = int8::lane_amax(v);
     }
-    named_sync(kQuantBarrier + wg, 128);
-    if constexpr (kPersistent)
-      if (w < Tr::kWgQ) sm.amax(n + 1)[group(wg * Tr::kWgQ + w)] = 0.0f;
-
-#pragma unroll
-    for (int i = 0; i < QChunk::kPasses; ++i) {
-      const int r = row(i);
+    // Writes pass i quantized by `scale` (once the first barrier is passed).
+    auto write = [&](int i, float scale) {
       float v[8];
       int8::unpack<Elem>(raw[i], v);
-      const uint2 packed = int8::quantize(v, int8::scale_of(q_amax[group(r)]));
-      const uint32_t dst = sm.q + SwizzledTile<D>::offset(r, lane_in_row / 2) + 8 * (lane_in_row % 2);
+      const uint2 packed = int8::quantize(v, scale);
+      const uint32_t dst = sm.q + SwizzledTile<D>::offset(row(i), lane_in_row / 2) + 8 * (lane_in_row % 2);
       asm volatile("st.shared.v2.b32 [%0], {%1, %2};\n" ::"r"(dst), "r"(packed.x), "r"(packed.y) : "memory");
+    };
+    auto clear_next = [&] {
+      if constexpr (kPersistent)
+        if (w < Tr::kWgQ) sm.amax(n + 1)[group(wg * Tr::kWgQ + w)] = 0.0f;
+    };
+    if (kLocalGroups && p.q_group_block == kLocalGroupBlock && p.q_group_stride == QChunk::kRowsPerPass) {
+      // A lane's passes hold the rows of kLocalGroupPasses-pass runs, one group each, and
+      // a group's other rows are in the same passes of its row's other lanes.
+      constexpr int kGroups = QChunk::kPasses / kLocalGroupPasses;
+      float scale[kGroups];
+#pragma unroll
+      for (int k = 0; k < kGroups; ++k) {
+        float m = amax[k * kLocalGroupPasses];
+#pragma unroll
+        for (int i = 1; i < kLocalGroupPasses; ++i) m = fmaxf(m, amax[k * kLocalGroupPasses + i]);
+        m = int8::row_max<QChunk::kLanesPerRow>(m);
+        if (lane_in_row == 0) q_amax[group(row(k * kLocalGroupPasses))] = m;
+        scale[k] = int8::scale_of(m);
+      }
+      named_sync(kQuantBarrier + wg, 128);
+      clear_next();
+#pragma unroll
+      for (int i = 0; i < QChunk::kPasses; ++i) write(i, scale[i / kLocalGroupPasses]);
+    } else {
+#pragma unroll
+      for (int i = 0; i < QChunk::kPasses; ++i) {
+        const float m = int8::row_max<QChunk::kLanesPerRow>(amax[i]);
+        if (lane_in_row == 0) int8::atomic_amax(&q_amax[group(row(i))], m);
+      }
+      named_sync(kQuantBarrier + wg, 128);
+      clear_next();
+#pragma unroll
+      for (int i = 0; i < QChunk::kPasses; ++i) write(i, int8::scale_of(q_amax[group(row(i))]));
     }
     const int warp = tid / 32, g = tid % 32 / 4;
 #pragma unroll
