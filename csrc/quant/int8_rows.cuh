@@ -82,7 +82,8 @@ __device__ __forceinline__ void atomic_amax(float* dst, float amax) {
 __device__ __forceinline__ float scale_of(float amax) { return amax > 0.0f ? amax / 127.0f : 1.0f; }
 
 // 8 values -> 8 int8 (little-endian in two words). No clamp: |v| <= the group's amax keeps
-// v / scale at most 127 (1 + 2^-23) in magnitude, which rounds to 127. Byte permutes gather
+// v / scale within a few ulps of 127 in magnitude (the divisions are approximate under
+// --use_fast_math), which rounds to 127. Byte permutes gather
 // the low bytes of the 32-bit integers (two's complement), 3 instructions for 4 values.
 __device__ __forceinline__ uint2 quantize(const float (&v)[8], float scale) {
   const float inv = 1.0f / scale;
