@@ -323,8 +323,9 @@ struct Sm90Kernel {
 
   // A consumer's 64 rows of the Q tile, 16-bit, in its registers as quant_int8 would hold
   // them: from global memory (one CTA a tile) or from its stage (persistent). Consumer
-  // wg's rows are the tile's wg * kWgQ + QChunk::row(tid % 128, i).
+  // thread tid's rows are the tile's first_row(tid) + QChunk::row(tid % 128, i).
   using QChunk = int8::RowChunk<D, 128, Tr::kWgQ>;
+  __device__ static int first_row(int tid) { return tid / 128 * Tr::kWgQ; }  // its consumer's, in the tile
   using QRegs = uint4[QChunk::kPasses];
   // per_thread's groups (sageattention.quant: WARP_Q = 32 rows, rows congruent mod 8) where a
   // pass covers 8 rows (head dim 128): each group is kLocalGroupPasses passes of one
@@ -334,7 +335,7 @@ struct Sm90Kernel {
   static constexpr int kLocalGroupPasses = kLocalGroupBlock / QChunk::kRowsPerPass;
 
   __device__ static void load_q(const Sm90Params& p, const Coord& c, int tid, QRegs& raw) {
-    const int q0 = c.q0 + tid / 128 * Tr::kWgQ;
+    const int q0 = c.q0 + first_row(tid);
     QChunk::load(static_cast<const Elem*>(p.q_in) + c.batch * p.q_stride_b + c.head * p.q_stride_h +
                      int64_t(q0) * p.q_stride_n,
                  p.q_stride_n, min(Tr::kWgQ, p.q_len - q0), tid % 128, raw);
@@ -342,10 +343,10 @@ struct Sm90Kernel {
 
   __device__ static void read_q(const Smem& sm, int b, int tid, QRegs& raw) {
     sm.wait_full(b);
-    const int wg = tid / 128, w = tid % 128;
+    const int w = tid % 128;
 #pragma unroll
     for (int i = 0; i < QChunk::kPasses; ++i) {
-      const uint32_t src = sm.k(b) + (wg * Tr::kWgQ + QChunk::row(w, i)) * D * 2 + QChunk::lane_in_row(w) * 16;
+      const uint32_t src = sm.k(b) + (first_row(tid) + QChunk::row(w, i)) * D * 2 + QChunk::lane_in_row(w) * 16;
       asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
                    : "=r"(raw[i].x), "=r"(raw[i].y), "=r"(raw[i].z), "=r"(raw[i].w)
                    : "r"(src));
@@ -360,14 +361,15 @@ struct Sm90Kernel {
   // A consumer writes its INT8 rows once all its warps are past the previous tile's Q K^T
   // (the first barrier). The group maxima meet in shared memory, for the row scales of the
   // lanes whose accumulator rows they are (and, but for kLocalGroups, for the quantization
-  // itself). Persistent: tile n's maxima are in amax(n), and the consumer clears its groups
-  // of amax(n + 1) between the barriers: after tile n - 1's last reads of them, before tile
-  // n + 1's first writes.
+  // itself). Persistent: tile n's maxima are in amax(n). The atomic path takes maxima onto
+  // zeros, so there the consumer clears its groups of amax(n + 1) between the barriers:
+  // after tile n - 1's last reads of them, before tile n + 1's first atomics. kLocalGroups
+  // stores every group's maximum outright.
   __device__ static void quantize_q(const Sm90Params& p, const Smem& sm, int n, int tid, const QRegs& raw,
                                     RowState& st) {
     const int wg = tid / 128, w = tid % 128, lane_in_row = QChunk::lane_in_row(w);
     auto group = [&](int r) { return int8::group_of(r, p.q_group_block, p.q_group_stride); };
-    auto row = [&](int i) { return wg * Tr::kWgQ + QChunk::row(w, i); };  // in the tile
+    auto row = [&](int i) { return first_row(tid) + QChunk::row(w, i); };  // in the tile
     float* const q_amax = sm.amax(n);
     float amax[QChunk::kPasses];
 #pragma unroll
@@ -384,10 +386,6 @@ struct Sm90Kernel {
       const uint32_t dst = sm.q + SwizzledTile<D>::offset(row(i), lane_in_row / 2) + 8 * (lane_in_row % 2);
       asm volatile("st.shared.v2.b32 [%0], {%1, %2};\n" ::"r"(dst), "r"(packed.x), "r"(packed.y) : "memory");
     };
-    auto clear_next = [&] {
-      if constexpr (kPersistent)
-        if (w < Tr::kWgQ) sm.amax(n + 1)[group(wg * Tr::kWgQ + w)] = 0.0f;
-    };
     if (kLocalGroups && p.q_group_block == kLocalGroupBlock && p.q_group_stride == QChunk::kRowsPerPass) {
       // A lane's passes hold the rows of kLocalGroupPasses-pass runs, one group each, and
       // a group's other rows are in the same passes of its row's other lanes.
@@ -403,7 +401,6 @@ struct Sm90Kernel {
         scale[k] = int8::scale_of(m);
       }
       named_sync(kQuantBarrier + wg, 128);
-      clear_next();
 #pragma unroll
       for (int i = 0; i < QChunk::kPasses; ++i) write(i, scale[i / kLocalGroupPasses]);
     } else {
@@ -413,7 +410,7 @@ struct Sm90Kernel {
         if (lane_in_row == 0) int8::atomic_amax(&q_amax[group(row(i))], m);
       }
       named_sync(kQuantBarrier + wg, 128);
-      clear_next();
+      if (kPersistent && w < Tr::kWgQ) sm.amax(n + 1)[group(first_row(tid) + w)] = 0.0f;
 #pragma unroll
       for (int i = 0; i < QChunk::kPasses; ++i) write(i, int8::scale_of(q_amax[group(row(i))]));
     }
