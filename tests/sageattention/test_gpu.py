@@ -146,7 +146,8 @@ def test_quant_v_fp8_repairs_channels_the_sample_missed(d, n):
     e4m3 pass's repair path. (Much larger outliers would dominate the output, whose error
     is then e4m3 P's on their terms, whatever V's scale.)"""
     v = make_qkv(b=2, hq=3, nq=n, d=d, layout="NHD", device=DEV)[2]
-    missed = [t for t in range(n) if t not in set(R.sample_tokens(n))]
+    sample = set(R.sample_tokens(n))
+    missed = [t for t in range(n) if t not in sample]
     v[0, missed[0], 1, 5] = 80.0
     v[0, missed[-1], 1, 5] = -100.0  # another CTA of the same head and channel
     v[1, :, 2, d - 1] = 0
@@ -162,6 +163,33 @@ def test_quant_v_fp8_repairs_channels_the_sample_missed(d, n):
 
 
 # ------------------------------------------------------------- attention ops vs reference
+def op_and_reference(kernel, q, k, v, causal, gran):
+    """The attention op of ``kernel`` and the reference op on the same quantized inputs (HND,
+    K smoothed by its mean) -> (got, want, (k_int8, k_scale)), got and want (out, lse)."""
+    ki, ks = ops.quant_int8(k, k.mean(2, dtype=torch.float32), 0, gran.k.block, gran.k.stride, 1.0)
+    sm_scale = q.shape[-1] ** -0.5
+    got = core._run_kernel(ops, kernel, q, ki, ks, v, 0, gran, sm_scale, causal, True)
+    want = core._run_kernel(R, kernel, q, ki, ks, v, 0, gran, sm_scale, causal, True)
+    return got, want, (ki, ks)
+
+
+def assert_out_matches_reference(kernel, got, want):
+    # fp8: the kernel rounds P to e4m3 against the running max, the reference against the
+    # final one, so the two roundings differ in early blocks (each ~0.024 from exact); a
+    # wrong permutation, scale or mask gives errors of order 1.
+    cos, l1 = metrics(got, want)
+    fp16 = kernel.pv == "fp16"
+    assert cos > (0.9999 if fp16 else 0.998) and l1 < (0.01 if fp16 else 0.04), (cos, l1)
+
+
+def assert_lse_of_e4m3_row_sums(got, want):
+    # The e4m3 hd128 kernel's row sums come out of the P·V MMA, of the e4m3-rounded P
+    # (Sm90Traits::kSumTiles): each term within 2^-4 of exact, so lse within log(1 + 2^-4)
+    # of the reference's.
+    err = (got - want).abs()
+    assert err.max() < math.log1p(2**-4) and err.mean() < 5e-3, (err.max().item(), err.mean().item())
+
+
 @pytest.mark.parametrize("name", ["fp16", "fp8", "sm90_fp16", "sm90_fp8"])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("d", [64, 128])
@@ -173,21 +201,10 @@ def test_attention_op_matches_reference_op(name, causal, d, gran):
         pytest.skip(f"{name} does not run on this GPU/build")
     q, k, v = make_qkv(b=2, hq=4, hkv=2, nq=300, nk=300 if causal else 500, d=d, device=DEV)
     kernel = core.KERNELS[name]
-    gran = core.quant.granularity(gran)
-    ki, ks = ops.quant_int8(k, k.mean(2, dtype=torch.float32), 0, gran.k.block, gran.k.stride, 1.0)
-    got = core._run_kernel(ops, kernel, q, ki, ks, v, 0, gran, d ** -0.5, causal, True)
-    want = core._run_kernel(R, kernel, q, ki, ks, v, 0, gran, d ** -0.5, causal, True)
-    cos, l1 = metrics(got[0], want[0])
-    # fp8: the kernel rounds P to e4m3 against the running max, the reference against the
-    # final one, so the two roundings differ in early blocks (each ~0.024 from exact); a
-    # wrong permutation, scale or mask gives errors of order 1.
-    fp16 = kernel.pv == "fp16"
-    assert cos > (0.9999 if fp16 else 0.998) and l1 < (0.01 if fp16 else 0.04), (cos, l1)
+    got, want, _ = op_and_reference(kernel, q, k, v, causal, core.quant.granularity(gran))
+    assert_out_matches_reference(kernel, got[0], want[0])
     if name == "sm90_fp8" and d == 128:
-        # Its row sums come out of the P·V MMA, of the e4m3-rounded P (Sm90Traits::kSumTiles):
-        # each term within 2^-4 of exact, so lse within log(1 + 2^-4) of the reference's.
-        err = (got[1] - want[1]).abs()
-        assert err.max() < math.log1p(2**-4) and err.mean() < 5e-3, (err.max().item(), err.mean().item())
+        assert_lse_of_e4m3_row_sums(got[1], want[1])
     else:
         torch.testing.assert_close(got[1], want[1], atol=2e-3, rtol=1e-4)
 
@@ -202,16 +219,13 @@ def test_sm90_peaky_logits_match_reference_op(name, d):
     q, k, v = make_qkv(b=1, hq=4, nq=512, d=d, device=DEV)
     q = q * 30
     kernel, gran = core.KERNELS[name], core.quant.granularity("per_thread")
-    ki, ks = ops.quant_int8(k, k.mean(2, dtype=torch.float32), 0, gran.k.block, gran.k.stride, 1.0)
-    got = core._run_kernel(ops, kernel, q, ki, ks, v, 0, gran, d ** -0.5, False, True)
-    want = core._run_kernel(R, kernel, q, ki, ks, v, 0, gran, d ** -0.5, False, True)
+    got, want, (ki, ks) = op_and_reference(kernel, q, k, v, False, gran)
     qi, qs = R.quant_int8(q, None, 0, gran.q.block, gran.q.stride, d ** -0.5 * core.quant.LOG2E)
     logits = torch.matmul(qi.float() * qs.unsqueeze(-1), (ki.float() * ks.unsqueeze(-1)).transpose(-1, -2))  # log2
     spread = (logits.amax(-1) - logits.amin(-1)).median().item()
     assert spread > 200, spread  # the inputs reach the clamp
     assert torch.isfinite(got[0]).all() and torch.isfinite(got[1]).all()
-    cos, l1 = metrics(got[0], want[0])
-    assert cos > (0.9999 if kernel.pv == "fp16" else 0.998) and l1 < (0.01 if kernel.pv == "fp16" else 0.04), (cos, l1)
+    assert_out_matches_reference(kernel, got[0], want[0])
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -224,14 +238,10 @@ def test_sm90_fp8_long_sequence_matches_reference_op(causal):
     if "sm90_fp8" not in kernels():
         pytest.skip("sm90_fp8 does not run on this GPU/build")
     q, k, v = make_qkv(b=1, hq=2, nq=16384, d=128, device=DEV)
-    kernel, gran = core.KERNELS["sm90_fp8"], core.quant.granularity("per_thread")
-    ki, ks = ops.quant_int8(k, k.mean(2, dtype=torch.float32), 0, gran.k.block, gran.k.stride, 1.0)
-    got = core._run_kernel(ops, kernel, q, ki, ks, v, 0, gran, 128 ** -0.5, causal, True)
-    want = core._run_kernel(R, kernel, q, ki, ks, v, 0, gran, 128 ** -0.5, causal, True)
-    cos, l1 = metrics(got[0], want[0])
-    assert cos > 0.998 and l1 < 0.04, (cos, l1)
-    err = (got[1] - want[1]).abs()  # lse: see test_attention_op_matches_reference_op
-    assert err.max() < math.log1p(2**-4) and err.mean() < 5e-3, (err.max().item(), err.mean().item())
+    kernel = core.KERNELS["sm90_fp8"]
+    got, want, _ = op_and_reference(kernel, q, k, v, causal, core.quant.granularity("per_thread"))
+    assert_out_matches_reference(kernel, got[0], want[0])
+    assert_lse_of_e4m3_row_sums(got[1], want[1])
 
 
 @pytest.mark.parametrize("name", ["sm90_fp16", "sm90_fp8"])

@@ -163,7 +163,8 @@ def test_quant_v_fp8_zero_channel_and_headroom():
 def test_quant_v_fp8_scale_covers_values_the_sample_missed():
     n = 1000
     v = torch.randn(1, 1, n, 64, generator=torch.Generator().manual_seed(3)).half()
-    missed = next(t for t in range(n) if t not in R.sample_tokens(n))
+    sample = set(R.sample_tokens(n))
+    missed = next(t for t in range(n) if t not in sample)
     v[0, 0, missed, 7] = -3000.0  # far above 16x any sampled value of channel 7
     v[..., 9] = 0
     v[0, 0, missed, 9] = 0.5  # channel 9: zero at every sampled token
