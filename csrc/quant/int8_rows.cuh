@@ -1,7 +1,7 @@
 // The INT8 rule of quant_int8, shared with the Hopper kernel, which quantizes its Q tile
 // itself. A lane holds 8 channels (one 16-byte load) of a row; a group's scale is
 // amax / 127 (1 where amax == 0, so zeros stay 0 without NaN); values are multiplied by
-// 1 / scale, rounded to nearest even and clamped to [-127, 127].
+// 1 / scale and rounded to nearest even, which keeps them in [-127, 127] (see quantize).
 #pragma once
 #include <cuda_runtime.h>
 
