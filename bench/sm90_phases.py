@@ -60,21 +60,22 @@ EDITS = [
      "    for (; j < n_blocks; ++j) step(j, std::true_type{});\n    ph.mark(3);\n    ph.acc[7] += n_blocks;\n"),
     ("    if constexpr (Tr::kPingPong) after_softmax.keep(p.kv_len < 0, st.sum[0][0]);\n  }",
      "    if constexpr (Tr::kPingPong) after_softmax.keep(p.kv_len < 0, st.sum[0][0]);\n    ph.mark(4);\n  }"),
-    ("int n, int first, const QRegs& q_raw) {", "int n, int first, const QRegs& q_raw, Phases& ph) {"),
+    ("int n, int first,\n                                  const QRegs& q_raw) {",
+     "int n, int first,\n                                  const QRegs& q_raw, Phases& ph) {"),
     ("    quantize_q(p, sm, n, tid, q_raw, st);\n", "    quantize_q(p, sm, n, tid, q_raw, st);\n    ph.mark(1);\n"),
-    ("    key_loop(p, c, sm, tid, kb, first, st);\n    store(p, c, tid, st);\n",
-     "    key_loop(p, c, sm, tid, kb, first, st, ph);\n    store(p, c, tid, st);\n    ph.mark(5);\n    ph.acc[8] += 1;\n"),
+    ("    key_loop(p, x.c, sm, tid, x.kb, first, st);\n    store(p, x, tid, st);\n",
+     "    key_loop(p, x.c, sm, tid, x.kb, first, st, ph);\n    store(p, x, tid, st);\n    ph.mark(5);\n    ph.acc[8] += 1;\n"),
     ("    const int tid = threadIdx.x - 128;\n    for (int n = 0, first = 0;; ++n) {",
      "    const int tid = threadIdx.x - 128;\n    Phases ph;\n    ph.start();\n    for (int n = 0, first = 0;; ++n) {"),
-    ("      if (tile < 0) return;",
+    ("      if (item < 0) return;",
      "      if (tile < 0) {\n        if (tid % 128 == 0)\n"
      '          printf("PH %d %d %lld %lld %lld %lld %lld %lld %lld %lld %lld\\n", int(blockIdx.x), tid / 128,\n'
      "                 ph.acc[0], ph.acc[1], ph.acc[2], ph.acc[3], ph.acc[4], ph.acc[5], ph.acc[6], ph.acc[7], ph.acc[8]);\n"
      "        return;\n      }"),
-    ("      read_q(sm, first, tid, q_raw);\n      run_tile(p, c, sm, kb, n, first + 1, q_raw);",
-     "      read_q(sm, first, tid, q_raw);\n      ph.mark(0);\n      run_tile(p, c, sm, kb, n, first + 1, q_raw, ph);"),
-    ("                 run_tile(p, c, sm, kb, 0, 0, q_raw);",
-     "                 Phases ph;\n                 run_tile(p, c, sm, kb, 0, 0, q_raw, ph);"),
+    ("      read_q(sm, first, tid, q_raw);\n      run_tile(p, x, sm, n, first + 1, q_raw);",
+     "      read_q(sm, first, tid, q_raw);\n      ph.mark(0);\n      run_tile(p, x, sm, n, first + 1, q_raw, ph);"),
+    ("                 run_tile(p, x, sm, 0, 0, q_raw);",
+     "                 Phases ph;\n                 run_tile(p, x, sm, 0, 0, q_raw, ph);"),
 ]
 
 

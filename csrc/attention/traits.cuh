@@ -90,6 +90,7 @@ struct CtaCoord {
   // row's diagonal, so they need no mask.
   struct KeyBlocks {
     int n_blocks, n_unmasked;
+    int begin = 0;  // visits blocks begin .. n_blocks - 1 (the Hopper kernel's tail split)
   };
   __device__ KeyBlocks key_blocks(const AttnParams& p, int cta_q, int cta_k) const {
     const int kv_end = p.causal ? min(p.kv_len, q0 + cta_q) : p.kv_len;

@@ -55,6 +55,14 @@ struct Sm90Params : AttnParams {
   // claimed from `tile_counter` (zero at launch), and Q arrives by TMA through q_map.
   int* tile_counter;
   CUtensorMap q_map;  // 16-bit Q: (D, Nq, Hq, B), box (D, kCtaQ, 1, 1), unswizzled
+  // The tail split (Sm90Kernel::work, host: attn_sm90.cu's tail_split): the tiles from
+  // tail_first on, the last wave's, are split into tail_chunks key ranges each (no split:
+  // tail_first = the tile count, tail_chunks = 1). A chunk writes O / l in fp32 and its
+  // log2 l + max to its part; the last of a tile's chunks to finish merges the parts.
+  int tail_first, tail_chunks;
+  float* part_o;    // [parts][kCtaQ][D]
+  float* part_lse;  // [parts][kCtaQ], base 2
+  int* part_done;   // [tail tiles][consumer warps]: chunks done (zero at launch)
 };
 
 template <int kHeadDim_, PV kPV_, typename Elem_>
@@ -208,6 +216,35 @@ struct Sm90Kernel {
     return Coord::at(p, bh / p.q_heads, bh % p.q_heads, (q_blocks - 1 - r / pairs) * Tr::kCtaQ);
   }
 
+  // Work items, numbered as tiles are up to tail_first; from there each tail tile is
+  // tail_chunks items, its key blocks in near-equal consecutive ranges. With equal tiles
+  // (no causal mask) the last wave's few tiles otherwise run alone while the other SMs
+  // idle: on H100 (132 SMs) 4096 tiles are 31 waves and 4 tiles, 3% of the kernel.
+  struct Work {
+    Coord c;
+    typename Coord::KeyBlocks kb;
+    int part;  // the chunk's part (Sm90Params::part_o), or -1: the whole tile
+  };
+  __device__ static int num_work(const Sm90Params& p) {
+    return p.tail_first + (num_tiles(p) - p.tail_first) * p.tail_chunks;
+  }
+  __device__ static Work work(const Sm90Params& p, unsigned w) {
+    const bool chunk = w >= unsigned(p.tail_first);
+    const int part = chunk ? int(w) - p.tail_first : -1;
+    Work x{tile_coord(p, chunk ? p.tail_first + part / p.tail_chunks : w), {}, part};
+    x.kb = x.c.key_blocks(p, Tr::kCtaQ, Tr::kCtaK);
+    if (chunk) {
+      const int i = part % p.tail_chunks, blocks = x.kb.n_blocks;
+      x.kb.begin = i * blocks / p.tail_chunks;
+      x.kb.n_blocks = (i + 1) * blocks / p.tail_chunks;
+      // The tile's unmasked blocks may run past this range's end; the key loop steps
+      // through n_unmasked blocks unmasked, so past the end it would wait for a stage
+      // load that never comes.
+      x.kb.n_unmasked = min(x.kb.n_unmasked, x.kb.n_blocks);
+    }
+    return x;
+  }
+
   // Stage loads are numbered over all of a CTA's tiles (b; persistent: each tile's Q,
   // then its key blocks), tiles in the order the CTA runs them (n): a stage or slot and
   // its mbarrier phase follow from the number. Persistent grids number the loads
@@ -246,16 +283,17 @@ struct Sm90Kernel {
   };
 
   // ------------------------------------------------------------------ producer warp
-  // Loads the tile's key blocks 0 .. n_blocks - 1 into the stage ring as loads first,
-  // first + 1, ... Lane 0 issues the TMA copies; lanes copy the block's distinct key
+  // Loads the item's key blocks kb.begin .. kb.n_blocks - 1 into the stage ring as loads
+  // first, first + 1, ... Lane 0 issues the TMA copies; lanes copy the block's distinct key
   // scales (those of keys 64 h + r, r < 8) and all arrive.
-  __device__ static void load_blocks(const Sm90Params& p, const Coord& c, const Smem& sm, int first, int n_blocks) {
+  __device__ static void load_blocks(const Sm90Params& p, const Coord& c, const typename Coord::KeyBlocks& kb,
+                                     const Smem& sm, int first) {
     const int lane = threadIdx.x % 32;
     const float* k_scale = p.k_scale + c.bkv * p.kv_len;
-    for (int j = 0; j < n_blocks; ++j) {
+    for (int j = 0; j < kb.n_blocks - kb.begin; ++j) {
       const int b = first + j;
       sm.wait_empty(b);
-      const int k0 = j * Tr::kCtaK;
+      const int k0 = (kb.begin + j) * Tr::kCtaK;
       const uint32_t full = sm.full_bar(b);
       if (lane == 0) {
         mbar_arrive_expect_tx(full, Tr::kTmaBytes);
@@ -278,19 +316,20 @@ struct Sm90Kernel {
     }
   }
 
-  // Persistent grids: claims tiles until none are left. Per tile: its 16-bit Q as a
-  // stage load (rows past the sequence arrive as zeros); its number in its slot (-1 once
-  // none are left); its key blocks. The next tile is claimed once this one's last block
-  // is issued, when the consumers are at most kStages blocks from its end: claimed
+  // Persistent grids: claims work items until none are left. Per item: its tile's 16-bit
+  // Q as a stage load (rows past the sequence arrive as zeros); its number in its slot (-1
+  // once none are left); its key blocks. The next item is claimed once this one's last
+  // block is issued, when the consumers are at most kStages blocks from its end: claimed
   // earlier, under a causal mask short tiles went to CTAs still busy with long ones
   // (eb2cfaf on H200: up to a third slower).
   __device__ static void produce(const Sm90Params& p, const Smem& sm) {
     const int lane = threadIdx.x % 32;
-    const int tiles = num_tiles(p);
-    int tile = blockIdx.x, first = 0;
+    const int items = num_work(p);
+    int item = blockIdx.x, first = 0;
     for (int n = 0;; ++n) {
-      const bool valid = tile < tiles;
-      const Coord c = tile_coord(p, valid ? tile : 0);
+      const bool valid = item < items;
+      const Work x = work(p, valid ? item : 0);
+      const Coord& c = x.c;
       if (valid) {
         sm.wait_empty(first);
         if (lane == 0) {
@@ -300,15 +339,14 @@ struct Sm90Kernel {
         ptx::mbar_arrive(sm.full_bar(first));
       }
       if (n >= Tr::kTileSlots) ptx::mbar_wait(sm.tile_empty_bar(n), (n / Tr::kTileSlots - 1) & 1);
-      if (lane == 0) asm volatile("st.shared.s32 [%0], %1;\n" ::"r"(sm.slot(n)), "r"(valid ? tile : -1) : "memory");
+      if (lane == 0) asm volatile("st.shared.s32 [%0], %1;\n" ::"r"(sm.slot(n)), "r"(valid ? item : -1) : "memory");
       ptx::mbar_arrive(sm.tile_full_bar(n));
       if (!valid) return;
-      const int n_blocks = c.key_blocks(p, Tr::kCtaQ, Tr::kCtaK).n_blocks;
-      load_blocks(p, c, sm, first + 1, n_blocks);
-      first += 1 + n_blocks;
+      load_blocks(p, c, x.kb, sm, first + 1);
+      first += 1 + x.kb.n_blocks - x.kb.begin;
       int next = 0;
       if (lane == 0) next = gridDim.x + atomicAdd(p.tile_counter, 1);
-      tile = __shfl_sync(0xffffffffu, next, 0);
+      item = __shfl_sync(0xffffffffu, next, 0);
     }
   }
 
@@ -587,8 +625,8 @@ struct Sm90Kernel {
   // The key loop, software-pipelined as in FlashAttention-3: block j's Q K^T and block
   // j - 1's P V are issued back to back, and block j's softmax runs on the CUDA cores
   // while the tensor cores finish P V. Registers that a wgmma reads (P, O) are only
-  // written once no wgmma is in flight, so ptxas does not serialize the MMAs. The tile's
-  // key block j is the CTA's stage load first + j.
+  // written once no wgmma is in flight, so ptxas does not serialize the MMAs. It visits
+  // key blocks kb.begin .. kb.n_blocks - 1 as stage loads first, first + 1, ...
   __device__ static void key_loop(const AttnParams& p, const Coord& c, const Smem& sm, int tid,
                                   const typename Coord::KeyBlocks& kb, int first, RowState& st) {
     const int warp = tid / 32, lane = tid % 32;
@@ -600,7 +638,8 @@ struct Sm90Kernel {
     // broadcast too, e4m3 P·V at hd64 measured geomean 0.993, 9 of 24 ratios >= 0.999,
     // bench/results/h200-715ec69-fp8-persistent-ab.txt.)
     const int wg = kPersistent ? __shfl_sync(0xffffffffu, tid / 128, 0) : tid / 128;
-    const int n_blocks = kb.n_blocks;
+    // The item's j-th block: key block kb.begin + j, stage load first + j.
+    const int n_blocks = kb.n_blocks - kb.begin, n_unmasked = kb.n_unmasked - kb.begin;
     auto wait_full = [&](int j) { sm.wait_full(first + j); };
 
     SAcc s;
@@ -655,7 +694,7 @@ struct Sm90Kernel {
       wgmma_wait<1>();  // S of block j
       fence_regs(s);
       float x[1][Tr::kSTiles][4];
-      softmax<decltype(masked)::value>(p, c, sm, warp, j, first + j, s, st, x, alpha);
+      softmax<decltype(masked)::value>(p, c, sm, warp, kb.begin + j, first + j, s, st, x, alpha);
       if constexpr (Tr::kPingPong) after_softmax.mark();
       wgmma_wait<0>();  // P V of block j - 1
       fence_regs(st.o);
@@ -673,16 +712,16 @@ struct Sm90Kernel {
     fence_regs(s);
     {
       float x[1][Tr::kSTiles][4];
-      if (kb.n_unmasked > 0) {
-        softmax<false>(p, c, sm, warp, 0, first, s, st, x, alpha);
+      if (n_unmasked > 0) {
+        softmax<false>(p, c, sm, warp, kb.begin, first, s, st, x, alpha);
         pack<false>(x, pf);
       } else {
-        softmax<true>(p, c, sm, warp, 0, first, s, st, x, alpha);
+        softmax<true>(p, c, sm, warp, kb.begin, first, s, st, x, alpha);
         pack<true>(x, pf);
       }
     }
     int j = 1;
-    for (; j < kb.n_unmasked; ++j) step(j, std::false_type{});
+    for (; j < n_unmasked; ++j) step(j, std::false_type{});
     for (; j < n_blocks; ++j) step(j, std::true_type{});
     take_turn();
     issue_block_pv(n_blocks - 1);
@@ -695,37 +734,103 @@ struct Sm90Kernel {
     if constexpr (Tr::kPingPong) after_softmax.keep(p.kv_len < 0, st.sum[0][0]);
   }
 
-  // O / l (fp8: times the per-channel V scale) to the caller's layout (store_quad_row), and
-  // the LSE. The fp8 path's V scales are all loaded before the first store: a load may not
-  // pass a store that could alias it, so loads between the stores would each wait a full
-  // L2 round trip (on H100 this cost the fp8 kernel 4% at N = 4k, 12% at 4k causal).
-  __device__ static void store(const AttnParams& p, const Coord& c, int tid, const RowState& st) {
+  // O / l (fp8: times the per-channel V scale) and the LSE, to the caller's output or (a
+  // tail chunk) to the item's part. The fp8 path's V scales are all loaded before the
+  // first store: a load may not pass a store that could alias it, so loads between the
+  // stores would each wait a full L2 round trip (on H100 this cost the fp8 kernel 4% at
+  // N = 4k, 12% at 4k causal).
+  using RowOut = float[Tr::kOTiles][2];  // a lane's channels 8 nt + 2t + i of one row
+  __device__ static void store(const Sm90Params& p, const Work& x, int tid, const RowState& st) {
     const int warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
     float v_scale[Tr::kOTiles][2];
 #pragma unroll
     for (int nt = 0; nt < Tr::kOTiles; ++nt)
 #pragma unroll
-      for (int i = 0; i < 2; ++i) v_scale[nt][i] = kFp8 ? __ldg(p.v_scale + c.bkv * D + nt * 8 + 2 * t + i) : 1.0f;
-    Elem* out = static_cast<Elem*>(p.out) + c.batch * p.o_stride_b + c.head * p.o_stride_h;
+      for (int i = 0; i < 2; ++i) v_scale[nt][i] = kFp8 ? __ldg(p.v_scale + x.c.bkv * D + nt * 8 + 2 * t + i) : 1.0f;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const int row = c.q0 + 16 * warp + h * 8 + g;
+      const int row = 16 * warp + h * 8 + g;  // in the tile
       const float sum = Tr::kSumTiles > 0 ? st.o[Tr::kOTiles * 4 + 2 * h] : Softmax::quad_sum(st.sum[0][h]);
       const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-      uint32_t words[Tr::kOTiles];
+      RowOut o;
 #pragma unroll
       for (int nt = 0; nt < Tr::kOTiles; ++nt)
-        words[nt] = pack_pair<Elem>(st.o[nt * 4 + 2 * h] * (inv * v_scale[nt][0]),
-                                    st.o[nt * 4 + 2 * h + 1] * (inv * v_scale[nt][1]));
-      store_quad_row(out + row * p.o_stride_n, words, t, row < p.q_len);
-      if (row < p.q_len && p.lse != nullptr && t == 0)
-        p.lse[c.bh * p.q_len + row] = (st.max[0][h] + __log2f(sum) - kLog2PScale) * 0.69314718055994531f;
+#pragma unroll
+        for (int i = 0; i < 2; ++i) o[nt][i] = st.o[nt * 4 + 2 * h + i] * (inv * v_scale[nt][i]);
+      const float lse2 = st.max[0][h] + __log2f(sum) - kLog2PScale;
+      if (x.part < 0) {
+        emit_row(p, x.c, row, t, o, lse2);
+      } else {
+        float* dst = p.part_o + (int64_t(x.part) * Tr::kCtaQ + row) * D + 2 * t;
+#pragma unroll
+        for (int nt = 0; nt < Tr::kOTiles; ++nt)
+          __stcg(reinterpret_cast<float2*>(dst + nt * 8), make_float2(o[nt][0], o[nt][1]));
+        if (t == 0) __stcg(p.part_lse + x.part * Tr::kCtaQ + row, lse2);
+      }
+    }
+    if (x.part >= 0) finish_part(p, x, warp, lane);
+  }
+
+  // Row `row` of the tile (o: O / l, times V's scales) to the caller's layout
+  // (store_quad_row), and its LSE (lse2: base 2, without the P scale).
+  __device__ static void emit_row(const AttnParams& p, const Coord& c, int row, int t, const RowOut& o, float lse2) {
+    Elem* out = static_cast<Elem*>(p.out) + c.batch * p.o_stride_b + c.head * p.o_stride_h;
+    row += c.q0;
+    uint32_t words[Tr::kOTiles];
+#pragma unroll
+    for (int nt = 0; nt < Tr::kOTiles; ++nt) words[nt] = pack_pair<Elem>(o[nt][0], o[nt][1]);
+    store_quad_row(out + row * p.o_stride_n, words, t, row < p.q_len);
+    if (row < p.q_len && p.lse != nullptr && t == 0) p.lse[c.bh * p.q_len + row] = lse2 * 0.69314718055994531f;
+  }
+
+  // A tail chunk's warp, its rows' part written: counts the chunk done for these rows, and
+  // the warp that counts the last chunk merges the tile's parts of them. Each warp fences
+  // its stores before its count, so the merging warp, fenced after it, reads them all
+  // (from L2: __ldcg, no stale L1 lines).
+  __device__ static void finish_part(const Sm90Params& p, const Work& x, int warp, int lane) {
+    const int tail_tile = x.part / p.tail_chunks;
+    __threadfence();
+    __syncwarp();
+    int done = 0;
+    if (lane == 0) done = atomicAdd(p.part_done + tail_tile * (Tr::kConsumerThreads / 32) + warp, 1);
+    if (__shfl_sync(0xffffffffu, done, 0) != p.tail_chunks - 1) return;
+    __threadfence();
+    const int g = lane / 4, t = lane % 4, first_part = tail_tile * p.tail_chunks;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = 16 * warp + h * 8 + g;
+      auto lse_of = [&](int i) { return __ldcg(p.part_lse + (first_part + i) * Tr::kCtaQ + row); };
+      float m = -INFINITY;
+#pragma unroll 1
+      for (int i = 0; i < p.tail_chunks; ++i) m = fmaxf(m, lse_of(i));
+      // O = sum_i 2^(lse_i - m) O_i / sum_i 2^(lse_i - m); a chunk that saw no key has
+      // lse_i = -inf and weighs nothing.
+      RowOut o = {};
+      float den = 0.0f;
+#pragma unroll 1
+      for (int i = 0; i < p.tail_chunks; ++i) {
+        const float lse = lse_of(i), w = lse > -INFINITY ? exp2f(lse - m) : 0.0f;
+        const float* src = p.part_o + (int64_t(first_part + i) * Tr::kCtaQ + row) * D + 2 * t;
+        den += w;
+#pragma unroll
+        for (int nt = 0; nt < Tr::kOTiles; ++nt) {
+          const float2 v = __ldcg(reinterpret_cast<const float2*>(src + nt * 8));
+          o[nt][0] = fmaf(w, v.x, o[nt][0]);
+          o[nt][1] = fmaf(w, v.y, o[nt][1]);
+        }
+      }
+      const float inv = den > 0.0f ? 1.0f / den : 0.0f;
+#pragma unroll
+      for (int nt = 0; nt < Tr::kOTiles; ++nt)
+#pragma unroll
+        for (int i = 0; i < 2; ++i) o[nt][i] *= inv;
+      emit_row(p, x.c, row, t, o, m + __log2f(den));
     }
   }
 
-  // The CTA's n-th tile, whose key blocks are stage loads first, first + 1, ...
-  __device__ static void run_tile(const Sm90Params& p, const Coord& c, const Smem& sm,
-                                  const typename Coord::KeyBlocks& kb, int n, int first, const QRegs& q_raw) {
+  // The CTA's n-th work item, whose key blocks are stage loads first, first + 1, ...
+  __device__ static void run_tile(const Sm90Params& p, const Work& x, const Smem& sm, int n, int first,
+                                  const QRegs& q_raw) {
     const int tid = threadIdx.x - 128;
     RowState st;
     quantize_q(p, sm, n, tid, q_raw, st);
@@ -736,27 +841,26 @@ struct Sm90Kernel {
     }
 #pragma unroll
     for (int i = 0; i < Tr::kAccTiles * 4; ++i) st.o[i] = 0.0f;
-    key_loop(p, c, sm, tid, kb, first, st);
-    store(p, c, tid, st);
+    key_loop(p, x.c, sm, tid, x.kb, first, st);
+    store(p, x, tid, st);
   }
 
-  // Persistent: the tiles the producer hands over, one after the other (the next one's Q
-  // and first key blocks stream in while this one finishes). A consumer warp gives a
-  // tile's slot back once it has read the number.
+  // Persistent: the work items the producer hands over, one after the other (the next
+  // one's Q and first key blocks stream in while this one finishes). A consumer warp gives
+  // an item's slot back once it has read the number.
   __device__ static void consume_tiles(const Sm90Params& p, const Smem& sm) {
     const int tid = threadIdx.x - 128;
     for (int n = 0, first = 0;; ++n) {
       ptx::mbar_wait(sm.tile_full_bar(n), (n / Tr::kTileSlots) & 1);
-      int tile;
-      asm volatile("ld.shared.s32 %0, [%1];\n" : "=r"(tile) : "r"(sm.slot(n)) : "memory");
+      int item;
+      asm volatile("ld.shared.s32 %0, [%1];\n" : "=r"(item) : "r"(sm.slot(n)) : "memory");
       sm.release_slot(n, threadIdx.x % 32);
-      if (tile < 0) return;
-      const Coord c = tile_coord(p, tile);
-      const auto kb = c.key_blocks(p, Tr::kCtaQ, Tr::kCtaK);
+      if (item < 0) return;
+      const Work x = work(p, item);
       QRegs q_raw;
       read_q(sm, first, tid, q_raw);
-      run_tile(p, c, sm, kb, n, first + 1, q_raw);
-      first += 1 + kb.n_blocks;
+      run_tile(p, x, sm, n, first + 1, q_raw);
+      first += 1 + x.kb.n_blocks - x.kb.begin;
     }
   }
 
@@ -811,13 +915,12 @@ struct Sm90Kernel {
     }
   }
 
-  // One CTA a tile: q_raw is the consumers' Q, loaded already if kEarlyQ.
-  __device__ static void run_one_tile(const Sm90Params& p, const Coord& c, const Smem& sm, QRegs& q_raw) {
-    const auto kb = c.key_blocks(p, Tr::kCtaQ, Tr::kCtaK);
-    specialize([&] { load_blocks(p, c, sm, 0, kb.n_blocks); },
+  // One CTA a work item: q_raw is the consumers' Q, loaded already if kEarlyQ.
+  __device__ static void run_one_tile(const Sm90Params& p, const Work& x, const Smem& sm, QRegs& q_raw) {
+    specialize([&] { load_blocks(p, x.c, x.kb, sm, 0); },
                [&] {
-                 if constexpr (!Tr::kEarlyQ) load_q(p, c, threadIdx.x - 128, q_raw);
-                 run_tile(p, c, sm, kb, 0, 0, q_raw);
+                 if constexpr (!Tr::kEarlyQ) load_q(p, x.c, threadIdx.x - 128, q_raw);
+                 run_tile(p, x, sm, 0, 0, q_raw);
                });
   }
 
@@ -827,14 +930,14 @@ struct Sm90Kernel {
       specialize([&] { produce(p, sm); }, [&] { consume_tiles(p, sm); });
     } else if constexpr (Tr::kEarlyQ) {
       QRegs q_raw;
-      const Coord c = tile_coord(p, blockIdx.x);
-      if (threadIdx.x >= 128) load_q(p, c, threadIdx.x - 128, q_raw);
+      const Work x = work(p, blockIdx.x);
+      if (threadIdx.x >= 128) load_q(p, x.c, threadIdx.x - 128, q_raw);
       const Smem sm = setup_smem();
-      run_one_tile(p, c, sm, q_raw);
+      run_one_tile(p, x, sm, q_raw);
     } else {
       QRegs q_raw;
       const Smem sm = setup_smem();
-      run_one_tile(p, tile_coord(p, blockIdx.x), sm, q_raw);
+      run_one_tile(p, work(p, blockIdx.x), sm, q_raw);
     }
   }
 };

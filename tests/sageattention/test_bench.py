@@ -204,7 +204,10 @@ def test_sm90_phases_patch_instruments_every_phase(tmp_path):
 def test_sm90_phases_patch_refuses_a_changed_kernel(tmp_path):
     phases = load_script(PHASES)
     src = _copy_kernel(tmp_path)
-    src.write_text(src.read_text().replace("store(p, c, tid, st);", "store(p, c, tid, st); "))
+    text = src.read_text()
+    changed = text.replace("store(p, x, tid, st);", "store(p, x, tid, st); ")
+    assert changed != text
+    src.write_text(changed)
     with pytest.raises(SystemExit, match="expected one occurrence"):
         phases.patch(tmp_path)
 

@@ -280,14 +280,16 @@ def test_sm90_persistent_grid_matches_one_cta_per_tile(name, causal, d, layout, 
     computes the same either way, so a batch run whole (persistent) and one sequence at a
     time (one CTA a tile) agree bit for bit, LSE included: every tile claimed once, its Q (by
     TMA, through the stage ring) and its key blocks (stage numbers running on across tiles)
-    where they belong."""
+    where they belong. The batch's tiles fill whole waves, so none is split
+    (test_sm90_tail_split_matches_reference_op)."""
     if name not in kernels():
         pytest.skip(f"{name} does not run on this GPU/build")
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     nq, hq = 1000, 16
     tiles = hq * -(-nq // (128 if d == 128 else 192))  # a sequence's (Sm90Traits::kCtaQ)
     assert tiles < 2 * sms
-    b = -(-2 * sms // tiles)
+    b = sms // math.gcd(sms, tiles)
+    assert b * tiles >= 2 * sms
     q, k, v = make_qkv(b=b, hq=hq, hkv=4, nq=nq, nk=nq if causal else 1100, d=d, dtype=dtype,
                        layout=["HND", "NHD"][layout], device=DEV)
     kernel, gran = core.KERNELS[name], core.quant.granularity("per_thread")
@@ -302,6 +304,46 @@ def test_sm90_persistent_grid_matches_one_cta_per_tile(name, causal, d, layout, 
     for i in range(b):
         one = run(slice(i, i + 1))
         assert torch.equal(out[i:i + 1], one[0]) and torch.equal(lse[i:i + 1], one[1]), i
+
+
+def sm90_tail_split(tiles, sms, key_blocks, causal):
+    """attn_sm90.cu's tail_split: (the first split tile, chunks a split tile)."""
+    rest = tiles % sms
+    chunks = 1 if rest == 0 else min(sms // rest, key_blocks // 4)
+    return (tiles, 1) if causal or tiles < sms or chunks < 2 else (tiles - rest, chunks)
+
+
+@pytest.mark.parametrize("name", ["sm90_fp16", "sm90_fp8"])
+@pytest.mark.parametrize("d", [64, 128])
+def test_sm90_tail_split_matches_reference_op(name, d):
+    """Without a causal mask the last wave's tiles run as key ranges whose parts are merged
+    (attn_sm90.cu's tail_split). The output and LSE still match the reference op; exactly
+    that many tiles differ from the same sequences run one at a time (too few tiles to
+    split), and the others agree bit for bit. 1963 keys: the last range ends masked."""
+    if name not in kernels():
+        pytest.skip(f"{name} does not run on this GPU/build")
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    hq, nq, nk, cta_q = 8, 1000, 1963, (128 if d == 128 else 192)
+    q_blocks, key_blocks = -(-nq // cta_q), -(-nk // 128)
+    per_seq = hq * q_blocks
+    b = max(range(1, 40), key=lambda b: (sm90_tail_split(b * per_seq, sms, key_blocks, False)[1], -b))
+    first, chunks = sm90_tail_split(b * per_seq, sms, key_blocks, False)
+    assert chunks >= 2 and per_seq < sms, (b, chunks)
+    q, k, v = make_qkv(b=b, hq=hq, hkv=2, nq=nq, nk=nk, d=d, device=DEV)
+    kernel, gran = core.KERNELS[name], core.quant.granularity("per_thread")
+    got, want, (ki, ks) = op_and_reference(kernel, q, k, v, False, gran)
+    assert_out_matches_reference(kernel, got[0], want[0])
+    if name == "sm90_fp8" and d == 128:
+        assert_lse_of_e4m3_row_sums(got[1], want[1])
+    else:
+        torch.testing.assert_close(got[1], want[1], atol=2e-3, rtol=1e-4)
+    one = [core._run_kernel(ops, kernel, q[i:i + 1], ki[i:i + 1], ks[i:i + 1], v[i:i + 1], 0, gran, d ** -0.5, False,
+                            True) for i in range(b)]
+    pad = q_blocks * cta_q - nq  # rows to whole tiles, then [b, hq, q_blocks] tiles
+    out_diff = (got[0] != torch.cat([o[0] for o in one])).any(-1)
+    lse_diff = got[1] != torch.cat([o[1] for o in one])
+    tile_diff = torch.nn.functional.pad(out_diff | lse_diff, (0, pad)).view(b, hq, q_blocks, cta_q).any(-1)
+    assert tile_diff.sum().item() == b * per_seq - first, (tile_diff.sum().item(), b * per_seq - first)
 
 
 # --------------------------------------------------------------- API vs fp32 attention
