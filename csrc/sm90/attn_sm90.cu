@@ -54,8 +54,9 @@ CUtensorMap tensor_map(const void* base, int elem_bytes, std::array<int64_t, R> 
   return map;
 }
 
-// The tail split (Sm90Kernel::work). Without a causal mask every tile takes as long, so
-// the last wave's tiles % sms tiles would run while the other SMs idle. Each is split
+// The tail split of a persistent grid (Sm90Kernel::work). Without a causal mask every
+// tile takes as long, so the last wave's tiles % sms tiles would run while the other SMs
+// idle. Each is split
 // into as many key ranges as keep the last wave within one CTA an SM, of at least
 // kMinChunkBlocks key blocks each: a chunk also pays for its Q's quantization, its first
 // block, its part's store and (the last one) the merge, together a few blocks' time on
@@ -69,7 +70,7 @@ inline TailSplit tail_split(int64_t tiles, int sms, int64_t key_blocks, bool cau
   constexpr int64_t kMinChunkBlocks = 4;
   const int64_t rest = tiles % sms;
   const int64_t chunks = rest == 0 ? 1 : std::min(sms / rest, key_blocks / kMinChunkBlocks);
-  if (causal || tiles < sms || chunks < 2) return {tiles, 1};
+  if (causal || chunks < 2) return {tiles, 1};
   return {tiles - rest, int(chunks)};
 }
 
@@ -146,34 +147,33 @@ std::tuple<at::Tensor, at::Tensor> attn_sm90(const at::Tensor& q_in, const at::T
       using Tr = decltype(traits);
       const int64_t tiles = qs.b * qs.h * ((qs.n + Tr::kCtaQ - 1) / Tr::kCtaQ);
       TORCH_CHECK(tiles < (int64_t(1) << 30), "too many query tiles: ", tiles);
-      // One CTA an SM at a time either way (registers, shared memory).
+      // One CTA an SM at a time either way (registers, shared memory). Persistent once
+      // every SM has at least two tiles; on smaller grids it has nothing to overlap
+      // (Sm90Traits). Only persistent grids split their tail (Sm90Kernel::work).
       const int sms = sm_count(q.get_device());
-      const TailSplit split = tail_split(tiles, sms, (keys + Tile::kCtaK - 1) / Tile::kCtaK, is_causal);
+      const bool persistent = Tr::kPersistent && tiles >= 2 * sms;
+      const TailSplit split = persistent ? tail_split(tiles, sms, (keys + Tile::kCtaK - 1) / Tile::kCtaK, is_causal)
+                                         : TailSplit{tiles, 1};
       const int64_t tail_tiles = tiles - split.first, parts = tail_tiles * split.chunks;
       p.tail_first = int(split.first);
       p.tail_chunks = split.chunks;
-      // Persistent once every SM has at least two tiles; on smaller grids it has nothing
-      // to overlap (Sm90Traits).
-      const bool persistent = Tr::kPersistent && tiles >= 2 * sms;
-      // Scratch: the tile counter and the tail tiles' chunk counts (zeros), the parts.
-      at::Tensor counts, part_buf;
-      if (persistent || parts > 0) {
-        counts = at::zeros({1 + tail_tiles * Tr::kConsumerThreads / 32}, q.options().dtype(at::kInt));
-        p.tile_counter = counts.data_ptr<int>();
-        p.part_done = p.tile_counter + 1;
+      if (!persistent) {
+        launch_kernel<Tr>(sm90::attn_sm90_kernel<Tr, false>, p, dim3(tiles), stream);
+        return;
       }
+      // Scratch: the tile counter and the tail tiles' chunk counts (zeros), the parts.
+      const at::Tensor counts = at::zeros({1 + tail_tiles * Tr::kConsumerThreads / 32}, q.options().dtype(at::kInt));
+      p.tile_counter = counts.data_ptr<int>();
+      p.part_done = p.tile_counter + 1;
+      at::Tensor part_buf;
       if (parts > 0) {
         part_buf = at::empty({parts * Tr::kCtaQ * (D + 1)}, q.options().dtype(at::kFloat));
         p.part_o = part_buf.data_ptr<float>();
         p.part_lse = p.part_o + parts * Tr::kCtaQ * D;
       }
-      if (persistent) {
-        p.q_map = tensor_map<4>(q.data_ptr(), 2, {D, qs.n, qs.h, qs.b},
-                                {qs.stride_n * 2, qs.stride_h * 2, qs.stride_b * 2}, {int(D), Tr::kCtaQ, 1, 1}, 0);
-        launch_kernel<Tr>(sm90::attn_sm90_kernel<Tr, Tr::kPersistent>, p, dim3(sms), stream);
-      } else {
-        launch_kernel<Tr>(sm90::attn_sm90_kernel<Tr, false>, p, dim3(split.first + parts), stream);
-      }
+      p.q_map = tensor_map<4>(q.data_ptr(), 2, {D, qs.n, qs.h, qs.b},
+                              {qs.stride_n * 2, qs.stride_h * 2, qs.stride_b * 2}, {int(D), Tr::kCtaQ, 1, 1}, 0);
+      launch_kernel<Tr>(sm90::attn_sm90_kernel<Tr, Tr::kPersistent>, p, dim3(sms), stream);
     };
     if (fp8)
       go(sm90::Sm90Traits<head_dim(), PV::kFp8, T>{});

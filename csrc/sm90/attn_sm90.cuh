@@ -229,7 +229,7 @@ struct Sm90Kernel {
     return p.tail_first + (num_tiles(p) - p.tail_first) * p.tail_chunks;
   }
   __device__ static Work work(const Sm90Params& p, unsigned w) {
-    const bool chunk = w >= unsigned(p.tail_first);
+    const bool chunk = kPersistent && w >= unsigned(p.tail_first);  // (the host splits persistent grids only)
     const int part = chunk ? int(w) - p.tail_first : -1;
     Work x{tile_coord(p, chunk ? p.tail_first + part / p.tail_chunks : w), {}, part};
     x.kb = x.c.key_blocks(p, Tr::kCtaQ, Tr::kCtaK);
