@@ -56,12 +56,14 @@ CUtensorMap tensor_map(const void* base, int elem_bytes, std::array<int64_t, R> 
 
 // The tail split of a persistent grid (Sm90Kernel::work). Without a causal mask every
 // tile takes as long, so the last wave's tiles % sms tiles would run while the other SMs
-// idle. Each is split
-// into as many key ranges as keep the last wave within one CTA an SM, of at least
-// kMinChunkBlocks key blocks each: a chunk also pays for its Q's quantization, its first
-// block, its part's store and (the last one) the merge, together a few blocks' time on
-// H100 (bench/results/h100-9952d4d-phases.txt). Under a causal mask the tiles run longest
-// first and the short ones already fill the tail.
+// idle. Each is split into as many key ranges as keep the last wave within one CTA an SM,
+// of at least kMinChunkBlocks key blocks each: a chunk also pays for its Q's
+// quantization, its first block, its part's store and (the last one) the merge, together
+// a few blocks' time on H100 (bench/results/h100-9952d4d-phases.txt). Under a causal mask
+// the tiles run longest first and the short ones already fill the tail. On H100 the 16-bit
+// hd64 kernel ran 3.4% faster at 4k (2816 tiles: 21 waves and 44 tiles); at hd128 4k
+// (31 waves and 4 tiles) nothing measurable: CTAs claiming tiles drift apart over 31
+// tiles, so 4 tiles never cost a whole tile-time (bench/results/h100-6baa061-tail-split-ab.txt).
 struct TailSplit {
   int64_t first;  // the first split tile (= tiles: none)
   int chunks;

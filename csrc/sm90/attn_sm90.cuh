@@ -217,9 +217,8 @@ struct Sm90Kernel {
   }
 
   // Work items, numbered as tiles are up to tail_first; from there each tail tile is
-  // tail_chunks items, its key blocks in near-equal consecutive ranges. With equal tiles
-  // (no causal mask) the last wave's few tiles otherwise run alone while the other SMs
-  // idle: on H100 (132 SMs) 4096 tiles are 31 waves and 4 tiles, 3% of the kernel.
+  // tail_chunks items, its key blocks in near-equal consecutive ranges (attn_sm90.cu's
+  // tail_split says when and why).
   struct Work {
     Coord c;
     typename Coord::KeyBlocks kb;
@@ -915,7 +914,8 @@ struct Sm90Kernel {
     }
   }
 
-  // One CTA a work item: q_raw is the consumers' Q, loaded already if kEarlyQ.
+  // One CTA a tile (these grids are never split): q_raw is the consumers' Q, loaded
+  // already if kEarlyQ.
   __device__ static void run_one_tile(const Sm90Params& p, const Work& x, const Smem& sm, QRegs& q_raw) {
     specialize([&] { load_blocks(p, x.c, x.kb, sm, 0); },
                [&] {
