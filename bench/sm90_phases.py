@@ -68,7 +68,7 @@ EDITS = [
     ("    const int tid = threadIdx.x - 128;\n    for (int n = 0, first = 0;; ++n) {",
      "    const int tid = threadIdx.x - 128;\n    Phases ph;\n    ph.start();\n    for (int n = 0, first = 0;; ++n) {"),
     ("      if (item < 0) return;",
-     "      if (tile < 0) {\n        if (tid % 128 == 0)\n"
+     "      if (item < 0) {\n        if (tid % 128 == 0)\n"
      '          printf("PH %d %d %lld %lld %lld %lld %lld %lld %lld %lld %lld\\n", int(blockIdx.x), tid / 128,\n'
      "                 ph.acc[0], ph.acc[1], ph.acc[2], ph.acc[3], ph.acc[4], ph.acc[5], ph.acc[6], ph.acc[7], ph.acc[8]);\n"
      "        return;\n      }"),
