@@ -118,8 +118,10 @@ struct Sm90Traits {
   // Measured on H100 (kernel alone, B=4 H=32 hd128, 1k-16k, full and causal, interleaved
   // A/B runs against one fp32-polynomial tile in 8): one paired tile in 4 +1.6% (15 of 18
   // ratios >= 0.999; end to end +1.7%), one in 3 the same as one in 4, one in 2 -3.4%
-  // (bench/results/h100-c1a27bf-exp2-f16x2-ab.txt). Only with kSumTiles: the paired tiles
-  // are not summed on the CUDA cores. (On H200 the fp32 polynomial, 8 instructions an exp2,
+  // (bench/results/h100-c1a27bf-exp2-f16x2-ab.txt). Only with kSumTiles, where the paired
+  // tiles are not summed on the CUDA cores: at hd64, with the pairs summed in f16x2, one tile
+  // in 4 / in 8 ran the kernel 3.8% / 5.8% slower on H100 (h100-66cbeff-hd64-exp2-f16x2-ab.txt).
+  // (On H200 the fp32 polynomial, 8 instructions an exp2,
   // helped at one tile in 8 and lost 2-15% at one in 4 or 2: h200-2ebc615-exp2-poly-ab.txt.)
   static constexpr int kPairedEvery = kFp8 && kHeadDim == 128 ? 4 : 0;
   static constexpr int kQKSteps = kHeadDim / 32;
