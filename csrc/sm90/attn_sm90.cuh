@@ -412,11 +412,7 @@ struct Sm90Kernel {
     float* const q_amax = sm.amax(n);
     float amax[QChunk::kPasses];
 #pragma unroll
-    for (int i = 0; i < QChunk::kPasses; ++i) {
-      float v[8];
-      int8::unpack<Elem>(raw[i], v);
-      amax[i] = int8::lane_amax(v);
-    }
+    for (int i = 0; i < QChunk::kPasses; ++i) amax[i] = int8::lane_amax<Elem>(raw[i]);
     // Writes pass i quantized by `scale` (once the first barrier is passed).
     auto write = [&](int i, float scale) {
       float v[8];
