@@ -34,7 +34,7 @@ PHASES = ["tile wait", "quantize_q", "first block", "steps", "drain", "store"]
 SHAPES = [  # (path, head dim, N, causal), B=4 H=32 fp16
     ("sm90_fp8", 128, 1024, False), ("sm90_fp8", 128, 4096, False), ("sm90_fp8", 128, 4096, True),
     ("sm90_fp8", 128, 16384, False), ("sm90_fp16", 128, 4096, False), ("sm90_fp16", 64, 4096, False),
-    ("sm90_fp16", 64, 4096, True),
+    ("sm90_fp16", 64, 4096, True), ("sm90_fp8", 64, 4096, False), ("sm90_fp8", 64, 4096, True),
 ]
 
 PHASES_STRUCT = """
@@ -54,12 +54,14 @@ EDITS = [
     ("    auto step = [&](int j, auto masked) {\n      wait_full(j);",
      "    auto step = [&](int j, auto masked) {\n"
      "      { const long long w0 = clock64(); wait_full(j); ph.acc[6] += clock64() - w0; }"),
-    ("        pack<true>(x, pf);\n      }\n    }\n    int j = 1;",
-     "        pack<true>(x, pf);\n      }\n    }\n    ph.mark(2);\n    int j = 1;"),
-    ("    for (; j < n_blocks; ++j) step(j, std::true_type{});\n",
-     "    for (; j < n_blocks; ++j) step(j, std::true_type{});\n    ph.mark(3);\n    ph.acc[7] += n_blocks;\n"),
-    ("    if constexpr (Tr::kPingPong) after_softmax.keep(p.kv_len < 0, st.sum[0][0]);\n  }",
-     "    if constexpr (Tr::kPingPong) after_softmax.keep(p.kv_len < 0, st.sum[0][0]);\n    ph.mark(4);\n  }"),
+    ("      const int next = min(j + 1, n_blocks - 1);\n      wait_full(next);",
+     "      const int next = min(j + 1, n_blocks - 1);\n"
+     "      { const long long w0 = clock64(); wait_full(next); ph.acc[6] += clock64() - w0; }"),
+    ("\n    int j = 1;\n", "\n    ph.mark(2);\n    int j = 1;\n"),
+    ("    take_turn();\n    issue_block_pv(n_blocks - 1);\n",
+     "    ph.mark(3);\n    ph.acc[7] += n_blocks;\n    take_turn();\n    issue_block_pv(n_blocks - 1);\n"),
+    ("after_softmax.keep(p.kv_len < 0, st.sum[0][0]);\n  }",
+     "after_softmax.keep(p.kv_len < 0, st.sum[0][0]);\n    ph.mark(4);\n  }"),
     ("int n, int first,\n                                  const QRegs& q_raw) {",
      "int n, int first,\n                                  const QRegs& q_raw, Phases& ph) {"),
     ("    quantize_q(p, sm, n, tid, q_raw, st);\n", "    quantize_q(p, sm, n, tid, q_raw, st);\n    ph.mark(1);\n"),

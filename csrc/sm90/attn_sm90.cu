@@ -151,9 +151,9 @@ std::tuple<at::Tensor, at::Tensor> attn_sm90(const at::Tensor& q_in, const at::T
       TORCH_CHECK(tiles < (int64_t(1) << 30), "too many query tiles: ", tiles);
       // One CTA an SM at a time either way (registers, shared memory). Persistent once
       // every SM has at least two tiles; on smaller grids it has nothing to overlap
-      // (Sm90Traits). Only persistent grids split their tail (Sm90Kernel::work).
+      // (Sm90Kernel). Only persistent grids split their tail (Sm90Kernel::work).
       const int sms = sm_count(q.get_device());
-      const bool persistent = Tr::kPersistent && tiles >= 2 * sms;
+      const bool persistent = tiles >= 2 * sms;
       const TailSplit split = persistent ? tail_split(tiles, sms, (keys + Tile::kCtaK - 1) / Tile::kCtaK, is_causal)
                                          : TailSplit{tiles, 1};
       const int64_t tail_tiles = tiles - split.first, parts = tail_tiles * split.chunks;
@@ -175,7 +175,7 @@ std::tuple<at::Tensor, at::Tensor> attn_sm90(const at::Tensor& q_in, const at::T
       }
       p.q_map = tensor_map<4>(q.data_ptr(), 2, {D, qs.n, qs.h, qs.b},
                               {qs.stride_n * 2, qs.stride_h * 2, qs.stride_b * 2}, {int(D), Tr::kCtaQ, 1, 1}, 0);
-      launch_kernel<Tr>(sm90::attn_sm90_kernel<Tr, Tr::kPersistent>, p, dim3(sms), stream);
+      launch_kernel<Tr>(sm90::attn_sm90_kernel<Tr, true>, p, dim3(sms), stream);
     };
     if (fp8)
       go(sm90::Sm90Traits<head_dim(), PV::kFp8, T>{});

@@ -16,10 +16,9 @@
 //   the consumers also take turns issuing their MMAs (FA3's ping-pong, see key_loop).
 // Each Q tile is read once, so the consumers quantize it themselves as they load it
 // (quant_int8's rule), instead of a separate pass over Q.
-// All but the e4m3 hd64 kernel run a persistent grid on grids of two tiles an SM or more
-// (see Sm90Traits::kPersistent): one CTA an SM, whose producer claims tiles from a counter and
-// streams each tile's 16-bit Q (by TMA) and then its key blocks through the same ring,
-// while the consumers finish the previous tile.
+// Grids of two tiles an SM or more run persistent (see Sm90Kernel): one CTA an SM, whose
+// producer claims tiles from a counter and streams each tile's 16-bit Q (by TMA) and then
+// its key blocks through the same ring, while the consumers finish the previous tile.
 // 16-bit V is read as the caller stores it ([keys][D] rows, through strides) and fed to
 // wgmma as an MN-major operand. e4m3 wgmma takes K-major operands only: quant_v_fp8
 // writes V^T ([D][keys]) for it. Shared tiles use the 64/128-byte swizzles that TMA
@@ -75,10 +74,13 @@ struct Sm90Traits {
 
   // Consumer warpgroups: at head dim 64 a consumer's O is half as large, so three fit in
   // the register file (three warps a scheduler to hide the softmax's latencies), as in
-  // FlashAttention-3's hdim-64 kernel.
+  // FlashAttention-3's hdim-64 kernel. Not with e4m3 P·V: its P·V accumulator (kSumTiles)
+  // comes on top of O, and at three consumers' 160 registers the key loop spilled (9 loads
+  // and 7 stores a block) and ran 1.4% slower than without the sums tile; two consumers
+  // (240 registers) hold it, the persistent grid and kQKAhead, and ran faster, see kQKAhead.
   // (One consumer a CTA and two CTAs an SM ran the e4m3 kernels 6-15% slower on H200 at
   // 4k/16k: 64-row CTAs stream K and V twice as often. See the README.)
-  static constexpr int kConsumers = kHeadDim == 64 ? 3 : 2;
+  static constexpr int kConsumers = kHeadDim == 64 && !kFp8 ? 3 : 2;
   static constexpr int kWgQ = 64;  // rows per consumer: the wgmma M
   static constexpr int kCtaQ = kConsumers * kWgQ;
   static constexpr int kCtaK = 128;  // the wgmma N of Q K^T
@@ -101,16 +103,16 @@ struct Sm90Traits {
   static_assert(kConsumerRegs <= 256 && 128 * kProducerRegs + kConsumerThreads * kConsumerRegs <= 65536, "registers");
   static constexpr int kSTiles = kCtaK / 8;
   static constexpr int kOTiles = kHeadDim / 8;
-  // e4m3 P·V at head dim 128 also yields the row sums of P: V^T's block carries 8 more
-  // rows ("channels") of ones, so the MMA's columns D .. D + 7 are sum_k P[row][k], of the
-  // same rounded P the output sums. That takes the 64 additions a lane did for its share
-  // of the sums off the CUDA cores (10% of the instructions) for 6% more P·V MMA work:
-  // on H200 the kernel ran 2.5-3.4% faster. lse is then the log of that sum: within
-  // log(1 + 2^-4) of the exact one and consistent with the output. Not at head dim 64:
-  // the 8 more accumulator registers made its three consumers spill, and two consumers
-  // instead ran 7-9% slower.
-  static constexpr int kSumTiles = kFp8 && kHeadDim == 128 ? 1 : 0;
-  static constexpr int kAccTiles = kOTiles + kSumTiles;  // n8 tiles of the O accumulator
+  // e4m3 P·V also yields the row sums of P: V^T's block carries 8 more rows ("channels")
+  // of ones, so the MMA's columns D .. D + 7 are sum_k P[row][k], of the same rounded P
+  // the output sums. That takes the 64 additions a lane did for its share of the sums off
+  // the CUDA cores (10% of the instructions at head dim 128) for 6% (hd64: 12.5%) more P·V
+  // MMA work: on H200 the hd128 kernel ran 2.5-3.4% faster. lse is then the log of that
+  // sum: within log(1 + 2^-4) of the exact one and consistent with the output. Only the
+  // block's P·V accumulator has the sums tile; the fold takes one column of it into the row
+  // sums, so O keeps its size (an O with the tile too made hd64's three consumers spill).
+  static constexpr int kSumTiles = kFp8 ? 1 : 0;
+  static constexpr int kAccTiles = kOTiles + kSumTiles;  // n8 tiles of the P·V accumulator
   // Unmasked blocks take the exp2s of every kPairedEvery-th n8 tile of S two at a time from
   // exp2_f16x2_poly (FP16 FMA and ALU pipes) instead of MUFU, whose 16 lanes a clock an SM
   // bound each warp's softmax (on H100, ncu: MUFU.EX2 drew 18% of the key loop's warp
@@ -120,11 +122,23 @@ struct Sm90Traits {
   // ratios >= 0.999; end to end +1.7%), one in 3 the same as one in 4, one in 2 -3.4%
   // (bench/results/h100-c1a27bf-exp2-f16x2-ab.txt). Only with kSumTiles, where the paired
   // tiles are not summed on the CUDA cores: at hd64, with the pairs summed in f16x2, one tile
-  // in 4 / in 8 ran the kernel 3.8% / 5.8% slower on H100 (h100-66cbeff-hd64-exp2-f16x2-ab.txt).
+  // in 4 / in 8 ran the kernel 3.8% / 5.8% slower on H100 (h100-66cbeff-hd64-exp2-f16x2-ab.txt);
+  // with hd64's sums from the MMA too, one tile in 4 ran it 1.0% faster (geomean of 4k and 16k,
+  // full and causal; h100-b0c8591-hd64-two-consumers-ab.txt).
   // (On H200 the fp32 polynomial, 8 instructions an exp2,
   // helped at one tile in 8 and lost 2-15% at one in 4 or 2: h200-2ebc615-exp2-poly-ab.txt.)
-  static constexpr int kPairedEvery = kFp8 && kHeadDim == 128 ? 4 : 0;
+  static constexpr int kPairedEvery = kFp8 ? 4 : 0;
   static constexpr int kQKSteps = kHeadDim / 32;
+  // Block j + 1's Q K^T issued as soon as block j's scores are read, before its softmax
+  // (key_loop's step_ahead), into a second set of registers: S never waits on the MMA.
+  // Costs the registers of one more S (64), which only two consumers at head dim 64 have
+  // (the 16-bit hd64 kernel keeps three). Measured on H100 (kernel alone, B=4 H=32, e4m3
+  // hd64, three interleaved repetitions; bench/results/h100-b0c8591-hd64-two-consumers-ab.txt):
+  // against main's three consumers, two with the sums tile and paired exp2s ran +3.1% at 4k
+  // and +5.6% at 4k causal but 3.6% slower at 16k; with kQKAhead too +3.0% / +7.8% at 4k
+  // and 0.989-1.029 at 16k (geomean +2.8%).
+  static constexpr bool kQKAhead = kFp8 && kHeadDim == 64;
+  static_assert(!(kQKAhead && kPingPong), "the ping-pong turns assume one Q K^T issue a step");
   // One CTA a tile: the 16-bit kernels' consumers issue their loads of the Q tile first
   // thing, so that the memory latency overlaps the CTA's setup (barriers, __syncthreads).
   // Measured on H200 (kernel alone, B=4 H=32, 1k/4k/16k, full and causal, two
@@ -133,18 +147,6 @@ struct Sm90Traits {
   // where the Q registers held across the setup add a spill to the key loop
   // (bench/results/h200-88b9e15-early-q-ab.txt, bench/compare.py).
   static constexpr bool kEarlyQ = !kFp8;
-  // A persistent grid (Sm90Kernel<Tr, true>; the host picks it once the grid has at least
-  // two tiles an SM): one CTA an SM works through the tiles, so that a tile's start (its
-  // Q, its first key blocks) overlaps the previous tile's end. Measured on H200 against one
-  // CTA a tile (kernel alone, B=4 H=32, 1k-16k, full and causal, three repetitions):
-  // 16-bit P·V +4.5% at hd64 (24 of 24 ratios >= 0.999), +1.8% at hd128 (+1.6-6.7% at
-  // 1k-2k, 0.985-1.066 at 4k, 0.977-0.998 at 16k; bench/results/
-  // h200-82b2d1f-persistent-ab.txt); e4m3 P·V at hd128 +3.6% (22 of 24; +2.5-9.0% at
-  // 1k-4k, 0.993-1.019 at 16k; h200-715ec69-fp8-persistent-ab.txt). Not e4m3 P·V at hd64:
-  // its 16-bit Q tile (24 KB) exceeds its 17 KB stages. With the tile as two stage loads it
-  // ran 1.4% slower (0.94-0.97 at 16k; h200-f974cae-fp8-hd64-persistent-ab.txt), with the
-  // stages grown to hold it 3-10% (eb2cfaf's design, h200-eb2cfaf-persistent-grid-ab.txt).
-  static constexpr bool kPersistent = !kFp8 || kHeadDim == 128;
 
   // (e4m3 V as two terms under one scale, hi + lo with one more P·V MMA a k step, took the
   // fp8 path's relative L1 from 0.038 to 0.025-0.027 but ran the kernel 7-19% slower on
@@ -174,7 +176,7 @@ struct Sm90Traits {
   // tile numbers from the producer to the consumers through kTileSlots slots: the
   // producer claims the next tile while the consumers finish the current one.
   static constexpr int kQRawBytes = kCtaQ * kHeadDim * 2;
-  static_assert(!kPersistent || kQRawBytes <= kKBytes + kVTmaBytes,
+  static_assert(kQRawBytes <= kKBytes + kVTmaBytes,
                 "a stage holds a 16-bit Q tile (clear of the ones rows)");
   static constexpr int kTileSlots = 2;
   static constexpr int kSmemBytes = 1024 /* alignment slack */ + kQBytes + kStages * kStageBytes + 2 * kStages * 8 +
@@ -182,11 +184,18 @@ struct Sm90Traits {
                                     kTileSlots * (2 * 8 /* mbarriers */ + 4 /* tile number */);
 };
 
-// kPersistent: one CTA an SM claims tiles until none are left (Sm90Traits::kPersistent);
-// otherwise one CTA a tile.
+// kPersistent: one CTA an SM claims tiles until none are left; otherwise one CTA a tile.
+// The host picks the persistent grid once it has at least two tiles an SM, so that a tile's
+// start (its Q, its first key blocks) overlaps the previous tile's end. Measured on H200
+// against one CTA a tile (kernel alone, B=4 H=32, 1k-16k, full and causal, three
+// repetitions): 16-bit P·V +4.5% at hd64 (24 of 24 ratios >= 0.999), +1.8% at hd128
+// (+1.6-6.7% at 1k-2k, 0.985-1.066 at 4k, 0.977-0.998 at 16k; bench/results/
+// h200-82b2d1f-persistent-ab.txt); e4m3 P·V at hd128 +3.6% (22 of 24; +2.5-9.0% at 1k-4k,
+// 0.993-1.019 at 16k; h200-715ec69-fp8-persistent-ab.txt). e4m3 P·V at hd64 with three
+// consumers could not hold its 24 KB Q tile in a 17 KB stage (h200-f974cae-fp8-hd64-
+// persistent-ab.txt, h200-eb2cfaf-persistent-grid-ab.txt); with two it does (kQKAhead).
 template <class Tr, bool kPersistent>
 struct Sm90Kernel {
-  static_assert(!kPersistent || Tr::kPersistent, "a persistent grid for these traits was not measured");
   using Elem = typename Tr::Elem;
   static constexpr int D = Tr::kHeadDim;
   static constexpr bool kFp8 = Tr::kFp8;
@@ -354,9 +363,9 @@ struct Sm90Kernel {
   // ------------------------------------------------------------------ consumers
   // `tid` is the thread's index among the consumers; its rows are q0 + 16 warp + 8 h + g.
   struct RowState {
-    float o[Tr::kAccTiles * 4];  // wgmma accumulator order: [n8 tile][4]; then kSumTiles of row sums
+    float o[Tr::kOTiles * 4];  // wgmma accumulator order: [n8 tile][4]
     float max[1][2];      // base-2 logits
-    float sum[1][2];      // without kSumTiles: this lane's partial row sums of P (fp8: of 448 P)
+    float sum[1][2];      // row sums of P (fp8: of 448 P); without kSumTiles, this lane's part
     float q_scale[1][2];  // Q's scale times sm_scale * log2 e
   };
 
@@ -459,7 +468,7 @@ struct Sm90Kernel {
   __device__ static void pv_mma(float (&acc)[Tr::kAccTiles * 4], const uint32_t (&a)[4], uint64_t b, int scale_d) {
     if constexpr (kFp8) {
       if constexpr (D == 128) wgmma_m64n136k32_e4m3(acc, a, b, scale_d);
-      else wgmma_m64n64k32_e4m3(acc, a, b, scale_d);
+      else wgmma_m64n72k32_e4m3(acc, a, b, scale_d);
     } else if constexpr (Half2<Elem>::kBf16) {
       if constexpr (D == 128) wgmma_m64n128k16_bf16(acc, a, b, scale_d);
       else wgmma_m64n64k16_bf16(acc, a, b, scale_d);
@@ -515,9 +524,11 @@ struct Sm90Kernel {
   // cancels in O / l.
   // kMasked blocks cross the sequence end or the causal diagonal (with query and key
   // blocks of one size, the diagonal crosses every warp's rows).
-  template <bool kMasked>
+  // `after_scores` runs once s is read (kQKAhead: it issues the next block's Q K^T into s).
+  template <bool kMasked, class AfterScores>
   __device__ static void softmax(const AttnParams& p, const Coord& c, const Smem& sm, int warp, int j, int b,
-                                 const SAcc& s, RowState& st, float (&x)[1][Tr::kSTiles][4], float (&alpha)[1][2]) {
+                                 const SAcc& s, RowState& st, float (&x)[1][Tr::kSTiles][4], float (&alpha)[1][2],
+                                 AfterScores&& after_scores) {
     constexpr int kHalves = Tr::kCtaK / Tr::kKeyGroup, kTilesPerHalf = Tr::kSTiles / kHalves;
     const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const int k0 = j * Tr::kCtaK, row0 = c.q0 + 16 * warp;
@@ -546,19 +557,19 @@ struct Sm90Kernel {
         for (int e = 0; e < 4; ++e)
           if (nt * 8 + e % 2 >= limit[e / 2]) x[0][nt][e] = -INFINITY;
     }
+    float class_max[2][kHalves][2];  // [h]: rows g, g + 8
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      float class_max[kHalves][2];
       // The fp8 kernel at head dim 128 keeps fmaxf: with the integer maxima it ran 2-4%
       // slower on H200 and 2.6% on H100 (differently scheduled; the cause is not understood).
-      if constexpr (kMasked || Tr::kSumTiles > 0) {
+      if constexpr (kMasked || (kFp8 && D == 128)) {
 #pragma unroll
-        for (int hf = 0; hf < kHalves; ++hf) class_max[hf][0] = class_max[hf][1] = -INFINITY;
+        for (int hf = 0; hf < kHalves; ++hf) class_max[h][hf][0] = class_max[h][hf][1] = -INFINITY;
 #pragma unroll
         for (int nt = 0; nt < Tr::kSTiles; ++nt)
 #pragma unroll
           for (int i = 0; i < 2; ++i)
-            class_max[nt / kTilesPerHalf][i] = fmaxf(class_max[nt / kTilesPerHalf][i], x[0][nt][2 * h + i]);
+            class_max[h][nt / kTilesPerHalf][i] = fmaxf(class_max[h][nt / kTilesPerHalf][i], x[0][nt][2 * h + i]);
       } else {
         // Unmasked, the maxima are taken over the raw int32 scores, which order like their
         // biased floats: three-input integer maxima, half the instructions of fmaxf (H200:
@@ -570,15 +581,19 @@ struct Sm90Kernel {
           for (int i = 0; i < 2; ++i) {
             auto v = [&](int n) { return s[(hf * kTilesPerHalf + n) * 4 + 2 * h + i]; };
             const int m = __vimax3_s32(__vimax3_s32(v(0), v(1), v(2)), __vimax3_s32(v(3), v(4), v(5)), max(v(6), v(7)));
-            class_max[hf][i] = biased_int_to_float(m);
+            class_max[h][hf][i] = biased_int_to_float(m);
           }
       }
+    }
+    after_scores();
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
       float mx = -INFINITY;  // the block's row maximum of s * k_scale (-inf stays -inf)
 #pragma unroll
       for (int hf = 0; hf < kHalves; ++hf)
 #pragma unroll
         for (int i = 0; i < 2; ++i)
-          mx = fmaxf(mx, fmaf(class_max[hf][i], scale[hf][i], -kMagicBias * scale[hf][i]));
+          mx = fmaxf(mx, fmaf(class_max[h][hf][i], scale[hf][i], -kMagicBias * scale[hf][i]));
       const float sq = st.q_scale[0][h];
       const float m_sub = Softmax::advance_max(st.max[0][h], mx, sq, alpha[0][h]);
       float mul[kHalves][2], add[kHalves][2];
@@ -657,7 +672,7 @@ struct Sm90Kernel {
         if (!last || wg + 1 < Tr::kConsumers) named_arrive(kTurnBarrier + (wg + 1) % Tr::kConsumers, 256);
     };
     if (Tr::kPingPong && wg == 0) named_arrive(kTurnBarrier, 256);  // the first turn is consumer 0's
-    ScheduleFence after_softmax;  // ping-pong: P V's wait stays after the softmax
+    ScheduleFence after_softmax;  // ping-pong, kQKAhead: the MMAs' wait stays after the softmax
 
     // O = O * alpha + P V, with P V of block `v_block` issued here (fp16: rescale then
     // accumulate in place; fp8: accumulate from zero, folded in by fold_pv).
@@ -678,8 +693,12 @@ struct Sm90Kernel {
     auto fold_pv = [&](const float (&a)[2]) {  // fp8 only, once P V is complete
       if constexpr (kFp8)
 #pragma unroll
-        for (int i = 0; i < Tr::kAccTiles * 4; ++i) st.o[i] = fmaf(st.o[i], a[(i % 4) / 2], pv_acc[i]);
+        for (int i = 0; i < Tr::kOTiles * 4; ++i) st.o[i] = fmaf(st.o[i], a[(i % 4) / 2], pv_acc[i]);
+      if constexpr (Tr::kSumTiles > 0)  // every column of the sums tile is the row's sum
+#pragma unroll
+        for (int h = 0; h < 2; ++h) st.sum[0][h] = fmaf(st.sum[0][h], a[h], pv_acc[Tr::kOTiles * 4 + 2 * h]);
     };
+    auto no_hook = [] {};
     // One iteration: Q K^T of block j with P V of block j - 1, softmax of block j.
     auto step = [&](int j, auto masked) {
       wait_full(j);
@@ -691,9 +710,39 @@ struct Sm90Kernel {
       wgmma_wait<1>();  // S of block j
       fence_regs(s);
       float x[1][Tr::kSTiles][4];
-      softmax<decltype(masked)::value>(p, c, sm, warp, kb.begin + j, first + j, s, st, x, alpha);
+      softmax<decltype(masked)::value>(p, c, sm, warp, kb.begin + j, first + j, s, st, x, alpha, no_hook);
       if constexpr (Tr::kPingPong) after_softmax.mark();
       wgmma_wait<0>();  // P V of block j - 1
+      fence_regs(st.o);
+      fence_regs(pv_acc);
+      sm.release(first + j - 1, lane);
+      fold_pv(alpha_prev);
+      pack<decltype(masked)::value>(x, pf);
+    };
+    // kQKAhead: block j's Q K^T was issued during block j - 1's softmax, into s while x
+    // holds block j - 1's scores; block j + 1's, and block j - 1's P V, are issued once
+    // block j's scores are read (softmax's hook), so S is ready when the next softmax needs
+    // it. Every MMA is complete at the end of a step: ptxas serializes MMAs left in flight
+    // across the loop's back edge. x is pinned before the issue: computed after it, it made
+    // ptxas keep a copy of S (64 moves). The last block issues its own Q K^T again, unread:
+    // an issue under a condition also made ptxas copy S's registers every block.
+    auto issue_next_qk = [&](int j, float (&x)[1][Tr::kSTiles][4]) {
+#pragma unroll
+      for (int nt = 0; nt < Tr::kSTiles; ++nt) fence_regs(x[0][nt]);
+      const int next = min(j + 1, n_blocks - 1);
+      wait_full(next);
+      issue_qk(sm, wg, first + next, s);
+    };
+    auto step_ahead = [&](int j, auto masked) {
+      const float alpha_prev[2] = {alpha[0][0], alpha[0][1]};
+      float x[1][Tr::kSTiles][4];
+      softmax<decltype(masked)::value>(p, c, sm, warp, kb.begin + j, first + j, s, st, x, alpha, [&] {
+        issue_next_qk(j, x);
+        issue_block_pv(j - 1);
+      });
+      after_softmax.mark();
+      wgmma_wait<0>();  // S of block j + 1, P V of block j - 1
+      fence_regs(s);
       fence_regs(st.o);
       fence_regs(pv_acc);
       sm.release(first + j - 1, lane);
@@ -709,17 +758,29 @@ struct Sm90Kernel {
     fence_regs(s);
     {
       float x[1][Tr::kSTiles][4];
+      auto first_hook = [&] {
+        if constexpr (Tr::kQKAhead) issue_next_qk(0, x);
+      };
       if (n_unmasked > 0) {
-        softmax<false>(p, c, sm, warp, kb.begin, first, s, st, x, alpha);
+        softmax<false>(p, c, sm, warp, kb.begin, first, s, st, x, alpha, first_hook);
         pack<false>(x, pf);
       } else {
-        softmax<true>(p, c, sm, warp, kb.begin, first, s, st, x, alpha);
+        softmax<true>(p, c, sm, warp, kb.begin, first, s, st, x, alpha, first_hook);
         pack<true>(x, pf);
+      }
+      if constexpr (Tr::kQKAhead) {
+        wgmma_wait<0>();  // S of block 1
+        fence_regs(s);
       }
     }
     int j = 1;
-    for (; j < n_unmasked; ++j) step(j, std::false_type{});
-    for (; j < n_blocks; ++j) step(j, std::true_type{});
+    if constexpr (Tr::kQKAhead) {
+      for (; j < n_unmasked; ++j) step_ahead(j, std::false_type{});
+      for (; j < n_blocks; ++j) step_ahead(j, std::true_type{});
+    } else {
+      for (; j < n_unmasked; ++j) step(j, std::false_type{});
+      for (; j < n_blocks; ++j) step(j, std::true_type{});
+    }
     take_turn();
     issue_block_pv(n_blocks - 1);
     pass_turn(true);
@@ -728,7 +789,7 @@ struct Sm90Kernel {
     fence_regs(pv_acc);
     if constexpr (kPersistent) sm.release(first + n_blocks - 1, lane);  // (one CTA a tile: no one waits)
     fold_pv(alpha[0]);
-    if constexpr (Tr::kPingPong) after_softmax.keep(p.kv_len < 0, st.sum[0][0]);
+    if constexpr (Tr::kPingPong || Tr::kQKAhead) after_softmax.keep(p.kv_len < 0, st.sum[0][0]);
   }
 
   // O / l (fp8: times the per-channel V scale) and the LSE, to the caller's output or (a
@@ -747,7 +808,7 @@ struct Sm90Kernel {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int row = 16 * warp + h * 8 + g;  // in the tile
-      const float sum = Tr::kSumTiles > 0 ? st.o[Tr::kOTiles * 4 + 2 * h] : Softmax::quad_sum(st.sum[0][h]);
+      const float sum = Tr::kSumTiles > 0 ? st.sum[0][h] : Softmax::quad_sum(st.sum[0][h]);
       const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
       RowOut o;
 #pragma unroll
@@ -837,7 +898,7 @@ struct Sm90Kernel {
       st.sum[0][h] = 0.0f;
     }
 #pragma unroll
-    for (int i = 0; i < Tr::kAccTiles * 4; ++i) st.o[i] = 0.0f;
+    for (int i = 0; i < Tr::kOTiles * 4; ++i) st.o[i] = 0.0f;
     key_loop(p, x.c, sm, tid, x.kb, first, st);
     store(p, x, tid, st);
   }

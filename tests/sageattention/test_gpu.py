@@ -183,7 +183,7 @@ def assert_out_matches_reference(kernel, got, want):
 
 
 def assert_lse_of_e4m3_row_sums(got, want):
-    # The e4m3 hd128 kernel's row sums come out of the P·V MMA, of the e4m3-rounded P
+    # The e4m3 kernel's row sums come out of the P·V MMA, of the e4m3-rounded P
     # (Sm90Traits::kSumTiles): each term within 2^-4 of exact, so lse within log(1 + 2^-4)
     # of the reference's.
     err = (got - want).abs()
@@ -191,8 +191,8 @@ def assert_lse_of_e4m3_row_sums(got, want):
 
 
 def assert_lse_matches_reference(name, d, got, want):
-    """The op's LSE against the reference's: the e4m3 hd128 kernel's comes from e4m3 row sums."""
-    if name == "sm90_fp8" and d == 128:
+    """The op's LSE against the reference's: the e4m3 Hopper kernel's comes from e4m3 row sums."""
+    if name == "sm90_fp8":
         assert_lse_of_e4m3_row_sums(got, want)
     else:
         torch.testing.assert_close(got, want, atol=2e-3, rtol=1e-4)
@@ -258,16 +258,16 @@ def test_sm90_more_tiles_than_sms(name, causal, d):
     if name not in kernels():
         pytest.skip(f"{name} does not run on this GPU/build")
     q, k, v = make_qkv(b=4, hq=16, hkv=4, nq=1000, d=d, device=DEV)
-    tiles = 4 * 16 * -(-1000 // (128 if d == 128 else 192))
+    tiles = 4 * 16 * -(-1000 // sm90_cta_q(name, d))
     assert tiles > 2 * torch.cuda.get_device_properties(0).multi_processor_count
     bar = L1_FP8_PV if name == "sm90_fp8" else L1_FP16_PV
     out = core._attention(q, k, v, "HND", causal, None, False, name, "per_thread", True)
     assert_accurate(out, ref32(q, k, v, causal=causal), bar)
 
 
-def sm90_persistent(name, d):
-    """Whether the Hopper kernel runs a persistent grid on large grids (Sm90Traits::kPersistent)."""
-    return not (name == "sm90_fp8" and d == 64)
+def sm90_cta_q(name, d):
+    """The Hopper kernel's query rows a tile (Sm90Traits::kCtaQ): three consumers for 16-bit P·V at hd64."""
+    return 192 if name == "sm90_fp16" and d == 64 else 128
 
 
 def sm90_grids(fn):
@@ -285,18 +285,17 @@ def sm90_grids(fn):
 @pytest.mark.parametrize("layout", [0, 1])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_sm90_persistent_grid_matches_one_cta_per_tile(name, causal, d, layout, dtype):
-    """The Hopper kernel runs a persistent grid once there are two query tiles an SM (all but
-    e4m3 P·V at hd64: Sm90Traits::kPersistent), else one CTA a tile (attn_sm90.cu). A tile
-    computes the same either way, so a batch run whole (persistent) and one sequence at a
-    time (one CTA a tile) agree bit for bit, LSE included: every tile claimed once, its Q (by
-    TMA, through the stage ring) and its key blocks (stage numbers running on across tiles)
-    where they belong. The batch's tiles fill whole waves, so none is split
-    (test_sm90_tail_split_matches_reference_op)."""
+    """The Hopper kernel runs a persistent grid once there are two query tiles an SM, else one
+    CTA a tile (attn_sm90.cu). A tile computes the same either way, so a batch run whole
+    (persistent) and one sequence at a time (one CTA a tile) agree bit for bit, LSE included:
+    every tile claimed once, its Q (by TMA, through the stage ring) and its key blocks (stage
+    numbers running on across tiles) where they belong. The batch's tiles fill whole waves,
+    so none is split (test_sm90_tail_split_matches_reference_op)."""
     if name not in kernels():
         pytest.skip(f"{name} does not run on this GPU/build")
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     nq, hq = 1000, 16
-    tiles = hq * -(-nq // (128 if d == 128 else 192))  # a sequence's (Sm90Traits::kCtaQ)
+    tiles = hq * -(-nq // sm90_cta_q(name, d))  # a sequence's
     assert tiles < 2 * sms
     b = sms // math.gcd(sms, tiles)
     assert b * tiles >= 2 * sms
@@ -308,7 +307,7 @@ def test_sm90_persistent_grid_matches_one_cta_per_tile(name, causal, d, layout, 
     def run(i=slice(None)):
         return core._run_kernel(ops, kernel, q[i], ki[i], ks[i], v[i], layout, gran, d ** -0.5, causal, True)
 
-    assert sm90_grids(run) == ["persistent" if sm90_persistent(name, d) else "one CTA a tile"]
+    assert sm90_grids(run) == ["persistent"]
     assert sm90_grids(lambda: run(slice(0, 1))) == ["one CTA a tile"]
     out, lse = run()
     for i in range(b):
@@ -330,17 +329,16 @@ def test_sm90_tail_split_matches_reference_op(name, d):
     parts are merged (attn_sm90.cu's tail_split). The output and LSE still match the
     reference op; exactly that many tiles differ from the same sequences run one at a time
     (one CTA a tile, never split), and the others agree bit for bit. 1963 keys: the last
-    range ends masked. e4m3 P·V at hd64 runs one CTA a tile at any size: nothing splits."""
+    range ends masked."""
     if name not in kernels():
         pytest.skip(f"{name} does not run on this GPU/build")
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    hq, nq, nk, cta_q = 8, 1000, 1963, (128 if d == 128 else 192)
+    hq, nq, nk, cta_q = 8, 1000, 1963, sm90_cta_q(name, d)
     q_blocks, key_blocks = -(-nq // cta_q), -(-nk // 128)
     per_seq = hq * q_blocks
-    persistent = sm90_persistent(name, d)
     b = max(range(-(-2 * sms // per_seq), 40), key=lambda b: (sm90_tail_split(b * per_seq, sms, key_blocks, False)[1], -b))
-    first, chunks = sm90_tail_split(b * per_seq, sms, key_blocks, False) if persistent else (b * per_seq, 1)
-    assert (chunks >= 2) == persistent and per_seq < sms and b * per_seq >= 2 * sms, (b, chunks)
+    first, chunks = sm90_tail_split(b * per_seq, sms, key_blocks, False)
+    assert chunks >= 2 and per_seq < sms and b * per_seq >= 2 * sms, (b, chunks)
     q, k, v = make_qkv(b=b, hq=hq, hkv=2, nq=nq, nk=nk, d=d, device=DEV)
     kernel, gran = core.KERNELS[name], core.quant.granularity("per_thread")
     got, want, (ki, ks) = op_and_reference(kernel, q, k, v, False, gran)
