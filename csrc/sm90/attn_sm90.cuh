@@ -698,6 +698,15 @@ struct Sm90Kernel {
 #pragma unroll
         for (int h = 0; h < 2; ++h) st.sum[0][h] = fmaf(st.sum[0][h], a[h], pv_acc[Tr::kOTiles * 4 + 2 * h]);
     };
+    // A step's end, P V of block j - 1 complete: its stage released, the P V folded into O,
+    // block j's P packed for its own P V.
+    auto finish_step = [&](int j, const float (&alpha_prev)[2], const float (&x)[1][Tr::kSTiles][4], auto masked) {
+      fence_regs(st.o);
+      fence_regs(pv_acc);
+      sm.release(first + j - 1, lane);
+      fold_pv(alpha_prev);
+      pack<decltype(masked)::value>(x, pf);
+    };
     auto no_hook = [] {};
     // One iteration: Q K^T of block j with P V of block j - 1, softmax of block j.
     auto step = [&](int j, auto masked) {
@@ -713,11 +722,7 @@ struct Sm90Kernel {
       softmax<decltype(masked)::value>(p, c, sm, warp, kb.begin + j, first + j, s, st, x, alpha, no_hook);
       if constexpr (Tr::kPingPong) after_softmax.mark();
       wgmma_wait<0>();  // P V of block j - 1
-      fence_regs(st.o);
-      fence_regs(pv_acc);
-      sm.release(first + j - 1, lane);
-      fold_pv(alpha_prev);
-      pack<decltype(masked)::value>(x, pf);
+      finish_step(j, alpha_prev, x, masked);
     };
     // kQKAhead: block j's Q K^T was issued during block j - 1's softmax, into s while x
     // holds block j - 1's scores; block j + 1's, and block j - 1's P V, are issued once
@@ -743,11 +748,7 @@ struct Sm90Kernel {
       after_softmax.mark();
       wgmma_wait<0>();  // S of block j + 1, P V of block j - 1
       fence_regs(s);
-      fence_regs(st.o);
-      fence_regs(pv_acc);
-      sm.release(first + j - 1, lane);
-      fold_pv(alpha_prev);
-      pack<decltype(masked)::value>(x, pf);
+      finish_step(j, alpha_prev, x, masked);
     };
 
     wait_full(0);
