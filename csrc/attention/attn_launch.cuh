@@ -10,16 +10,17 @@
 #include "attention/attn_kernel.cuh"
 #include "common/checks.h"
 #include "common/dispatch.cuh"
+#include "common/launch.cuh"
 
 namespace sage {
 
-// Launches `kernel` with Tr's CTA size and shared memory over `grid`.
+// Launches `kernel` with Tr's CTA size and shared memory over `grid`, after the stream's
+// previous kernel (launch_after).
 template <class Tr, class Params>
 void launch_kernel(void (*kernel)(const Params), const Params& p, dim3 grid, cudaStream_t stream) {
   // Per device (the current one); a cheap driver call, as in FlashAttention.
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
-  kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(p);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_after(kernel, grid, Tr::kThreads, Tr::kSmemBytes, stream, p);
 }
 
 // The mma.sync kernels: one CTA per (query block, q head, batch), see CtaCoord.

@@ -9,6 +9,7 @@
 
 #include "common/checks.h"
 #include "common/dispatch.cuh"
+#include "common/launch.cuh"
 #include "ops.h"
 #include "quant/quant_int8.cuh"
 #include "quant/quant_v_fp8.cuh"
@@ -47,7 +48,7 @@ void launch_quant_int8(const QuantInt8Params& p, at::ScalarType dtype, const Bhn
   const dim3 grid((s.n + QuantInt8Shape::kChunkRows - 1) / QuantInt8Shape::kChunkRows, s.h, s.b);
   dispatch_half_hd(dtype, s.d, [&](auto elem, auto head_dim) {
     using T = typename decltype(elem)::type;
-    quant_int8_kernel<T, head_dim()><<<grid, QuantInt8Shape::kThreads, 0, stream>>>(p);
+    launch_after(quant_int8_kernel<T, head_dim()>, grid, QuantInt8Shape::kThreads, 0, stream, p);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -98,8 +99,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quant_int8_smooth(const at::Tenso
   const auto stream = c10::cuda::getCurrentCUDAStream();
   dispatch_half_hd(x.scalar_type(), s.d, [&](auto elem, auto head_dim) {
     using T = typename decltype(elem)::type;
-    sample_mean_kernel<T, head_dim()><<<dim3(s.h, s.b), token_sample::SampleTile<T, head_dim()>::kThreads, 0, stream>>>(
-        p, token_sample::draw(int(s.n)), mean.data_ptr<float>());
+    launch_after(sample_mean_kernel<T, head_dim()>, dim3(s.h, s.b), token_sample::SampleTile<T, head_dim()>::kThreads,
+                 0, stream, p, token_sample::draw(int(s.n)), mean.data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   p.mean = mean.data_ptr<float>();
@@ -128,12 +129,13 @@ std::tuple<at::Tensor, at::Tensor> quant_v_fp8(const at::Tensor& v_in, int64_t t
   dispatch_half_hd(v.scalar_type(), s.d, [&](auto elem, auto head_dim) {
     using T = typename decltype(elem)::type;
     constexpr int D = head_dim();
-    sample_limit_kernel<T, D><<<dim3(s.h, s.b), token_sample::SampleTile<T, D>::kThreads, 0, stream>>>(
-        p, token_sample::draw(int(s.n)));
+    launch_after(sample_limit_kernel<T, D>, dim3(s.h, s.b), token_sample::SampleTile<T, D>::kThreads, 0, stream, p,
+                 token_sample::draw(int(s.n)));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    v_fp8_kernel<T, D><<<dim3(padded / QuantVFp8Shape::kKeys, s.h, s.b), QuantVFp8Shape::kThreads, 0, stream>>>(p);
+    launch_after(v_fp8_kernel<T, D>, dim3(padded / QuantVFp8Shape::kKeys, s.h, s.b), QuantVFp8Shape::kThreads, 0,
+                 stream, p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    v_fp8_repair_kernel<T, D><<<dim3(s.h, s.b), QuantVFp8Shape::kThreads, 0, stream>>>(p);
+    launch_after(v_fp8_repair_kernel<T, D>, dim3(s.h, s.b), QuantVFp8Shape::kThreads, 0, stream, p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {out, scale};

@@ -54,6 +54,8 @@ __global__ void __launch_bounds__(token_sample::SampleTile<T, D>::kThreads)
     sample_limit_kernel(const __grid_constant__ QuantVFp8Params p, const __grid_constant__ token_sample::Sample sample) {
   __shared__ __align__(16) token_sample::SampleTile<T, D> tile;
   const int64_t bh = int64_t(blockIdx.y) * p.heads + blockIdx.x;
+  ptx::wait_prior_grids();  // (launch_after)
+  ptx::allow_next_grid();
   tile.load(sample, v_rows<T>(p, blockIdx.y, blockIdx.x), p.v_stride_n);
   __syncthreads();
   if (threadIdx.x < D) {
@@ -167,6 +169,8 @@ __global__ void __launch_bounds__(QuantVFp8Shape::kThreads) v_fp8_kernel(const _
   __shared__ __align__(16) KeyTile<T, D, QuantVFp8Shape::kKeys> keys;
   const int d = threadIdx.x % D;
   const int64_t bh = int64_t(blockIdx.z) * p.heads + blockIdx.y;
+  ptx::wait_prior_grids();  // (launch_after)
+  ptx::allow_next_grid();
   const float limit = p.limit[bh * D + d], scale = e4m3_scale(limit);
   if (blockIdx.x == 0 && threadIdx.x < D) p.scale[bh * D + d] = scale;
   uint8_t* out = static_cast<uint8_t*>(p.out) + bh * D * p.padded_len;
@@ -188,6 +192,8 @@ __global__ void __launch_bounds__(QuantVFp8Shape::kThreads) v_fp8_repair_kernel(
   __shared__ __align__(16) KeyTile<T, D, QuantVFp8Shape::kKeys> keys;
   const int d = threadIdx.x % D;
   const int64_t bh = int64_t(blockIdx.y) * p.heads + blockIdx.x;
+  ptx::wait_prior_grids();  // (launch_after)
+  ptx::allow_next_grid();
   const float overflow = p.overflow[bh * D + d];
   if (!__syncthreads_or(overflow > 0.0f)) return;
   const float scale = e4m3_scale(fmaxf(p.limit[bh * D + d], overflow));

@@ -991,19 +991,28 @@ struct Sm90Kernel {
                });
   }
 
+  // The shared-memory setup overlaps the previous kernel's end (launch_after); global
+  // memory waits for it.
   __device__ static void run(const Sm90Params& p) {
+    auto after_prior_grids = [] {
+      ptx::wait_prior_grids();
+      ptx::allow_next_grid();
+    };
     if constexpr (kPersistent) {
       const Smem sm = setup_smem();
+      after_prior_grids();
       specialize([&] { produce(p, sm); }, [&] { consume_tiles(p, sm); });
     } else if constexpr (Tr::kEarlyQ) {
       QRegs q_raw;
       const Work x = work(p, blockIdx.x);
+      after_prior_grids();
       if (threadIdx.x >= 128) load_q(p, x.c, threadIdx.x - 128, q_raw);
       const Smem sm = setup_smem();
       run_one_tile(p, x, sm, q_raw);
     } else {
       QRegs q_raw;
       const Smem sm = setup_smem();
+      after_prior_grids();
       run_one_tile(p, work(p, blockIdx.x), sm, q_raw);
     }
   }
