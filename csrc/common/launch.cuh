@@ -46,7 +46,8 @@ void launch_after(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
                   Args&&... args) {
   cudaLaunchAttribute attribute{};
   attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = has_grid_dependency_control(reinterpret_cast<const void*>(kernel));
+  attribute.val.programmaticStreamSerializationAllowed =
+      has_grid_dependency_control(reinterpret_cast<const void*>(kernel));
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
   config.blockDim = block;

@@ -50,7 +50,6 @@ void launch_quant_int8(const QuantInt8Params& p, at::ScalarType dtype, const Bhn
     using T = typename decltype(elem)::type;
     launch_after(quant_int8_kernel<T, head_dim()>, grid, QuantInt8Shape::kThreads, 0, stream, p);
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace
@@ -101,7 +100,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quant_int8_smooth(const at::Tenso
     using T = typename decltype(elem)::type;
     launch_after(sample_mean_kernel<T, head_dim()>, dim3(s.h, s.b), token_sample::SampleTile<T, head_dim()>::kThreads,
                  0, stream, p, token_sample::draw(int(s.n)), mean.data_ptr<float>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   p.mean = mean.data_ptr<float>();
   launch_quant_int8(p, x.scalar_type(), s, stream);
@@ -131,12 +129,9 @@ std::tuple<at::Tensor, at::Tensor> quant_v_fp8(const at::Tensor& v_in, int64_t t
     constexpr int D = head_dim();
     launch_after(sample_limit_kernel<T, D>, dim3(s.h, s.b), token_sample::SampleTile<T, D>::kThreads, 0, stream, p,
                  token_sample::draw(int(s.n)));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
     launch_after(v_fp8_kernel<T, D>, dim3(padded / QuantVFp8Shape::kKeys, s.h, s.b), QuantVFp8Shape::kThreads, 0,
                  stream, p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
     launch_after(v_fp8_repair_kernel<T, D>, dim3(s.h, s.b), QuantVFp8Shape::kThreads, 0, stream, p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {out, scale};
 }

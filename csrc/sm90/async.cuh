@@ -1,6 +1,6 @@
 // Hopper (sm_90a) data movement and warp-specialization primitives: TMA tile loads
-// that complete on an mbarrier with a byte count, the register split between warpgroups
-// (setmaxnreg) and named barriers. One instruction per wrapper.
+// that complete on an mbarrier with a byte count, TMA tile stores, stmatrix, the register
+// split between warpgroups (setmaxnreg) and named barriers. One instruction per wrapper.
 #pragma once
 #include <cuda.h>  // CUtensorMap
 #include <cstdint>
@@ -30,6 +30,36 @@ __device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap* map
       "%6}], [%2];\n" ::"r"(dst),
       "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
       : "memory");
+}
+
+// TMA: shared memory at `src` -> the box of `map` at the given coordinates (innermost
+// first), in the map's swizzle; what falls outside the tensor is not written. Joins the
+// thread's current bulk group (bulk_commit closes it).
+__device__ __forceinline__ void tma_store_4d(const CUtensorMap* map, uint32_t src, int c0, int c1, int c2, int c3) {
+  asm volatile("cp.async.bulk.tensor.4d.global.shared::cta.bulk_group [%0, {%2, %3, %4, %5}], [%1];\n" ::"l"(
+                   reinterpret_cast<uint64_t>(map)),
+               "r"(src), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+// Waits until at most N of the thread's bulk groups still read their shared memory /
+// are incomplete.
+template <int N>
+__device__ __forceinline__ void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+}
+template <int N>
+__device__ __forceinline__ void bulk_wait() {
+  asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// Four 8x8 matrices of 16-bit elements to shared memory: lane 4 r + c holds elements
+// 2c, 2c + 1 of row r of matrix i in r[i] (the mma accumulator layout), and lane 8 i + r
+// names the address of row r of matrix i.
+__device__ __forceinline__ void stmatrix_x4(uint32_t addr, const uint32_t (&r)[4]) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(r[0]),
+               "r"(r[1]), "r"(r[2]), "r"(r[3])
+               : "memory");
 }
 
 // Hands registers between warpgroups: every warp of a warpgroup executes the same one.

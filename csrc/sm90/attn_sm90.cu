@@ -148,6 +148,9 @@ std::tuple<at::Tensor, at::Tensor> attn_sm90(const at::Tensor& q_in, const at::T
     auto go = [&](auto traits) {
       using Tr = decltype(traits);
       const int64_t tiles = qs.b * qs.h * ((qs.n + Tr::kCtaQ - 1) / Tr::kCtaQ);
+      if constexpr (Tr::kOBySmem)
+        p.o_map = tensor_map<4>(p.out, 2, {D, qs.n, qs.h, qs.b}, {p.o_stride_n * 2, p.o_stride_h * 2, p.o_stride_b * 2},
+                                {64, Tr::kWgQ, 1, 1}, 128);
       TORCH_CHECK(tiles < (int64_t(1) << 30), "too many query tiles: ", tiles);
       // One CTA an SM at a time either way (registers, shared memory). Persistent once
       // every SM has at least two tiles; on smaller grids it has nothing to overlap

@@ -54,6 +54,7 @@ struct Sm90Params : AttnParams {
   // claimed from `tile_counter` (zero at launch), and Q arrives by TMA through q_map.
   int* tile_counter;
   CUtensorMap q_map;  // 16-bit Q: (D, Nq, Hq, B), box (D, kCtaQ, 1, 1), unswizzled
+  CUtensorMap o_map;  // kOBySmem: O (D, Nq, Hq, B), box (64, kWgQ, 1, 1), 128-byte swizzle
   // The tail split (Sm90Kernel::work, host: attn_sm90.cu's tail_split): the tiles from
   // tail_first on, the last wave's, are split into tail_chunks key ranges each (no split:
   // tail_first = the tile count, tail_chunks = 1). A chunk writes O / l in fp32 and its
@@ -179,9 +180,20 @@ struct Sm90Traits {
   static_assert(kQRawBytes <= kKBytes + kVTmaBytes,
                 "a stage holds a 16-bit Q tile (clear of the ones rows)");
   static constexpr int kTileSlots = 2;
-  static constexpr int kSmemBytes = 1024 /* alignment slack */ + kQBytes + kStages * kStageBytes + 2 * kStages * 8 +
-                                    2 * kCtaQ * 4 /* Q group amax, two tiles' */ +
-                                    kTileSlots * (2 * 8 /* mbarriers */ + 4 /* tile number */);
+  static constexpr int kSmemBytesNoO = 1024 /* alignment slack */ + kQBytes + kStages * kStageBytes +
+                                       2 * kStages * 8 + 2 * kCtaQ * 4 /* Q group amax, two tiles' */ +
+                                       kTileSlots * (2 * 8 /* mbarriers */ + 4 /* tile number */);
+  // The 16-bit hd64 kernel's O leaves through shared memory and TMA stores: the consumers
+  // write it with stmatrix and go on to the next tile while the TMA unit stores it. The
+  // others' lanes store their rows themselves (store_quad_row). Measured on H100 (kernel
+  // alone, B=4 H=32, 4k/16k, interleaved runs): 16-bit hd64 +1.2% (10 of 12 ratios >= 0.999;
+  // sageattn +1.6%), but e4m3 hd128 1.9% and e4m3 hd64 0.5% slower, their key loops
+  // scheduled differently (bench/results/h100-5914978-tma-store-scale-prefetch-stages-ab.txt,
+  // h100-4e2b1af-pdl-and-o-tma-store-16bit-hd64-ab.txt). 16-bit hd128 has no room left.
+  static constexpr int kOBytes = kCtaQ * kHeadDim * 2;
+  static constexpr bool kOBySmem = !kFp8 && kHeadDim == 64;
+  static_assert(!kOBySmem || kSmemBytesNoO + kOBytes <= 227 * 1024, "O fits");
+  static constexpr int kSmemBytes = kSmemBytesNoO + (kOBySmem ? kOBytes : 0);
 };
 
 // kPersistent: one CTA an SM claims tiles until none are left; otherwise one CTA a tile.
@@ -264,6 +276,7 @@ struct Sm90Kernel {
   struct Smem {
     uint32_t q;           // int8 Q tile, [kCtaQ][D]
     uint32_t stages;      // [kStages][K | V | key scales], or a 16-bit Q tile
+    uint32_t o;           // kOBySmem: O on its way out, [consumer][D / 64][kWgQ rows][128 bytes]
     uint32_t full;        // mbarriers [kStages]: the load landed
     uint32_t empty;       // mbarriers [kStages]: every consumer warp is done with the load
     float* q_amax;        // [2][kCtaQ]: Q's group maxima by group within the tile; tile n's in half n % 2
@@ -426,6 +439,9 @@ struct Sm90Kernel {
     auto group = [&](int r) { return int8::group_of(r, p.q_group_block, p.q_group_stride); };
     auto row = [&](int i) { return first_row(tid) + QChunk::row(w, i); };  // in the tile
     float* const q_amax = sm.amax(n);
+    // kOBySmem: the previous tile's O leaves the consumer's shared tile before the barrier,
+    // so that everyone may stage this tile's O (store) once past it.
+    if (Tr::kOBySmem && w == 0) bulk_wait_read<0>();
     float amax[QChunk::kPasses];
 #pragma unroll
     for (int i = 0; i < QChunk::kPasses; ++i) amax[i] = int8::lane_amax<Elem>(raw[i]);
@@ -806,8 +822,9 @@ struct Sm90Kernel {
   // stores would each wait a full L2 round trip (on H100 this cost the fp8 kernel 4% at
   // N = 4k, 12% at 4k causal).
   using RowOut = float[Tr::kOTiles][2];  // a lane's channels 8 nt + 2t + i of one row
-  __device__ static void store(const Sm90Params& p, const Work& x, int tid, const RowState& st) {
+  __device__ static void store(const Sm90Params& p, const Smem& sm, const Work& x, int tid, const RowState& st) {
     const int warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+    const bool by_smem = Tr::kOBySmem && x.part < 0;
     float v_scale[Tr::kOTiles][2];
 #pragma unroll
     for (int nt = 0; nt < Tr::kOTiles; ++nt)
@@ -824,7 +841,10 @@ struct Sm90Kernel {
 #pragma unroll
         for (int i = 0; i < 2; ++i) o[nt][i] = st.o[nt * 4 + 2 * h + i] * (inv * v_scale[nt][i]);
       const float lse2 = st.max[0][h] + __log2f(sum) - kLog2PScale;
-      if (x.part < 0) {
+      if (by_smem) {
+        stage_rows(sm, tid, h, o);
+        emit_lse(p, x.c, row, t, lse2);
+      } else if (x.part < 0) {
         emit_row(p, x.c, row, t, o, lse2);
       } else {
         float* dst = p.part_o + (int64_t(x.part) * Tr::kCtaQ + row) * D + 2 * t;
@@ -834,18 +854,56 @@ struct Sm90Kernel {
         if (t == 0) __stcg(p.part_lse + x.part * Tr::kCtaQ + row, lse2);
       }
     }
+    if (by_smem) send_o(p, sm, x.c, tid);
     if (x.part >= 0) finish_part(p, x, warp, lane);
+  }
+
+  // kOBySmem: consumer wg's O tile, channels 64 a .. 64 a + 63 of its rows, in o_map's
+  // 128-byte swizzle.
+  __device__ static uint32_t o_atom(const Smem& sm, int wg, int a) {
+    return sm.o + (wg * D / 64 + a) * (Tr::kWgQ * 128);
+  }
+  // Rows 8 h + g of this warp's 16 (o: O / l, times V's scales) into the consumer's O tile
+  // (n8 tile nt is 16-byte chunk nt % 8 of a row of atom nt / 8), four n8 tiles an stmatrix.
+  __device__ static void stage_rows(const Smem& sm, int tid, int h, const RowOut& o) {
+    const int lane = tid % 32, r = lane % 8;  // this lane names row r of matrix lane / 8
+    const int row = 16 * (tid / 32 % 4) + 8 * h + r;  // in the consumer's rows (row % 8 = r)
+#pragma unroll
+    for (int nt0 = 0; nt0 < Tr::kOTiles; nt0 += 4) {
+      uint32_t words[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) words[i] = pack_pair<Elem>(o[nt0 + i][0], o[nt0 + i][1]);
+      const int nt = nt0 + lane / 8;
+      stmatrix_x4(o_atom(sm, tid / 128, nt / 8) + row * 128 + ((nt % 8) ^ r) * 16, words);
+    }
+  }
+  // The consumer's O tile, once all its warps staged their rows, to the caller's output by
+  // TMA (rows past the sequence are not written). Thread 0 of the consumer owns the bulk
+  // group: the next tile's quantize_q waits for its reads before anyone stages again.
+  __device__ static void send_o(const Sm90Params& p, const Smem& sm, const Coord& c, int tid) {
+    const int wg = tid / 128;
+    fence_proxy_async();  // the stmatrix writes, before the TMA unit reads them
+    named_sync(kQuantBarrier + wg, 128);
+    if (tid % 128 == 0) {
+#pragma unroll
+      for (int a = 0; a < D / 64; ++a)
+        tma_store_4d(&p.o_map, o_atom(sm, wg, a), a * 64, c.q0 + wg * Tr::kWgQ, c.head, c.batch);
+      bulk_commit();
+    }
   }
 
   // Row `row` of the tile (o: O / l, times V's scales) to the caller's layout
   // (store_quad_row), and its LSE (lse2: base 2, without the P scale).
   __device__ static void emit_row(const AttnParams& p, const Coord& c, int row, int t, const RowOut& o, float lse2) {
     Elem* out = static_cast<Elem*>(p.out) + c.batch * p.o_stride_b + c.head * p.o_stride_h;
-    row += c.q0;
     uint32_t words[Tr::kOTiles];
 #pragma unroll
     for (int nt = 0; nt < Tr::kOTiles; ++nt) words[nt] = pack_pair<Elem>(o[nt][0], o[nt][1]);
-    store_quad_row(out + row * p.o_stride_n, words, t, row < p.q_len);
+    store_quad_row(out + (c.q0 + row) * p.o_stride_n, words, t, c.q0 + row < p.q_len);
+    emit_lse(p, c, row, t, lse2);
+  }
+  __device__ static void emit_lse(const AttnParams& p, const Coord& c, int row, int t, float lse2) {
+    row += c.q0;
     if (row < p.q_len && p.lse != nullptr && t == 0) p.lse[c.bh * p.q_len + row] = lse2 * 0.69314718055994531f;
   }
 
@@ -908,7 +966,7 @@ struct Sm90Kernel {
 #pragma unroll
     for (int i = 0; i < Tr::kOTiles * 4; ++i) st.o[i] = 0.0f;
     key_loop(p, x.c, sm, tid, x.kb, first, st);
-    store(p, x, tid, st);
+    store(p, sm, x, tid, st);
   }
 
   // Persistent: the work items the producer hands over, one after the other (the next
@@ -921,13 +979,18 @@ struct Sm90Kernel {
       int item;
       asm volatile("ld.shared.s32 %0, [%1];\n" : "=r"(item) : "r"(sm.slot(n)) : "memory");
       sm.release_slot(n, threadIdx.x % 32);
-      if (item < 0) return;
+      if (item < 0) return finish_o_stores(tid);
       const Work x = work(p, item);
       QRegs q_raw;
       read_q(sm, first, tid, q_raw);
       run_tile(p, x, sm, n, first + 1, q_raw);
       first += 1 + x.kb.n_blocks - x.kb.begin;
     }
+  }
+
+  // kOBySmem: the CTA's last O stores complete before it exits (its shared memory is read).
+  __device__ static void finish_o_stores(int tid) {
+    if (Tr::kOBySmem && tid % 128 == 0) bulk_wait<0>();
   }
 
   // Carves the shared memory and initializes the barriers, Q's group maxima and the ones
@@ -938,9 +1001,11 @@ struct Sm90Kernel {
     Smem sm;
     sm.q = ptx::smem_addr(smem);
     sm.stages = sm.q + Tr::kQBytes;
-    sm.full = sm.stages + Tr::kStages * Tr::kStageBytes;
+    sm.o = sm.stages + Tr::kStages * Tr::kStageBytes;  // (1024-aligned: so are Q and the stages)
+    constexpr int kBarriersAt = Tr::kQBytes + Tr::kStages * Tr::kStageBytes + (Tr::kOBySmem ? Tr::kOBytes : 0);
+    sm.full = sm.q + kBarriersAt;
     sm.empty = sm.full + Tr::kStages * 8;
-    sm.q_amax = reinterpret_cast<float*>(smem + Tr::kQBytes + Tr::kStages * Tr::kStageBytes + 2 * Tr::kStages * 8);
+    sm.q_amax = reinterpret_cast<float*>(smem + kBarriersAt + 2 * Tr::kStages * 8);
     sm.tile_full = ptx::smem_addr(sm.q_amax + 2 * Tr::kCtaQ);
     sm.tile_empty = sm.tile_full + Tr::kTileSlots * 8;
     sm.slots = sm.tile_empty + Tr::kTileSlots * 8;
@@ -988,6 +1053,7 @@ struct Sm90Kernel {
                [&] {
                  if constexpr (!Tr::kEarlyQ) load_q(p, x.c, threadIdx.x - 128, q_raw);
                  run_tile(p, x, sm, 0, 0, q_raw);
+                 finish_o_stores(threadIdx.x - 128);
                });
   }
 
