@@ -48,34 +48,52 @@ DEVICE = "cuda"
 
 
 # --------------------------------------------------------------------------------- timing
-def bench_ms(fn, warmup: int, reps: int, min_ms: float) -> float:
-    """Median milliseconds per call of ``fn`` on the current stream (CUDA events).
+def sample_ms(fn, calls: int) -> float:
+    """Milliseconds per call of ``calls`` calls of ``fn`` queued back to back (CUDA events)."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(calls):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / calls
 
-    Each sample times a run of calls queued back to back (at least ~5 ms of them), as a
-    model's forward pass queues them: the host's launch overhead overlaps the GPU work
-    instead of idling it (torch.utils.benchmark, which the established package's benchmark
-    uses, times the same way). Every path, ours and SDPA's, is timed alike.
-    """
+
+def calls_per_sample(fn, warmup: int) -> int:
+    """Calls of ``fn`` that take about 5 ms, after ``warmup`` calls."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     fn()
     torch.cuda.synchronize()
-    calls = max(1, math.ceil(5.0 / max((time.perf_counter() - t0) * 1e3, 1e-3)))
-    times = []
-    deadline = time.perf_counter() + 30.0
-    while len(times) < reps or sum(times) * calls < min_ms:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(calls):
-            fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / calls)
-        if time.perf_counter() > deadline or len(times) >= 10 * reps:
+    return max(1, math.ceil(5.0 / max((time.perf_counter() - t0) * 1e3, 1e-3)))
+
+
+def bench_ms(fns: dict, warmup: int, reps: int, min_ms: float, sample=sample_ms, calls_for=calls_per_sample) -> dict:
+    """Median milliseconds per call of each of ``fns`` (label -> function), sampled in turns.
+
+    A sample times a run of calls queued back to back (at least ~5 ms of them), as a model's
+    forward pass queues them: the host's launch overhead overlaps the GPU work instead of
+    idling it (torch.utils.benchmark, which the established package's benchmark uses, times
+    the same way). The functions take turns, one sample each a round, the first of a round
+    moving along, until each has ``reps`` samples and ``min_ms`` of calls: a GPU's clock
+    drifts over seconds (power, temperature), and samples taken in turns see the same drift,
+    so the ratios of one run (ours against SDPA's) do not depend on which path ran when.
+    (Timed one after the other, one path at a time, the same pipeline under two labels
+    measured 0.95-1.03x itself in one run on H100: bench/results/h100-010c659.json.)
+    """
+    labels = list(fns)
+    calls = {label: calls_for(fns[label], warmup) for label in labels}
+    times: dict = {label: [] for label in labels}
+    done = lambda label: len(times[label]) >= reps and sum(times[label]) * calls[label] >= min_ms  # noqa: E731
+    deadline = time.perf_counter() + 30.0 * len(labels)
+    for r in range(10 * reps):
+        if all(done(label) for label in labels) or time.perf_counter() > deadline:
             break
-    return statistics.median(times)
+        for label in labels[r % len(labels):] + labels[:r % len(labels)]:
+            times[label].append(sample(fns[label], calls[label]))
+    return {label: statistics.median(t) for label, t in times.items()}
 
 
 def tflops(b, h, n, d, causal, ms):
@@ -147,31 +165,32 @@ def run_shape(args, b, h, n, d, causal, dtype):
         for backend in SDPA_BACKENDS:
             paths[f"sdpa_{backend.split('_')[0].lower()}"] = sdpa(backend, causal)
     do_acc = n <= args.acc_max_n
+    timed = {}
     for label, fn in paths.items():
-        entry: dict = {}
         try:
             out = fn(q, k, v)
             torch.cuda.synchronize()
-            ms = bench_ms(lambda: fn(q, k, v), args.warmup, args.reps, args.min_ms)
-            entry = {"ms": ms, "tflops": tflops(b, h, n, d, causal, ms)}
-            if do_acc:
-                entry.update(accuracy(out, q, k, v, causal, args.acc_heads))
+            row["results"][label] = accuracy(out, q, k, v, causal, args.acc_heads) if do_acc else {}
+            timed[label] = lambda fn=fn: fn(q, k, v)
             del out
         except Exception as e:  # a backend refusing the shape/dtype/GPU is a result too
-            entry = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
-        row["results"][label] = entry
-        torch.cuda.empty_cache()
+            row["results"][label] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
     if not args.no_kernel_only:
         for name in available_kernels():
             if args.paths and name not in args.paths:
                 continue
             gran = "per_warp" if torch.cuda.get_device_capability()[0] == 12 else args.gran
             try:
-                fn = kernel_only(name, gran, causal, q, k, v)
-                ms = bench_ms(fn, args.warmup, args.reps, args.min_ms)
-                row["results"][f"kernel_{name}"] = {"ms": ms, "tflops": tflops(b, h, n, d, causal, ms)}
+                timed[f"kernel_{name}"] = kernel_only(name, gran, causal, q, k, v)
+                row["results"][f"kernel_{name}"] = {}
             except Exception as e:
                 row["results"][f"kernel_{name}"] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+    try:
+        for label, ms in bench_ms(timed, args.warmup, args.reps, args.min_ms).items():
+            row["results"][label] = {"ms": ms, "tflops": tflops(b, h, n, d, causal, ms), **row["results"][label]}
+    except Exception as e:  # (out of memory, say) every timed path of the shape lacks its time
+        for label in timed:
+            row["results"][label] = {"error": f"timing: {type(e).__name__}: {str(e).splitlines()[0][:200]}"}
     add_ratios(row)
     return row
 
@@ -222,7 +241,8 @@ def environment(args) -> dict:
         "commit": git_commit(),
         "dtype": args.dtype,
         "qk_quant_gran": args.gran,
-        "timing": f"CUDA events, median over >= {args.reps} samples of back-to-back calls (>= 5 ms each) after {args.warmup} warmup calls",
+        "timing": f"CUDA events, median over >= {args.reps} samples of back-to-back calls (>= 5 ms each) after {args.warmup} "
+        "warmup calls, the paths of a shape sampled in turns",
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 

@@ -69,8 +69,8 @@ def main(argv=None) -> int:
             x = torch.randn(args.batch, args.heads, n, d, device=ba.DEVICE, dtype=ba.DTYPES[args.dtype])
             if args.sample_missed:
                 x[:, :, reference.sample_tokens(n)] = 0
-            for op in OPS:
-                ms = ba.bench_ms(op_call(op, x), args.warmup, args.reps, args.min_ms)
+            medians = ba.bench_ms({op: op_call(op, x) for op in OPS}, args.warmup, args.reps, args.min_ms)
+            for op, ms in medians.items():
                 row = {"op": op, "B": args.batch, "H": args.heads, "N": n, "D": d, "us": ms * 1e3,
                        "min_bytes_gbps": x.numel() * 3 / (ms * 1e-3) / 1e9}
                 rows.append(row)

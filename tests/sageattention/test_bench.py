@@ -38,6 +38,36 @@ def test_tflops_counts_causal_as_half(bench):
     assert bench.tflops(4, 32, 4096, 128, True, 1.0) == pytest.approx(full / 2)
 
 
+def test_bench_ms_samples_the_paths_in_turns(bench):
+    # A clock that slows down sample by sample: a path timed in turns with another sees the
+    # same drift, so two labels of one function measure the same median.
+    order = []
+    clock = iter(range(1000))
+
+    def sample(fn, calls):
+        order.append(fn())
+        return 1.0 + next(clock) / 100 + (0.5 if fn() == "slow" else 0.0)
+
+    fns = {"a": lambda: "a", "a again": lambda: "a", "slow": lambda: "slow"}
+    ms = bench.bench_ms(fns, warmup=0, reps=4, min_ms=0.0, sample=sample, calls_for=lambda fn, warmup: 1)
+    assert order[:9] == ["a", "a", "slow", "a", "slow", "a", "slow", "a", "a"]  # the first of a round moves along
+    assert len(order) == 12  # four rounds of three
+    assert ms["a"] == pytest.approx(ms["a again"], abs=0.02)
+    assert ms["slow"] - ms["a"] == pytest.approx(0.5, abs=0.02)
+
+
+def test_bench_ms_samples_until_each_path_has_min_ms(bench):
+    counts = {}
+
+    def sample(fn, calls):
+        counts[fn()] = counts.get(fn(), 0) + 1
+        return {"fast": 1.0, "long": 50.0}[fn()]
+
+    bench.bench_ms({"fast": lambda: "fast", "long": lambda: "long"}, warmup=0, reps=3, min_ms=100.0,
+                   sample=sample, calls_for=lambda fn, warmup: 5)
+    assert counts == {"fast": 20, "long": 20}  # 100 ms of "fast" (5 ms a sample) takes 20 rounds
+
+
 def test_ratios_and_table(bench, capsys):
     row = {"B": 4, "H": 32, "N": 4096, "D": 128, "causal": False, "results": {
         "sageattn": {"ms": 1, "tflops": 600.0, "cos": 0.9999, "rel_l1": 0.01},
