@@ -217,7 +217,7 @@ struct Sm90Kernel {
   static constexpr float kLog2PScale = kFp8 ? 8.8073549220576041f : 0.0f;  // log2(Softmax::kPScale)
 
   static constexpr int kTurnBarrier = 1;                            // + wg: consumer wg's turn to issue MMAs (ping-pong)
-  static constexpr int kQuantBarrier = kTurnBarrier + Tr::kConsumers;  // + wg: consumer wg's Q quantization
+  static constexpr int kConsumerBarrier = kTurnBarrier + Tr::kConsumers;  // + wg: consumer wg alone (Q, O staging)
 
   // Tiles, one per (batch, head, query block), are numbered in runs of kHeadGroup
   // (batch, head) pairs with the longest query blocks first inside a run, and start in
@@ -467,7 +467,7 @@ struct Sm90Kernel {
         if (lane_in_row == 0) q_amax[group(row(k * kLocalGroupPasses))] = m;
         scale[k] = int8::scale_of(m);
       }
-      named_sync(kQuantBarrier + wg, 128);
+      named_sync(kConsumerBarrier + wg, 128);
 #pragma unroll
       for (int i = 0; i < QChunk::kPasses; ++i) write(i, scale[i / kLocalGroupPasses]);
     } else {
@@ -476,7 +476,7 @@ struct Sm90Kernel {
         const float m = int8::row_max<QChunk::kLanesPerRow>(amax[i]);
         if (lane_in_row == 0) int8::atomic_amax(&q_amax[group(row(i))], m);
       }
-      named_sync(kQuantBarrier + wg, 128);
+      named_sync(kConsumerBarrier + wg, 128);
       if (kPersistent && w < Tr::kWgQ) sm.amax(n + 1)[group(first_row(tid) + w)] = 0.0f;
 #pragma unroll
       for (int i = 0; i < QChunk::kPasses; ++i) write(i, int8::scale_of(q_amax[group(row(i))]));
@@ -485,7 +485,7 @@ struct Sm90Kernel {
 #pragma unroll
     for (int h = 0; h < 2; ++h) st.q_scale[0][h] = int8::scale_of(q_amax[group(16 * warp + 8 * h + g)]) * p.q_scale_mult;
     fence_proxy_async();  // Q's st.shared, before wgmma reads it
-    named_sync(kQuantBarrier + wg, 128);
+    named_sync(kConsumerBarrier + wg, 128);
   }
 
   __device__ static void pv_mma(float (&acc)[Tr::kAccTiles * 4], const uint32_t (&a)[4], uint64_t b, int scale_d) {
@@ -883,7 +883,7 @@ struct Sm90Kernel {
   __device__ static void send_o(const Sm90Params& p, const Smem& sm, const Coord& c, int tid) {
     const int wg = tid / 128;
     fence_proxy_async();  // the stmatrix writes, before the TMA unit reads them
-    named_sync(kQuantBarrier + wg, 128);
+    named_sync(kConsumerBarrier + wg, 128);
     if (tid % 128 == 0) {
 #pragma unroll
       for (int a = 0; a < D / 64; ++a)
