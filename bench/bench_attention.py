@@ -26,6 +26,7 @@ import json
 import math
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -76,22 +77,27 @@ def bench_ms(fns: dict, warmup: int, reps: int, min_ms: float, sample=sample_ms,
     A sample times a run of calls queued back to back (at least ~5 ms of them), as a model's
     forward pass queues them: the host's launch overhead overlaps the GPU work instead of
     idling it (torch.utils.benchmark, which the established package's benchmark uses, times
-    the same way). The functions take turns, one sample each a round, the first of a round
-    moving along, until each has ``reps`` samples and ``min_ms`` of calls: a GPU's clock
-    drifts over seconds (power, temperature), and samples taken in turns see the same drift,
-    so the ratios of one run (ours against SDPA's) do not depend on which path ran when.
-    (Timed one after the other, one path at a time, the same pipeline under two labels
-    measured 0.95-1.03x itself in one run on H100: bench/results/h100-010c659.json.)
+    the same way). The functions take turns, one sample each a round, until each has ``reps``
+    samples and ``min_ms`` of calls: a GPU's clock drifts over seconds (power, temperature),
+    and samples taken in turns see the same drift, so the ratios of one run (ours against
+    SDPA's) do not depend on which path ran when. Each round takes them in a new order (seeded):
+    a sample also runs at the clock its predecessor's power draw left, and in a fixed cyclic
+    order every path had the same predecessor each round. (Timed one path after the other, the
+    same pipeline under two labels measured 0.95-1.03x of itself in one run on H100; in turns
+    of a fixed cyclic order 0.989-0.999x, but 0.92x twice at hd128 16k, where it always followed
+    the e4m3 kernel: bench/results/h200-020fa5b-interleaved-bench.txt.)
     """
     labels = list(fns)
     calls = {label: calls_for(fns[label], warmup) for label in labels}
     times: dict = {label: [] for label in labels}
     done = lambda label: len(times[label]) >= reps and sum(times[label]) * calls[label] >= min_ms  # noqa: E731
     deadline = time.perf_counter() + 30.0 * len(labels)
-    for r in range(10 * reps):
+    order, shuffle = list(labels), random.Random(0).shuffle
+    for _ in range(10 * reps):
         if all(done(label) for label in labels) or time.perf_counter() > deadline:
             break
-        for label in labels[r % len(labels):] + labels[:r % len(labels)]:
+        shuffle(order)
+        for label in order:
             times[label].append(sample(fns[label], calls[label]))
     return {label: statistics.median(t) for label, t in times.items()}
 
