@@ -248,7 +248,7 @@ def environment(args) -> dict:
         "dtype": args.dtype,
         "qk_quant_gran": args.gran,
         "timing": f"CUDA events, median over >= {args.reps} samples of back-to-back calls (>= 5 ms each) after {args.warmup} "
-        "warmup calls, the paths of a shape sampled in turns",
+        "warmup calls, the paths of a shape sampled in turns (a new random order each round)",
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
