@@ -90,7 +90,10 @@ def bench_ms(fns: dict, warmup: int, reps: int, min_ms: float, sample=sample_ms,
     labels = list(fns)
     calls = {label: calls_for(fns[label], warmup) for label in labels}
     times: dict = {label: [] for label in labels}
-    done = lambda label: len(times[label]) >= reps and sum(times[label]) * calls[label] >= min_ms  # noqa: E731
+
+    def done(label):
+        return len(times[label]) >= reps and sum(times[label]) * calls[label] >= min_ms
+
     deadline = time.perf_counter() + 30.0 * len(labels)
     order, shuffle = list(labels), random.Random(0).shuffle
     for _ in range(10 * reps):
