@@ -298,7 +298,6 @@ struct AttnKernel {
 template <class Tr>
 __global__ void __launch_bounds__(Tr::kThreads, 2) attn_kernel(const __grid_constant__ AttnParams p) {
   ptx::wait_prior_grids();  // (launch_after)
-  ptx::allow_next_grid();
   AttnKernel<Tr>::run(p);
 }
 

@@ -5,11 +5,10 @@
 // become resident and do their setup, then ptx::wait_prior_grids() blocks until the previous
 // kernel has completed and its memory operations are visible.
 //
-// The rules every kernel launched this way keeps: it touches no global memory before
+// The rule every kernel launched this way keeps: it touches no global memory before
 // wait_prior_grids() (not even its inputs: their buffers may still be read or written by
-// the previous kernel, the caching allocator having reused them), and calls
-// ptx::allow_next_grid() only after it, so that a kernel is never overlapped with the one two
-// launches back.
+// the previous kernel, the caching allocator having reused them). wait_prior_grids() then
+// lets the next kernel launch.
 #pragma once
 #include <c10/cuda/CUDAException.h>
 #include <cuda_runtime.h>

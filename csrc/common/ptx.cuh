@@ -1,6 +1,7 @@
 // Thin wrappers over the PTX instructions the kernels are built from: async copies,
-// ldmatrix and the mma.sync shapes we use. Each wrapper is one instruction; the
-// fragment layouts they produce are described where the kernels consume them.
+// ldmatrix and the mma.sync shapes we use. Each wrapper is one instruction (but
+// wait_prior_grids, an ordered pair); the fragment layouts they produce are described
+// where the kernels consume them.
 #pragma once
 #include <cstdint>
 
@@ -127,17 +128,13 @@ __device__ __forceinline__ float exp2_approx(float x) {
   return y;
 }
 
-// Programmatic dependent launch (common/launch.cuh's launch_after): wait until the stream's
-// previous kernel has completed and its memory is visible; let the next kernel launch.
-// No-ops below sm_90.
+// Programmatic dependent launch (common/launch.cuh's launch_after): waits until the stream's
+// previous kernel has completed and its memory is visible, then lets the next kernel launch
+// (the two instructions in this order, so that a kernel never overlaps the one two launches
+// back). No-op below sm_90.
 __device__ __forceinline__ void wait_prior_grids() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void allow_next_grid() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+  asm volatile("griddepcontrol.wait;\ngriddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
 }
 

@@ -112,7 +112,6 @@ __global__ void __launch_bounds__(token_sample::SampleTile<T, D>::kThreads)
   __shared__ __align__(16) token_sample::SampleTile<T, D> tile;
   const int head = blockIdx.x, batch = blockIdx.y;
   ptx::wait_prior_grids();  // (launch_after)
-  ptx::allow_next_grid();
   tile.load(sample, head_rows<T>(p, batch, head), p.x_stride_n);
   __syncthreads();
   if (threadIdx.x < D) {
@@ -132,7 +131,6 @@ __global__ void __launch_bounds__(QuantInt8Shape::kThreads)
   const int t0 = blockIdx.x * QuantInt8Shape::kChunkRows, head = blockIdx.y, batch = blockIdx.z;
   const Chunk chunk{slots, min(QuantInt8Shape::kChunkRows, p.len - t0)};
   ptx::wait_prior_grids();  // (launch_after)
-  ptx::allow_next_grid();
   chunk.stage(head_rows<T>(p, batch, head) + t0 * p.x_stride_n, p.x_stride_n);
   ptx::cp_async_commit();
   if (threadIdx.x < QuantInt8Shape::kChunkRows) group_amax[threadIdx.x] = 0.0f;

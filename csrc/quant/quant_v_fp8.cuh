@@ -55,7 +55,6 @@ __global__ void __launch_bounds__(token_sample::SampleTile<T, D>::kThreads)
   __shared__ __align__(16) token_sample::SampleTile<T, D> tile;
   const int64_t bh = int64_t(blockIdx.y) * p.heads + blockIdx.x;
   ptx::wait_prior_grids();  // (launch_after)
-  ptx::allow_next_grid();
   tile.load(sample, v_rows<T>(p, blockIdx.y, blockIdx.x), p.v_stride_n);
   __syncthreads();
   if (threadIdx.x < D) {
@@ -170,7 +169,6 @@ __global__ void __launch_bounds__(QuantVFp8Shape::kThreads) v_fp8_kernel(const _
   const int d = threadIdx.x % D;
   const int64_t bh = int64_t(blockIdx.z) * p.heads + blockIdx.y;
   ptx::wait_prior_grids();  // (launch_after)
-  ptx::allow_next_grid();
   const float limit = p.limit[bh * D + d], scale = e4m3_scale(limit);
   if (blockIdx.x == 0 && threadIdx.x < D) p.scale[bh * D + d] = scale;
   uint8_t* out = static_cast<uint8_t*>(p.out) + bh * D * p.padded_len;
@@ -193,7 +191,6 @@ __global__ void __launch_bounds__(QuantVFp8Shape::kThreads) v_fp8_repair_kernel(
   const int d = threadIdx.x % D;
   const int64_t bh = int64_t(blockIdx.y) * p.heads + blockIdx.x;
   ptx::wait_prior_grids();  // (launch_after)
-  ptx::allow_next_grid();
   const float overflow = p.overflow[bh * D + d];
   if (!__syncthreads_or(overflow > 0.0f)) return;
   const float scale = e4m3_scale(fmaxf(p.limit[bh * D + d], overflow));

@@ -180,9 +180,6 @@ struct Sm90Traits {
   static_assert(kQRawBytes <= kKBytes + kVTmaBytes,
                 "a stage holds a 16-bit Q tile (clear of the ones rows)");
   static constexpr int kTileSlots = 2;
-  static constexpr int kSmemBytesNoO = 1024 /* alignment slack */ + kQBytes + kStages * kStageBytes +
-                                       2 * kStages * 8 + 2 * kCtaQ * 4 /* Q group amax, two tiles' */ +
-                                       kTileSlots * (2 * 8 /* mbarriers */ + 4 /* tile number */);
   // The 16-bit hd64 kernel's O leaves through shared memory and TMA stores: the consumers
   // write it with stmatrix and go on to the next tile while the TMA unit stores it. The
   // others' lanes store their rows themselves (store_quad_row). Measured on H100 (kernel
@@ -190,10 +187,15 @@ struct Sm90Traits {
   // sageattn +1.6%), but e4m3 hd128 1.9% and e4m3 hd64 0.5% slower, their key loops
   // scheduled differently (bench/results/h100-5914978-tma-store-scale-prefetch-stages-ab.txt,
   // h100-4e2b1af-pdl-and-o-tma-store-16bit-hd64-ab.txt). 16-bit hd128 has no room left.
-  static constexpr int kOBytes = kCtaQ * kHeadDim * 2;
   static constexpr bool kOBySmem = !kFp8 && kHeadDim == 64;
-  static_assert(!kOBySmem || kSmemBytesNoO + kOBytes <= 227 * 1024, "O fits");
-  static constexpr int kSmemBytes = kSmemBytesNoO + (kOBySmem ? kOBytes : 0);
+  static constexpr int kOBytes = kOBySmem ? kCtaQ * kHeadDim * 2 : 0;
+  // Shared memory, from a 1024-aligned base: the INT8 Q tile, the stages, the O tile, then
+  // (at kBarriersAt) the mbarriers, Q's group maxima and the tile slots.
+  static constexpr int kBarriersAt = kQBytes + kStages * kStageBytes + kOBytes;
+  static constexpr int kSmemBytes = 1024 /* alignment slack */ + kBarriersAt + 2 * kStages * 8 +
+                                    2 * kCtaQ * 4 /* Q group amax, two tiles' */ +
+                                    kTileSlots * (2 * 8 /* mbarriers */ + 4 /* tile number */);
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory");
 };
 
 // kPersistent: one CTA an SM claims tiles until none are left; otherwise one CTA a tile.
@@ -1002,10 +1004,9 @@ struct Sm90Kernel {
     sm.q = ptx::smem_addr(smem);
     sm.stages = sm.q + Tr::kQBytes;
     sm.o = sm.stages + Tr::kStages * Tr::kStageBytes;  // (1024-aligned: so are Q and the stages)
-    constexpr int kBarriersAt = Tr::kQBytes + Tr::kStages * Tr::kStageBytes + (Tr::kOBySmem ? Tr::kOBytes : 0);
-    sm.full = sm.q + kBarriersAt;
+    sm.full = sm.q + Tr::kBarriersAt;
     sm.empty = sm.full + Tr::kStages * 8;
-    sm.q_amax = reinterpret_cast<float*>(smem + kBarriersAt + 2 * Tr::kStages * 8);
+    sm.q_amax = reinterpret_cast<float*>(smem + Tr::kBarriersAt + 2 * Tr::kStages * 8);
     sm.tile_full = ptx::smem_addr(sm.q_amax + 2 * Tr::kCtaQ);
     sm.tile_empty = sm.tile_full + Tr::kTileSlots * 8;
     sm.slots = sm.tile_empty + Tr::kTileSlots * 8;
@@ -1060,25 +1061,21 @@ struct Sm90Kernel {
   // The shared-memory setup overlaps the previous kernel's end (launch_after); global
   // memory waits for it.
   __device__ static void run(const Sm90Params& p) {
-    auto after_prior_grids = [] {
-      ptx::wait_prior_grids();
-      ptx::allow_next_grid();
-    };
     if constexpr (kPersistent) {
       const Smem sm = setup_smem();
-      after_prior_grids();
+      ptx::wait_prior_grids();
       specialize([&] { produce(p, sm); }, [&] { consume_tiles(p, sm); });
     } else if constexpr (Tr::kEarlyQ) {
       QRegs q_raw;
       const Work x = work(p, blockIdx.x);
-      after_prior_grids();
+      ptx::wait_prior_grids();
       if (threadIdx.x >= 128) load_q(p, x.c, threadIdx.x - 128, q_raw);
       const Smem sm = setup_smem();
       run_one_tile(p, x, sm, q_raw);
     } else {
       QRegs q_raw;
       const Smem sm = setup_smem();
-      after_prior_grids();
+      ptx::wait_prior_grids();
       run_one_tile(p, work(p, blockIdx.x), sm, q_raw);
     }
   }
