@@ -46,12 +46,16 @@ from sageattention import core, quant, reference  # noqa: E402
 SDPA_BACKENDS = ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION")
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 DEVICE = "cuda"
+SAMPLE_MS = 5.0  # the GPU time of one timed sample (calls_per_sample)
 
 
 # --------------------------------------------------------------------------------- timing
-def sample_ms(fn, calls: int) -> float:
-    """Milliseconds per call of ``calls`` calls of ``fn`` queued back to back (CUDA events)."""
+def sample_ms(fn, calls: int, settle: int = 0) -> float:
+    """Milliseconds per call of ``calls`` calls of ``fn`` queued back to back (CUDA events),
+    after ``settle`` untimed calls queued right before them."""
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    for _ in range(settle):
+        fn()
     start.record()
     for _ in range(calls):
         fn()
@@ -68,10 +72,11 @@ def calls_per_sample(fn, warmup: int) -> int:
     t0 = time.perf_counter()
     fn()
     torch.cuda.synchronize()
-    return max(1, math.ceil(5.0 / max((time.perf_counter() - t0) * 1e3, 1e-3)))
+    return max(1, math.ceil(SAMPLE_MS / max((time.perf_counter() - t0) * 1e3, 1e-3)))
 
 
-def bench_ms(fns: dict, warmup: int, reps: int, min_ms: float, sample=sample_ms, calls_for=calls_per_sample) -> dict:
+def bench_ms(fns: dict, warmup: int, reps: int, min_ms: float, settle_ms: float = 0.0, sample=sample_ms,
+             calls_for=calls_per_sample) -> dict:
     """Median milliseconds per call of each of ``fns`` (label -> function), sampled in turns.
 
     A sample times a run of calls queued back to back (at least ~5 ms of them), as a model's
@@ -89,6 +94,7 @@ def bench_ms(fns: dict, warmup: int, reps: int, min_ms: float, sample=sample_ms,
     """
     labels = list(fns)
     calls = {label: calls_for(fns[label], warmup) for label in labels}
+    settle = {label: math.ceil(calls[label] * settle_ms / SAMPLE_MS) for label in labels}
     times: dict = {label: [] for label in labels}
 
     def done(label):
@@ -101,7 +107,7 @@ def bench_ms(fns: dict, warmup: int, reps: int, min_ms: float, sample=sample_ms,
             break
         shuffle(order)
         for label in order:
-            times[label].append(sample(fns[label], calls[label]))
+            times[label].append(sample(fns[label], calls[label], settle[label]))
     return {label: statistics.median(t) for label, t in times.items()}
 
 
@@ -195,7 +201,7 @@ def run_shape(args, b, h, n, d, causal, dtype):
             except Exception as e:
                 row["results"][f"kernel_{name}"] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
     try:
-        for label, ms in bench_ms(timed, args.warmup, args.reps, args.min_ms).items():
+        for label, ms in bench_ms(timed, args.warmup, args.reps, args.min_ms, args.settle_ms).items():
             row["results"][label] = {"ms": ms, "tflops": tflops(b, h, n, d, causal, ms), **row["results"][label]}
     except Exception as e:  # (out of memory, say) every timed path of the shape lacks its time
         for label in timed:
@@ -250,10 +256,24 @@ def environment(args) -> dict:
         "commit": git_commit(),
         "dtype": args.dtype,
         "qk_quant_gran": args.gran,
-        "timing": f"CUDA events, median over >= {args.reps} samples of back-to-back calls (>= 5 ms each) after {args.warmup} "
-        "warmup calls, the paths of a shape sampled in turns (a new random order each round)",
+        "timing": f"CUDA events, median over >= {args.reps} samples of back-to-back calls (>= {SAMPLE_MS:g} ms each) after "
+        f"{args.warmup} warmup calls, the paths of a shape sampled in turns (a new random order each round)"
+        + (f", each sample after ~{args.settle_ms:g} ms of untimed calls of its path" if args.settle_ms else ""),
+        **gpu_limits(props),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def gpu_limits(props) -> dict:
+    """The GPU's power limit and SM clock ceiling (nvidia-smi; {} without it): the clock a
+    path runs at, and so its time, depends on its power draw against that limit."""
+    try:
+        bus_id = f"{props.pci_domain_id:08X}:{props.pci_bus_id:02X}:{props.pci_device_id:02X}.0"
+        query = ["nvidia-smi", f"--id={bus_id}", "--query-gpu=power.limit,clocks.max.sm", "--format=csv,noheader,nounits"]
+        watts, mhz = subprocess.run(query, capture_output=True, text=True, timeout=30, check=True).stdout.split(",")
+        return {"power_limit_w": float(watts), "sm_clock_max_mhz": int(mhz)}
+    except (AttributeError, OSError, subprocess.SubprocessError, ValueError):
+        return {}
 
 
 def print_row(row):
@@ -289,6 +309,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--min-ms", type=float, default=200.0, help="time at least this much per measurement")
+    p.add_argument("--settle-ms", type=float, default=0.0,
+                   help="untimed calls of a path (about this many ms) right before each of its samples")
     p.add_argument("--acc-max-n", type=int, default=16384, help="accuracy only for N up to this")
     p.add_argument("--acc-heads", type=int, default=2, help="heads of batch 0 checked for accuracy")
     p.add_argument("--out", type=Path, default=Path("bench_attention.json"))

@@ -44,7 +44,7 @@ def test_bench_ms_samples_the_paths_in_turns(bench):
     order = []
     clock = iter(range(1000))
 
-    def sample(fn, calls):
+    def sample(fn, calls, settle):
         order.append(fn())
         return 1.0 + next(clock) / 100 + (0.5 if fn() == "slow" else 0.0)
 
@@ -60,13 +60,31 @@ def test_bench_ms_samples_the_paths_in_turns(bench):
 def test_bench_ms_samples_until_each_path_has_min_ms(bench):
     counts = {}
 
-    def sample(fn, calls):
+    def sample(fn, calls, settle):
         counts[fn()] = counts.get(fn(), 0) + 1
         return {"fast": 1.0, "long": 50.0}[fn()]
 
     bench.bench_ms({"fast": lambda: "fast", "long": lambda: "long"}, warmup=0, reps=3, min_ms=100.0,
                    sample=sample, calls_for=lambda fn, warmup: 5)
     assert counts == {"fast": 20, "long": 20}  # 100 ms of "fast" (5 ms a sample) takes 20 rounds
+
+
+def test_bench_ms_settles_each_sample_for_settle_ms(bench):
+    # A sample's untimed calls scale with its timed ones: settle_ms of GPU time at the
+    # SAMPLE_MS a sample's calls take.
+    settles = []
+
+    def sample(fn, calls, settle):
+        settles.append((fn(), calls, settle))
+        return 1.0
+
+    calls = {"a": 4, "b": 1}
+    bench.bench_ms({"a": lambda: "a", "b": lambda: "b"}, warmup=0, reps=2, min_ms=0.0, settle_ms=2 * bench.SAMPLE_MS,
+                   sample=sample, calls_for=lambda fn, warmup: calls[fn()])
+    assert sorted(set(settles)) == [("a", 4, 8), ("b", 1, 2)]
+    settles.clear()
+    bench.bench_ms({"a": lambda: "a"}, warmup=0, reps=2, min_ms=0.0, sample=sample, calls_for=lambda fn, warmup: 4)
+    assert set(settles) == {("a", 4, 0)}
 
 
 def test_ratios_and_table(bench, capsys):
