@@ -240,12 +240,14 @@ def git_commit() -> str | None:
         return None
 
 
-def environment(args) -> dict:
+def environment(dtype: str, timing: str, **extra) -> dict:
+    """The GPU, software and commit a run measured, how it timed (``timing``), and ``extra``."""
     props = torch.cuda.get_device_properties(0)
     return {
         "gpu": torch.cuda.get_device_name(0),
         "capability": list(torch.cuda.get_device_capability(0)),
         "sm_count": props.multi_processor_count,
+        **gpu_limits(props),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version(),
@@ -254,14 +256,18 @@ def environment(args) -> dict:
         "sageattention_file": sageattention.__file__,
         "extension": importlib.util.find_spec("sageattention._C").origin if sageattention.extension_loaded() else None,
         "commit": git_commit(),
-        "dtype": args.dtype,
-        "qk_quant_gran": args.gran,
-        "timing": f"CUDA events, median over >= {args.reps} samples of back-to-back calls (>= {SAMPLE_MS:g} ms each) after "
-        f"{args.warmup} warmup calls, the paths of a shape sampled in turns (a new random order each round)"
-        + (f", each sample after ~{args.settle_ms:g} ms of untimed calls of its path" if args.settle_ms else ""),
-        **gpu_limits(props),
+        "dtype": dtype,
+        **extra,
+        "timing": timing,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def timing_in_turns(reps: int, warmup: int, settle_ms: float = 0.0) -> str:
+    """bench_ms's method, for the JSON."""
+    return (f"CUDA events, median over >= {reps} samples of back-to-back calls (>= {SAMPLE_MS:g} ms each) after "
+            f"{warmup} warmup calls, the paths of a shape sampled in turns (a new random order each round)"
+            + (f", each sample after ~{settle_ms:g} ms of untimed calls of its path" if settle_ms else ""))
 
 
 def gpu_limits(props) -> dict:
@@ -325,7 +331,7 @@ def main(argv=None) -> int:
     if not sageattention.extension_loaded():
         print(f"bench_attention: sageattention._C not loaded: {sageattention.extension_error()}", file=sys.stderr)
         return 2
-    env = environment(args)
+    env = environment(args.dtype, timing_in_turns(args.reps, args.warmup, args.settle_ms), qk_quant_gran=args.gran)
     print(json.dumps(env), flush=True)
     causal_values = {"both": [False, True], "true": [True], "false": [False]}[args.causal]
     rows = []

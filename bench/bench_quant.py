@@ -41,9 +41,7 @@ def parse_args(argv=None):
     p.add_argument("--sample-missed", action="store_true",
                    help="zero every head's sampled tokens: quant_v_fp8 repairs every channel (its worst case)")
     p.add_argument("--out", type=Path, default=Path("bench_quant.json"))
-    args = p.parse_args(argv)
-    args.gran = "per_thread"  # K's groups (recorded by bench_attention.environment)
-    return args
+    return p.parse_args(argv)
 
 
 def op_call(op: str, x: torch.Tensor):
@@ -61,7 +59,8 @@ def main(argv=None) -> int:
     if not ba.sageattention.extension_loaded():
         print(f"bench_quant: sageattention._C not loaded: {ba.sageattention.extension_error()}", file=sys.stderr)
         return 2
-    env = {**ba.environment(args), "sample_missed": args.sample_missed}
+    env = ba.environment(args.dtype, ba.timing_in_turns(args.reps, args.warmup), qk_quant_gran="per_thread",
+                         sample_missed=args.sample_missed)
     print(json.dumps(env), flush=True)
     rows = []
     for d in args.hd:

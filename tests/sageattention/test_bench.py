@@ -149,10 +149,83 @@ def test_error_budget_separates_the_roundings(tmp_path, capsys):
 def test_bench_quant_without_gpu_exits_2(tmp_path):
     bq = load_script(ROOT / "bench" / "bench_quant.py")
     args = bq.parse_args([])
-    assert args.n == [1024, 2048, 4096, 8192] and args.hd == [128, 64] and args.gran == "per_thread"
+    assert args.n == [1024, 2048, 4096, 8192] and args.hd == [128, 64]
     assert not args.sample_missed and bq.parse_args(["--sample-missed"]).sample_missed
     assert bq.main(["--out", str(tmp_path / "q.json")]) == 2
     assert not (tmp_path / "q.json").exists()
+
+
+def test_timing_in_turns_names_the_settle(bench):
+    assert "untimed" not in bench.timing_in_turns(10, 3)
+    assert "~100 ms of untimed calls" in bench.timing_in_turns(10, 3, settle_ms=100.0)
+
+
+def test_bench_clocks_reads_the_trace_and_summarizes_windows(tmp_path):
+    clocks = load_script(ROOT / "bench" / "bench_clocks.py")
+    trace = clocks.parse_trace([
+        "timestamp, clocks.current.sm [MHz], power.draw [W]",  # a header, if asked for: skipped
+        "2026/12/06 22:00:00.000, 1980, 350.5",
+        "2026/12/06 22:00:00.020, 1980, 690.0",
+        "2026/12/06 22:00:01.000, 1755, 700.0",
+        "2026/12/06 22:00:01.02",  # cut off when nvidia-smi was stopped
+    ])
+    assert [(round(t - trace[0][0], 3), mhz, w) for t, mhz, w in trace] == [
+        (0.0, 1980.0, 350.5), (0.02, 1980.0, 690.0), (1.0, 1755.0, 700.0)]
+    t0 = trace[0][0]
+    assert clocks.window_clock(trace, t0, t0 + 0.05) == (1980.0, 520.25)
+    assert clocks.window_clock(trace, t0 + 2, t0 + 3) == (None, None)
+    windows = [{"t": 0.05 * i, "ms": 1.0 if i == 0 else 1.1, "mhz": 1980.0 if i == 0 else 1755.0, "watts": 700.0}
+               for i in range(60)]
+    windows[-1]["mhz"] = None  # a window the trace missed
+    s = clocks.summarize(windows)
+    assert s["first_ms"] == 1.0 and s["steady_ms"] == 1.1 and s["slowdown"] == pytest.approx(1.1)
+    assert s["first_mhz"] == 1980.0 and s["steady_mhz"] == 1755.0 and s["steady_watts"] == 700.0
+
+
+def test_bench_clocks_traces_while_it_measures(tmp_path, monkeypatch):
+    clocks = load_script(ROOT / "bench" / "bench_clocks.py")
+    events = []
+
+    class FakeSmi:  # writes two samples, as nvidia-smi -lms would while the paths run
+        def __init__(self, cmd, stdout, stderr):
+            events.append("start")
+            stdout.write("2026/12/06 22:00:00.000, 1980, 300\n2026/12/06 22:00:00.020, 1755, 700\n")
+
+        def terminate(self):
+            events.append("stop")
+
+        def wait(self):
+            pass
+
+    def measure():
+        events.append("measure")
+        return ["row"]
+
+    monkeypatch.setattr(clocks.subprocess, "Popen", FakeSmi)
+    rows, trace = clocks.traced(measure, tmp_path / "t.csv", 20)
+    assert events == ["start", "measure", "stop"] and rows == ["row"] and [p[1] for p in trace] == [1980.0, 1755.0]
+
+    def failing():
+        raise RuntimeError("out of memory")
+
+    events.clear()
+    with pytest.raises(RuntimeError):
+        clocks.traced(failing, tmp_path / "t.csv", 20)
+    assert events == ["start", "stop"]  # the trace is stopped whatever happens
+
+    def no_smi(*args, **kwargs):
+        raise FileNotFoundError("nvidia-smi")
+
+    monkeypatch.setattr(clocks.subprocess, "Popen", no_smi)
+    assert clocks.traced(lambda: ["row"], tmp_path / "t.csv", 20) == (["row"], [])
+
+
+def test_bench_clocks_without_gpu_exits_2(tmp_path):
+    clocks = load_script(ROOT / "bench" / "bench_clocks.py")
+    args = clocks.parse_args(["--paths", "sdpa_cudnn", "sage_sm90_fp8", "--seconds", "2"])
+    assert args.paths == ["sdpa_cudnn", "sage_sm90_fp8"] and args.seconds == 2.0 and args.n == [4096]
+    assert clocks.main(["--out", str(tmp_path / "c.json")]) == 2
+    assert not (tmp_path / "c.json").exists()
 
 
 def _bench_json(path, rows):
