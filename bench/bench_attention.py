@@ -323,13 +323,19 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def missing_gpu():
+    """Why this process cannot benchmark (no GPU, the extension not loaded), or None."""
+    if not torch.cuda.is_available():
+        return "no CUDA GPU"
+    if not sageattention.extension_loaded():
+        return f"sageattention._C not loaded: {sageattention.extension_error()}"
+    return None
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if not torch.cuda.is_available():
-        print("bench_attention: no CUDA GPU", file=sys.stderr)
-        return 2
-    if not sageattention.extension_loaded():
-        print(f"bench_attention: sageattention._C not loaded: {sageattention.extension_error()}", file=sys.stderr)
+    if missing := missing_gpu():
+        print(f"bench_attention: {missing}", file=sys.stderr)
         return 2
     env = environment(args.dtype, timing_in_turns(args.reps, args.warmup, args.settle_ms), qk_quant_gran=args.gran)
     print(json.dumps(env), flush=True)

@@ -162,11 +162,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if not torch.cuda.is_available():
-        print("bench_clocks: no CUDA GPU", file=sys.stderr)
-        return 2
-    if not sageattention.extension_loaded():
-        print(f"bench_clocks: sageattention._C not loaded: {sageattention.extension_error()}", file=sys.stderr)
+    if missing := ba.missing_gpu():
+        print(f"bench_clocks: {missing}", file=sys.stderr)
         return 2
     timing = (f"each path alone after {args.idle:g} s idle: {args.seconds:g} s of back-to-back calls in "
               f"{args.window_ms:g} ms windows (CUDA events); nvidia-smi every {args.trace_ms} ms")

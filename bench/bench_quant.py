@@ -53,11 +53,8 @@ def op_call(op: str, x: torch.Tensor):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if not torch.cuda.is_available():
-        print("bench_quant: no CUDA GPU", file=sys.stderr)
-        return 2
-    if not ba.sageattention.extension_loaded():
-        print(f"bench_quant: sageattention._C not loaded: {ba.sageattention.extension_error()}", file=sys.stderr)
+    if missing := ba.missing_gpu():
+        print(f"bench_quant: {missing}", file=sys.stderr)
         return 2
     env = ba.environment(args.dtype, ba.timing_in_turns(args.reps, args.warmup), qk_quant_gran="per_thread",
                          sample_missed=args.sample_missed)
