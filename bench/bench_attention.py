@@ -90,7 +90,10 @@ def bench_ms(fns: dict, warmup: int, reps: int, min_ms: float, settle_ms: float 
     order every path had the same predecessor each round. (Timed one path after the other, the
     same pipeline under two labels measured 0.95-1.03x of itself in one run on H100; in turns
     of a fixed cyclic order 0.989-0.999x, but 0.92x twice at hd128 16k, where it always followed
-    the e4m3 kernel: bench/results/h200-020fa5b-interleaved-bench.txt.)
+    the e4m3 kernel: bench/results/h200-020fa5b-interleaved-bench.txt. In random order on H100,
+    0.976-1.022x, but cuDNN measured 2-15% faster than timed one after the other:
+    bench/results/h100-1f6bda8-random-order-*.json.) With ``settle_ms``, each sample first runs
+    its path untimed for about that long, so that it runs at the clock its own draw sets.
     """
     labels = list(fns)
     calls = {label: calls_for(fns[label], warmup) for label in labels}
