@@ -64,15 +64,15 @@ def sample_ms(fn, calls: int, settle: int = 0) -> float:
     return start.elapsed_time(end) / calls
 
 
-def calls_per_sample(fn, warmup: int) -> int:
-    """Calls of ``fn`` that take about 5 ms, after ``warmup`` calls."""
+def calls_per_sample(fn, warmup: int, ms: float = SAMPLE_MS) -> int:
+    """Calls of ``fn`` that take about ``ms`` milliseconds, after ``warmup`` calls."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     fn()
     torch.cuda.synchronize()
-    return max(1, math.ceil(SAMPLE_MS / max((time.perf_counter() - t0) * 1e3, 1e-3)))
+    return max(1, math.ceil(ms / max((time.perf_counter() - t0) * 1e3, 1e-3)))
 
 
 def bench_ms(fns: dict, warmup: int, reps: int, min_ms: float, settle_ms: float = 0.0, sample=sample_ms,

@@ -75,17 +75,17 @@ def summarize(windows, steady_s: float = 1.0) -> dict:
 
 
 # --------------------------------------------------------------------------- GPU side
-def run_alone(fn, seconds: float, window_ms: float) -> list:
-    """[{"t", "wall", "calls", "ms"}]: back-to-back calls of ``fn`` for ``seconds``, timed in windows."""
+def run_alone(fn, seconds: float, calls: int) -> list:
+    """[{"t", "wall", "calls", "ms"}]: back-to-back calls of ``fn`` for ``seconds``, timed in
+    windows of ``calls`` calls (counted in calls, not in the host's time: the host queues calls
+    far faster than the GPU runs them)."""
     windows, t0 = [], time.time()
     while time.time() - t0 < seconds:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         begin = time.time()
         start.record()
-        calls = 0
-        while (time.time() - begin) * 1e3 < window_ms:
+        for _ in range(calls):
             fn()
-            calls += 1
         end.record()
         end.synchronize()
         windows.append({"t": begin - t0, "wall": [begin, time.time()], "calls": calls,
@@ -114,11 +114,10 @@ def measure(args) -> list:
                 q, k, v = (torch.randn(args.batch, args.heads, n, d, device="cuda", dtype=ba.DTYPES[args.dtype])
                            for _ in range(3))
                 for label, fn in paths_for(args.paths, causal, args.gran).items():
-                    for _ in range(3):
-                        fn(q, k, v)
-                    torch.cuda.synchronize()
+                    call = lambda fn=fn: fn(q, k, v)  # noqa: E731
+                    calls = ba.calls_per_sample(call, 3, args.window_ms)  # (warmed up before the idle)
                     time.sleep(args.idle)
-                    windows = run_alone(lambda fn=fn: fn(q, k, v), args.seconds, args.window_ms)
+                    windows = run_alone(call, args.seconds, calls)
                     rows.append({"B": args.batch, "H": args.heads, "N": n, "D": d, "causal": causal,
                                  "path": label, "windows": windows})
     return rows
