@@ -2,10 +2,10 @@
 """How a path's time depends on the clock its own power draw sets.
 
 bench_attention times a shape's paths in turns, 5 ms samples each: a sample then starts at
-the clock its predecessor's draw left. Against timing each path alone, that moved cuDNN
-+2-15% and the fp8 path -3% to +9% on one H100 (README, "timed in turns"). This script
-times each path alone: after ``--idle`` seconds of idle GPU, ``--seconds`` of calls
-queued back to back, timed in ``--window-ms`` windows (CUDA events), while nvidia-smi
+the clock its predecessor's draw left. Against timing the paths one after another, that
+moved cuDNN +2-15% and the fp8 path -3% to +9% on one H100 (README, "timed in turns"). This
+script times each path alone: after ``--idle`` seconds of idle GPU, ``--seconds`` of calls
+queued back to back, timed in windows of about ``--window-ms`` (CUDA events), while nvidia-smi
 samples the SM clock and power every ``--trace-ms``. Per path it prints the first window's
 time per call, the steady one (median of the last second) and the clock and power of both;
 the JSON keeps every window with the GPU, shapes, dtype and commit.
@@ -69,7 +69,8 @@ def summarize(windows, steady_s: float = 1.0) -> dict:
 
     first = windows[0]
     out = {"first_ms": first["ms"], "steady_ms": median("ms", steady), "first_mhz": first["mhz"],
-           "steady_mhz": median("mhz", steady), "steady_watts": median("watts", steady)}
+           "steady_mhz": median("mhz", steady), "first_watts": first["watts"],
+           "steady_watts": median("watts", steady)}
     out["slowdown"] = out["steady_ms"] / out["first_ms"]
     return out
 

@@ -176,10 +176,12 @@ def test_bench_clocks_reads_the_trace_and_summarizes_windows(tmp_path):
     assert clocks.window_clock(trace, t0 + 2, t0 + 3) == (None, None)
     windows = [{"t": 0.05 * i, "ms": 1.0 if i == 0 else 1.1, "mhz": 1980.0 if i == 0 else 1755.0, "watts": 700.0}
                for i in range(60)]
+    windows[0]["watts"] = 350.0  # from idle
     windows[-1]["mhz"] = None  # a window the trace missed
     s = clocks.summarize(windows)
     assert s["first_ms"] == 1.0 and s["steady_ms"] == 1.1 and s["slowdown"] == pytest.approx(1.1)
-    assert s["first_mhz"] == 1980.0 and s["steady_mhz"] == 1755.0 and s["steady_watts"] == 700.0
+    assert s["first_mhz"] == 1980.0 and s["steady_mhz"] == 1755.0
+    assert s["first_watts"] == 350.0 and s["steady_watts"] == 700.0
 
 
 def test_bench_clocks_traces_while_it_measures(tmp_path, monkeypatch):
