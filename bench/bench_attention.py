@@ -302,6 +302,14 @@ def print_row(row):
             print(f"{'':>36} {ratios}", flush=True)
 
 
+def duration(text: str) -> float:
+    """argparse type of a duration option: a number >= 0."""
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=4)
@@ -317,8 +325,8 @@ def parse_args(argv=None):
     p.add_argument("--no-kernel-only", action="store_true")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--reps", type=int, default=10)
-    p.add_argument("--min-ms", type=float, default=200.0, help="time at least this much per measurement")
-    p.add_argument("--settle-ms", type=float, default=0.0,
+    p.add_argument("--min-ms", type=duration, default=200.0, help="time at least this much per measurement")
+    p.add_argument("--settle-ms", type=duration, default=0.0,
                    help="untimed calls of a path (about this many ms) right before each of its samples")
     p.add_argument("--acc-max-n", type=int, default=16384, help="accuracy only for N up to this")
     p.add_argument("--acc-heads", type=int, default=2, help="heads of batch 0 checked for accuracy")

@@ -155,6 +155,14 @@ def test_bench_quant_without_gpu_exits_2(tmp_path):
     assert not (tmp_path / "q.json").exists()
 
 
+def test_duration_options_refuse_negative_values(bench, capsys):
+    assert bench.parse_args(["--settle-ms", "100"]).settle_ms == 100.0
+    for option in ("--settle-ms", "--min-ms"):
+        with pytest.raises(SystemExit) as exit_info:
+            bench.parse_args([option, "-5"])
+        assert exit_info.value.code == 2 and "must be a number >= 0" in capsys.readouterr().err
+
+
 def test_timing_in_turns_names_the_settle(bench):
     assert "untimed" not in bench.timing_in_turns(10, 3)
     assert "~100 ms of untimed calls" in bench.timing_in_turns(10, 3, settle_ms=100.0)
