@@ -44,6 +44,7 @@ import sageattention  # noqa: E402
 from sageattention import core, quant, reference  # noqa: E402
 
 SDPA_BACKENDS = ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION")
+CAUSAL = {"both": (False, True), "true": (True,), "false": (False,)}  # --causal -> the masks timed
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 DEVICE = "cuda"
 SAMPLE_MS = 5.0  # the GPU time of one timed sample (calls_per_sample)
@@ -130,6 +131,22 @@ def available_kernels() -> list[str]:
     return names
 
 
+def kernel_gran(gran: str) -> str:
+    """The qk_quant_gran the explicit kernel paths run with on this GPU (sm12x: per_warp only)."""
+    return "per_warp" if torch.cuda.get_device_capability()[0] == 12 else gran
+
+
+def end_to_end_paths(causal: bool, gran: str, kernels, sdpa_backends=SDPA_BACKENDS) -> dict:
+    """label -> fn(q, k, v): ``sageattn``, the explicit ``kernels`` end to end (``sage_<name>``)
+    and SDPA's ``sdpa_backends`` (``sdpa_flash``, ``sdpa_cudnn``, ``sdpa_efficient``)."""
+    paths = {"sageattn": lambda q, k, v: sageattention.sageattn(q, k, v, is_causal=causal)}
+    for name in kernels:
+        paths[f"sage_{name}"] = sage_path(name, kernel_gran(gran), causal)
+    for backend in sdpa_backends:
+        paths[f"sdpa_{backend.split('_')[0].lower()}"] = sdpa(backend, causal)
+    return paths
+
+
 def sage_path(kernel: str, gran: str, causal: bool):
     """End to end: the public pipeline with a fixed kernel."""
     return lambda q, k, v: core._attention(q, k, v, "HND", causal, None, False, kernel, gran, True)
@@ -173,15 +190,8 @@ def run_shape(args, b, h, n, d, causal, dtype):
     q, k, v = (torch.randn(b, h, n, d, device=DEVICE, dtype=dtype, generator=gen) for _ in range(3))
     auto_kernel, auto_gran = core._auto_kernel(q.device)
     row = {"B": b, "H": h, "N": n, "D": d, "causal": causal, "auto_kernel": auto_kernel.name, "results": {}}
-    paths = {"sageattn": lambda q, k, v: sageattention.sageattn(q, k, v, is_causal=causal)}
-    for name in available_kernels():
-        if args.paths and name not in args.paths:
-            continue
-        gran = "per_warp" if torch.cuda.get_device_capability()[0] == 12 else args.gran
-        paths[f"sage_{name}"] = sage_path(name, gran, causal)
-    if not args.no_sdpa:
-        for backend in SDPA_BACKENDS:
-            paths[f"sdpa_{backend.split('_')[0].lower()}"] = sdpa(backend, causal)
+    kernels = [name for name in available_kernels() if not args.paths or name in args.paths]
+    paths = end_to_end_paths(causal, args.gran, kernels, () if args.no_sdpa else SDPA_BACKENDS)
     do_acc = n <= args.acc_max_n
     timed = {}
     for label, fn in paths.items():
@@ -194,12 +204,9 @@ def run_shape(args, b, h, n, d, causal, dtype):
         except Exception as e:  # a backend refusing the shape/dtype/GPU is a result too
             row["results"][label] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
     if not args.no_kernel_only:
-        for name in available_kernels():
-            if args.paths and name not in args.paths:
-                continue
-            gran = "per_warp" if torch.cuda.get_device_capability()[0] == 12 else args.gran
+        for name in kernels:
             try:
-                timed[f"kernel_{name}"] = kernel_only(name, gran, causal, q, k, v)
+                timed[f"kernel_{name}"] = kernel_only(name, kernel_gran(args.gran), causal, q, k, v)
                 row["results"][f"kernel_{name}"] = {}
             except Exception as e:
                 row["results"][f"kernel_{name}"] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
@@ -316,7 +323,7 @@ def parse_args(argv=None):
     p.add_argument("--heads", type=int, default=32)
     p.add_argument("--n", type=int, nargs="+", default=[1024, 4096, 16384])
     p.add_argument("--hd", type=int, nargs="+", default=[64, 128], choices=[64, 128])
-    p.add_argument("--causal", choices=["both", "true", "false"], default="both")
+    p.add_argument("--causal", choices=list(CAUSAL), default="both")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp16")
     p.add_argument("--gran", choices=["per_warp", "per_thread"], default="per_thread",
                    help="qk_quant_gran of the explicit paths (sm12x always per_warp)")
@@ -350,11 +357,10 @@ def main(argv=None) -> int:
         return 2
     env = environment(args.dtype, timing_in_turns(args.reps, args.warmup, args.settle_ms), qk_quant_gran=args.gran)
     print(json.dumps(env), flush=True)
-    causal_values = {"both": [False, True], "true": [True], "false": [False]}[args.causal]
     rows = []
     for d in args.hd:
         for n in args.n:
-            for causal in causal_values:
+            for causal in CAUSAL[args.causal]:
                 row = run_shape(args, args.batch, args.heads, n, d, causal, DTYPES[args.dtype])
                 rows.append(row)
                 print_row(row)

@@ -29,7 +29,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_attention as ba  # noqa: E402  (paths, environment; puts an in-place build first)
 
-import sageattention  # noqa: E402
 
 TRACE_FIELDS = "timestamp,clocks.sm,power.draw"
 
@@ -82,24 +81,14 @@ def run_alone(fn, seconds: float, calls: int) -> list:
     far faster than the GPU runs them)."""
     windows, t0 = [], time.time()
     while time.time() - t0 < seconds:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         begin = time.time()
-        start.record()
-        for _ in range(calls):
-            fn()
-        end.record()
-        end.synchronize()
-        windows.append({"t": begin - t0, "wall": [begin, time.time()], "calls": calls,
-                        "ms": start.elapsed_time(end) / calls})
+        ms = ba.sample_ms(fn, calls)
+        windows.append({"t": begin - t0, "wall": [begin, time.time()], "calls": calls, "ms": ms})
     return windows
 
 
 def paths_for(labels, causal: bool, gran: str) -> dict:
-    known = {"sageattn": lambda q, k, v: sageattention.sageattn(q, k, v, is_causal=causal)}
-    for name in ba.available_kernels():
-        known[f"sage_{name}"] = ba.sage_path(name, gran, causal)
-    for backend in ba.SDPA_BACKENDS:
-        known[f"sdpa_{backend.split('_')[0].lower()}"] = ba.sdpa(backend, causal)
+    known = ba.end_to_end_paths(causal, gran, ba.available_kernels())
     unknown = [label for label in labels if label not in known]
     if unknown:
         raise SystemExit(f"bench_clocks: unknown path(s) {unknown}; this GPU and build offer {sorted(known)}")
@@ -111,8 +100,8 @@ def measure(args) -> list:
     rows = []
     for d in args.hd:
         for n in args.n:
-            for causal in {"both": [False, True], "true": [True], "false": [False]}[args.causal]:
-                q, k, v = (torch.randn(args.batch, args.heads, n, d, device="cuda", dtype=ba.DTYPES[args.dtype])
+            for causal in ba.CAUSAL[args.causal]:
+                q, k, v = (torch.randn(args.batch, args.heads, n, d, device=ba.DEVICE, dtype=ba.DTYPES[args.dtype])
                            for _ in range(3))
                 for label, fn in paths_for(args.paths, causal, args.gran).items():
                     call = lambda fn=fn: fn(q, k, v)  # noqa: E731
@@ -148,7 +137,7 @@ def parse_args(argv=None):
     p.add_argument("--heads", type=int, default=32)
     p.add_argument("--n", type=int, nargs="+", default=[4096])
     p.add_argument("--hd", type=int, nargs="+", default=[128, 64], choices=[64, 128])
-    p.add_argument("--causal", choices=["both", "true", "false"], default="both")
+    p.add_argument("--causal", choices=list(ba.CAUSAL), default="both")
     p.add_argument("--dtype", choices=sorted(ba.DTYPES), default="fp16")
     p.add_argument("--gran", choices=["per_warp", "per_thread"], default="per_thread")
     p.add_argument("--paths", nargs="+", default=["sageattn", "sage_sm90_fp8", "sdpa_cudnn"])

@@ -163,6 +163,13 @@ def test_duration_options_refuse_negative_values(bench, capsys):
         assert exit_info.value.code == 2 and "must be a number >= 0" in capsys.readouterr().err
 
 
+def test_end_to_end_paths_are_labelled_as_the_json_reports_them(bench):
+    paths = bench.end_to_end_paths(False, "per_thread", [])
+    assert list(paths) == ["sageattn", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient"]
+    assert list(bench.end_to_end_paths(True, "per_thread", [], ())) == ["sageattn"]
+    assert bench.CAUSAL["both"] == (False, True) and bench.parse_args(["--causal", "true"]).causal == "true"
+
+
 def test_timing_in_turns_names_the_settle(bench):
     assert "untimed" not in bench.timing_in_turns(10, 3)
     assert "~100 ms of untimed calls" in bench.timing_in_turns(10, 3, settle_ms=100.0)
