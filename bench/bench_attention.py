@@ -65,19 +65,24 @@ def sample_ms(fn, calls: int, settle: int = 0) -> float:
     return start.elapsed_time(end) / calls
 
 
-def calls_per_sample(fn, warmup: int, ms: float = SAMPLE_MS) -> int:
-    """Calls of ``fn`` that take about ``ms`` milliseconds, after ``warmup`` calls."""
+def call_ms(fn, warmup: int) -> float:
+    """Milliseconds of one call of ``fn`` (host clock, synchronized), after ``warmup`` calls."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     fn()
     torch.cuda.synchronize()
-    return max(1, math.ceil(ms / max((time.perf_counter() - t0) * 1e3, 1e-3)))
+    return max((time.perf_counter() - t0) * 1e3, 1e-3)
+
+
+def calls_per_sample(fn, warmup: int, ms: float = SAMPLE_MS) -> int:
+    """Calls of ``fn`` that take about ``ms`` milliseconds, after ``warmup`` calls."""
+    return max(1, math.ceil(ms / call_ms(fn, warmup)))
 
 
 def bench_ms(fns: dict, warmup: int, reps: int, min_ms: float, settle_ms: float = 0.0, sample=sample_ms,
-             calls_for=calls_per_sample) -> dict:
+             cost=call_ms) -> dict:
     """Median milliseconds per call of each of ``fns`` (label -> function), sampled in turns.
 
     A sample times a run of calls queued back to back (at least ~5 ms of them), as a model's
@@ -93,12 +98,21 @@ def bench_ms(fns: dict, warmup: int, reps: int, min_ms: float, settle_ms: float 
     of a fixed cyclic order 0.989-0.999x, but 0.92x twice at hd128 16k, where it always followed
     the e4m3 kernel: bench/results/h200-020fa5b-interleaved-bench.txt. In random order on H100,
     0.976-1.022x, but cuDNN measured 2-15% faster than timed one after the other:
-    bench/results/h100-1f6bda8-random-order-*.json.) With ``settle_ms``, each sample first runs
-    its path untimed for about that long, so that it runs at the clock its own draw sets.
+    bench/results/h100-1f6bda8-random-order-*.json.)
+
+    With ``settle_ms`` (the default, 100), each sample first runs its path untimed for about that
+    long, so that it runs at the clock its own power draw sets. At the H100's 700 W limit every
+    attention path here throttles within ~100 ms, each to its own clock: alone for 3 s, cuDNN at
+    hd128 4k from 1980 to 1560 MHz (16% slower), the e4m3 path to 1700 MHz (6.5% slower;
+    bench/results/h100-10fe2e2-clocks.txt). Unsettled, a 5 ms sample runs at the clock the
+    samples before it left: against settled samples on that H100, cuDNN measured 9-20% faster,
+    the efficient backend 3-11% slower, the e4m3 path 0.95-1.04x (h100-10fe2e2-turns-*.json
+    against -settled-1.json).
     """
     labels = list(fns)
-    calls = {label: calls_for(fns[label], warmup) for label in labels}
-    settle = {label: math.ceil(calls[label] * settle_ms / SAMPLE_MS) for label in labels}
+    once = {label: cost(fns[label], warmup) for label in labels}  # ms of one call
+    calls = {label: max(1, math.ceil(SAMPLE_MS / once[label])) for label in labels}
+    settle = {label: math.ceil(settle_ms / once[label]) for label in labels}
     times: dict = {label: [] for label in labels}
 
     def done(label):
@@ -333,8 +347,10 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--min-ms", type=duration, default=200.0, help="time at least this much per measurement")
-    p.add_argument("--settle-ms", type=duration, default=0.0,
-                   help="untimed calls of a path (about this many ms) right before each of its samples")
+    p.add_argument("--settle-ms", type=duration, default=100.0,
+                   help="untimed calls of a path (about this many ms) right before each of its samples, so that "
+                        "each path is timed at the clock its own power draw sets; 0: samples in quick turns, "
+                        "at a clock the mix of paths sets (about 10x faster)")
     p.add_argument("--acc-max-n", type=int, default=16384, help="accuracy only for N up to this")
     p.add_argument("--acc-heads", type=int, default=2, help="heads of batch 0 checked for accuracy")
     p.add_argument("--out", type=Path, default=Path("bench_attention.json"))

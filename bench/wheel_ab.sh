@@ -11,7 +11,9 @@
 #     test       the GPU tests (pytest -m gpu) against NEW
 #     quant      bench/bench_quant.py $QUANT_ARGS, REPS times each
 #     attention  bench/bench_attention.py $ATTN_ARGS, REPS times each
-#   REPS=3  QUANT_ARGS="--n 1024 4096 16384"  ATTN_ARGS="--n 4096 16384 --no-sdpa"
+#   REPS=3  QUANT_ARGS="--n 1024 4096 16384"  ATTN_ARGS="--n 4096 16384 --no-sdpa --settle-ms 0"
+#   (quick turns, ~10x shorter than settled samples: both wheels are timed alike; figures to
+#   quote against SDPA come from settled runs, bench_attention.py's default)
 #   BASE_COMMIT, NEW_COMMIT   recorded in the JSON (bench_attention.environment's SAGE_COMMIT)
 #   OUT=./ab-out   JSON, logs and the compare.py tables (quant-ab.txt, attention-ab.txt)
 # Exits non-zero if a stage failed.
@@ -78,6 +80,6 @@ if [[ " $STAGES " == *" quant "* ]]; then
   ab quant bench_quant.py "${QUANT_ARGS:---n 1024 4096 16384}" || rc=1
 fi
 if [[ " $STAGES " == *" attention "* ]]; then
-  ab attention bench_attention.py "${ATTN_ARGS:---n 4096 16384 --no-sdpa}" || rc=1
+  ab attention bench_attention.py "${ATTN_ARGS:---n 4096 16384 --no-sdpa --settle-ms 0}" || rc=1
 fi
 exit $rc

@@ -49,7 +49,7 @@ def test_bench_ms_samples_the_paths_in_turns(bench):
         return 1.0 + next(clock) / 100 + (0.5 if fn() == "slow" else 0.0)
 
     fns = {"a": lambda: "a", "b": lambda: "b", "slow": lambda: "slow"}
-    ms = bench.bench_ms(fns, warmup=0, reps=8, min_ms=0.0, sample=sample, calls_for=lambda fn, warmup: 1)
+    ms = bench.bench_ms(fns, warmup=0, reps=8, min_ms=0.0, sample=sample, cost=lambda fn, warmup: bench.SAMPLE_MS)
     rounds = [order[i:i + 3] for i in range(0, len(order), 3)]
     assert len(rounds) == 8 and all(sorted(r) == ["a", "b", "slow"] for r in rounds)  # one sample each a round
     assert len({tuple(r) for r in rounds}) > 2  # in varying orders: a path's predecessor varies
@@ -65,26 +65,33 @@ def test_bench_ms_samples_until_each_path_has_min_ms(bench):
         return {"fast": 1.0, "long": 50.0}[fn()]
 
     bench.bench_ms({"fast": lambda: "fast", "long": lambda: "long"}, warmup=0, reps=3, min_ms=100.0,
-                   sample=sample, calls_for=lambda fn, warmup: 5)
+                   sample=sample, cost=lambda fn, warmup: 1.0)
     assert counts == {"fast": 20, "long": 20}  # 100 ms of "fast" (5 ms a sample) takes 20 rounds
 
 
 def test_bench_ms_settles_each_sample_for_settle_ms(bench):
-    # A sample's untimed calls scale with its timed ones: settle_ms of GPU time at the
-    # SAMPLE_MS a sample's calls take.
+    # A sample is ~SAMPLE_MS of calls, its untimed calls before it ~settle_ms, both counted in
+    # calls of the path's own duration: a call longer than a sample still settles ~settle_ms.
     settles = []
 
     def sample(fn, calls, settle):
         settles.append((fn(), calls, settle))
         return 1.0
 
-    calls = {"a": 4, "b": 1}
-    bench.bench_ms({"a": lambda: "a", "b": lambda: "b"}, warmup=0, reps=2, min_ms=0.0, settle_ms=2 * bench.SAMPLE_MS,
-                   sample=sample, calls_for=lambda fn, warmup: calls[fn()])
-    assert sorted(set(settles)) == [("a", 4, 8), ("b", 1, 2)]
+    call_ms = {"short": bench.SAMPLE_MS / 4, "long": 4 * bench.SAMPLE_MS}
+    bench.bench_ms({"short": lambda: "short", "long": lambda: "long"}, warmup=0, reps=2, min_ms=0.0,
+                   settle_ms=8 * bench.SAMPLE_MS, sample=sample, cost=lambda fn, warmup: call_ms[fn()])
+    assert sorted(set(settles)) == [("long", 1, 2), ("short", 4, 32)]
     settles.clear()
-    bench.bench_ms({"a": lambda: "a"}, warmup=0, reps=2, min_ms=0.0, sample=sample, calls_for=lambda fn, warmup: 4)
-    assert set(settles) == {("a", 4, 0)}
+    bench.bench_ms({"short": lambda: "short"}, warmup=0, reps=2, min_ms=0.0, sample=sample,
+                   cost=lambda fn, warmup: call_ms[fn()])
+    assert set(settles) == {("short", 4, 0)}
+
+
+def test_samples_settle_by_default(bench):
+    # The default times each path at its own power-limited clock (bench_ms).
+    assert bench.parse_args([]).settle_ms > 0
+    assert bench.parse_args(["--settle-ms", "0"]).settle_ms == 0
 
 
 def test_ratios_and_table(bench, capsys):
