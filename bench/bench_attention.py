@@ -47,7 +47,10 @@ SDPA_BACKENDS = ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION")
 CAUSAL = {"both": (False, True), "true": (True,), "false": (False,)}  # --causal -> the masks timed
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 DEVICE = "cuda"
-SAMPLE_MS = 5.0  # the GPU time of one timed sample (calls_per_sample)
+# The GPU time of one timed sample (calls_per_sample): long enough that the host's launches run
+# ahead of the GPU, and a fifth of the default settle, so settling costs 5x the timed calls (20x
+# with the 5 ms samples before 6fe3f08's settled default).
+SAMPLE_MS = 20.0
 
 
 # --------------------------------------------------------------------------------- timing
@@ -85,7 +88,7 @@ def bench_ms(fns: dict, warmup: int, reps: int, min_ms: float, settle_ms: float 
              cost=call_ms) -> dict:
     """Median milliseconds per call of each of ``fns`` (label -> function), sampled in turns.
 
-    A sample times a run of calls queued back to back (at least ~5 ms of them), as a model's
+    A sample times a run of calls queued back to back (about SAMPLE_MS of them), as a model's
     forward pass queues them: the host's launch overhead overlaps the GPU work instead of
     idling it (torch.utils.benchmark, which the established package's benchmark uses, times
     the same way). The functions take turns, one sample each a round, until each has ``reps``
@@ -100,14 +103,14 @@ def bench_ms(fns: dict, warmup: int, reps: int, min_ms: float, settle_ms: float 
     0.976-1.022x, but cuDNN measured 2-15% faster than timed one after the other:
     bench/results/h100-1f6bda8-random-order-*.json.)
 
-    With ``settle_ms`` (the default, 100), each sample first runs its path untimed for about that
-    long, so that it runs at the clock its own power draw sets. At the H100's 700 W limit every
-    attention path here throttles within ~100 ms, each to its own clock: alone for 3 s, cuDNN at
-    hd128 4k from 1980 to 1560 MHz (16% slower), the e4m3 path to 1700 MHz (6.5% slower;
-    bench/results/h100-10fe2e2-clocks.txt). Unsettled, a 5 ms sample runs at the clock the
-    samples before it left: against settled samples on that H100, cuDNN measured 9-20% faster,
-    the efficient backend 3-11% slower, the e4m3 path 0.95-1.04x (h100-10fe2e2-turns-*.json
-    against -settled-1.json).
+    With ``settle_ms`` (the script's default: 100), each sample first runs its path untimed for
+    about that long, so that it runs at the clock its own power draw sets. At the H100's 700 W
+    limit every attention path here throttles within ~100 ms, each to its own clock: alone for
+    3 s, cuDNN at hd128 4k from 1980 to 1560 MHz (16% slower), the e4m3 path to 1700 MHz (6.5%
+    slower; bench/results/h100-10fe2e2-clocks.txt). Unsettled, a short sample runs at the clock
+    the samples before it left: with 5 ms samples, against settled ones on that H100, cuDNN
+    measured 9-20% faster, the efficient backend 3-11% slower, the e4m3 path 0.95-1.04x
+    (h100-10fe2e2-turns-*.json against -settled-1.json).
     """
     labels = list(fns)
     once = {label: cost(fns[label], warmup) for label in labels}  # ms of one call
@@ -350,7 +353,7 @@ def parse_args(argv=None):
     p.add_argument("--settle-ms", type=duration, default=100.0,
                    help="untimed calls of a path (about this many ms) right before each of its samples, so that "
                         "each path is timed at the clock its own power draw sets; 0: samples in quick turns, "
-                        "at a clock the mix of paths sets (about 10x faster)")
+                        "at a clock the mix of paths sets (about 5x faster)")
     p.add_argument("--acc-max-n", type=int, default=16384, help="accuracy only for N up to this")
     p.add_argument("--acc-heads", type=int, default=2, help="heads of batch 0 checked for accuracy")
     p.add_argument("--out", type=Path, default=Path("bench_attention.json"))

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """How a path's time depends on the clock its own power draw sets.
 
-bench_attention times a shape's paths in turns, 5 ms samples each: a sample then starts at
-the clock its predecessor's draw left. Against timing the paths one after another, that
-moved cuDNN +2-15% and the fp8 path -3% to +9% on one H100 (README, "timed in turns"). This
-script times each path alone: after ``--idle`` seconds of idle GPU, ``--seconds`` of calls
+bench_attention times a shape's paths in turns; unsettled (``--settle-ms 0``), a sample starts
+at the clock its predecessor's draw left. Against timing the paths one after another, that
+moved cuDNN +2-15% and the fp8 path -3% to +9% on one H100 (README, "timing and the power
+limit"). This script times each path alone: after ``--idle`` seconds of idle GPU, ``--seconds`` of calls
 queued back to back, timed in windows of about ``--window-ms`` (CUDA events), while nvidia-smi
 samples the SM clock and power every ``--trace-ms``. Per path it prints the first window's
 time per call, the steady one (median of the last second) and the clock and power of both;

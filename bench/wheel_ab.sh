@@ -12,7 +12,7 @@
 #     quant      bench/bench_quant.py $QUANT_ARGS, REPS times each
 #     attention  bench/bench_attention.py $ATTN_ARGS, REPS times each
 #   REPS=3  QUANT_ARGS="--n 1024 4096 16384"  ATTN_ARGS="--n 4096 16384 --no-sdpa --settle-ms 0"
-#   (quick turns, ~10x shorter than settled samples: both wheels are timed alike; figures to
+#   (quick turns, ~5x shorter than settled samples: both wheels are timed alike; figures to
 #   quote against SDPA come from settled runs, bench_attention.py's default)
 #   BASE_COMMIT, NEW_COMMIT   recorded in the JSON (bench_attention.environment's SAGE_COMMIT)
 #   OUT=./ab-out   JSON, logs and the compare.py tables (quant-ab.txt, attention-ab.txt)

@@ -65,8 +65,8 @@ def test_bench_ms_samples_until_each_path_has_min_ms(bench):
         return {"fast": 1.0, "long": 50.0}[fn()]
 
     bench.bench_ms({"fast": lambda: "fast", "long": lambda: "long"}, warmup=0, reps=3, min_ms=100.0,
-                   sample=sample, cost=lambda fn, warmup: 1.0)
-    assert counts == {"fast": 20, "long": 20}  # 100 ms of "fast" (5 ms a sample) takes 20 rounds
+                   sample=sample, cost=lambda fn, warmup: bench.SAMPLE_MS / 5)
+    assert counts == {"fast": 20, "long": 20}  # 100 ms of "fast" (5 calls of 1 ms a sample) takes 20 rounds
 
 
 def test_bench_ms_settles_each_sample_for_settle_ms(bench):
