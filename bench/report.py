@@ -57,7 +57,9 @@ def main(argv=None) -> int:
     with open(args.json) as f:
         data = json.load(f)
     env = data.get("env", {})
-    print(f"<!-- {env.get('gpu')}, torch {env.get('torch')}, commit {env.get('commit')}, {env.get('dtype')} -->")
+    # The timing regime too: settled and quick samples differ by up to 20% (bench_ms).
+    print(f"<!-- {env.get('gpu')}, torch {env.get('torch')}, commit {env.get('commit')}, {env.get('dtype')}; "
+          f"{env.get('timing', 'timing not recorded')} -->")
     print(table(data))
     return 0
 

@@ -116,7 +116,8 @@ def test_main_without_gpu_exits_2(bench, tmp_path):
 
 def test_report_table_rows_and_ratios(tmp_path, capsys):
     report = load_script(ROOT / "bench" / "report.py")
-    data = {"env": {"gpu": "H100", "torch": "2.11", "commit": "abc", "dtype": "fp16"}, "rows": [
+    data = {"env": {"gpu": "H100", "torch": "2.11", "commit": "abc", "dtype": "fp16",
+                    "timing": "each sample after ~100 ms"}, "rows": [
         {"N": 1024, "D": 64, "causal": True, "results": {"sageattn": {"tflops": 100.0}}},
         {"N": 4096, "D": 128, "causal": False, "results": {
             "sageattn": {"tflops": 450.0, "cos": 0.99994, "rel_l1": 0.0106}, "sdpa_flash": {"tflops": 300.0},
@@ -127,7 +128,7 @@ def test_report_table_rows_and_ratios(tmp_path, capsys):
     path.write_text(__import__("json").dumps(data))
     assert report.main([str(path)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert "commit abc" in lines[0] and lines[1].startswith("| hd |")
+    assert "commit abc" in lines[0] and "after ~100 ms" in lines[0] and lines[1].startswith("| hd |")
     assert lines[3] == ("| 128 | 4k | no | 450 | 300 | 600 | 1.50x | 0.75x | 400 (L1 0.037) "
                         "| 0.99994 / 0.0106 | 480 / n/a |")  # hd128 sorts first
     assert lines[4] == "| 64 | 1k | yes | 100 | n/a | n/a | n/a | n/a | n/a | n/a | n/a / n/a |"
