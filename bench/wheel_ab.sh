@@ -35,24 +35,9 @@ trap 'rm -rf "$WORK"' EXIT
 rc=0
 
 declare -A WHEEL=([base]=$1 [new]=$2) COMMIT=([base]=${BASE_COMMIT:-base} [new]=${NEW_COMMIT:-new})
-for side in base new; do
-  if ! "$PY" -m pip install -q --no-deps --no-index --target "$WORK/$side" "${WHEEL[$side]}" > "$OUT/pip-$side.log" 2>&1; then
-    echo "wheel_ab: pip could not install ${WHEEL[$side]} (log: $OUT/pip-$side.log)" >&2
-    exit 1
-  fi
-done
-mkdir -p "$WORK/src" && cp -r "$ROOT/bench" "$ROOT/tests" "$ROOT/pyproject.toml" "$WORK/src/"
-
-# Runs a command from the copy with one side's package first on the path.
-on() {
-  local side=$1
-  shift
-  (cd "$WORK/src" && PYTHONPATH="$WORK/$side" SAGE_BENCH_INSTALLED=1 SAGE_COMMIT="${COMMIT[$side]}" "$@")
-}
-for side in base new; do
-  on "$side" "$PY" -c "import sageattention as s, sys; sys.exit(0 if s.__file__.startswith('$WORK/$side/') else \
-f'wheel_ab: imported {s.__file__}, not the $side wheel')" || exit 1
-done
+# shellcheck source=bench/installed.sh
+. "$ROOT/bench/installed.sh"
+for side in base new; do install_wheel "$side" "${WHEEL[$side]}"; done
 
 if [[ " $STAGES " == *" test "* ]]; then
   on new "$PY" -m pytest tests/sageattention -m gpu -q -rfE -p no:cacheprovider > "$OUT/new-gpu-tests.txt" 2>&1

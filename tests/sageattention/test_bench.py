@@ -1,5 +1,6 @@
 """bench/ scripts without a GPU: bench_attention.py (arguments, FLOP counting, ratios, table),
-report.py, error_budget.py, bench_quant.py, compare.py and sm90_phases.py."""
+report.py, error_budget.py, bench_quant.py, compare.py, sm90_phases.py, and wheel_ab.sh and
+wheel_check.sh up to their first GPU step (on a stub wheel)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -301,14 +303,59 @@ def test_compare_quant_files_by_bandwidth(tmp_path, capsys):
     assert "N= 4096 hd128 quant_int8_smooth    1000 ->   1000  1.000x" in out
 
 
-def test_wheel_ab_rejects_bad_arguments(tmp_path):
-    script = ROOT / "bench" / "wheel_ab.sh"
-    for args, message in [([], "usage: bash bench/wheel_ab.sh BASE.whl NEW.whl"),
-                          ([str(tmp_path / "a.whl")], "usage: bash bench/wheel_ab.sh BASE.whl NEW.whl"),
-                          ([str(tmp_path / "a.whl"), str(tmp_path / "b.whl")], "wheel_ab: no such wheel: ")]:
-        run = subprocess.run(["bash", str(script), *args], capture_output=True, text=True,
+@pytest.mark.parametrize("script, usage", [("wheel_ab", "BASE.whl NEW.whl"), ("wheel_check", "WHEEL.whl")])
+def test_wheel_scripts_reject_bad_arguments(tmp_path, script, usage):
+    wheels = usage.split()
+    missing = [str(tmp_path / name) for name in wheels]
+    for args, message in [([], f"usage: bash bench/{script}.sh {usage}"),
+                          ([*missing, "extra.whl"], f"usage: bash bench/{script}.sh {usage}"),
+                          (missing, f"{script}: no such wheel: ")]:
+        run = subprocess.run(["bash", str(ROOT / "bench" / f"{script}.sh"), *args], capture_output=True, text=True,
                              env={**os.environ, "OUT": str(tmp_path / "out")})
         assert run.returncode == 2 and message in run.stderr, run.stderr
+
+
+def _stub_wheel(folder: Path) -> Path:
+    """A pure-Python sageattention wheel with no kernels: enough to install and import."""
+    import zipfile
+    files = {
+        "sageattention/__init__.py": "__version__ = '0.0.0'\n\ndef extension_loaded():\n    return False\n",
+        "sageattention-0.0.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: sageattention\nVersion: 0.0.0\n",
+        "sageattention-0.0.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    files["sageattention-0.0.0.dist-info/RECORD"] = "".join(f"{name},,\n" for name in [*files, "sageattention-0.0.0.dist-info/RECORD"])
+    wheel = folder / "sageattention-0.0.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for name, text in files.items():
+            z.writestr(name, text)
+    return wheel
+
+
+def test_wheel_check_runs_against_the_installed_wheel_and_reports_failed_stages(tmp_path):
+    # The stub imports from its own install folder, not from the checkout's sageattention/;
+    # bench_attention cannot run on it (no kernels), and that stage's failure is the exit code.
+    script, wheel = ROOT / "bench" / "wheel_check.sh", _stub_wheel(tmp_path)
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable}
+    run = subprocess.run(["bash", str(script), str(wheel)], capture_output=True, text=True,
+                         env={**env, "STAGES": ""})
+    assert run.returncode == 0, run.stderr
+    assert "/wheel/sageattention/__init__.py extension_loaded False" in run.stdout
+    run = subprocess.run(["bash", str(script), str(wheel)], capture_output=True, text=True,
+                         env={**env, "STAGES": "attention", "ATTN_ARGS": "--n 1024"})
+    assert run.returncode == 1 and "bench_attention 1: rc=1" in run.stdout, run.stdout + run.stderr
+    assert (tmp_path / "out" / "attention-1.log").exists()
+
+
+def test_wheel_ab_installs_both_wheels_before_it_benchmarks(tmp_path):
+    # Both stubs install and import from their own folders; the first benchmark then fails on
+    # the base side (no kernels) and the script says which.
+    (tmp_path / "new").mkdir()
+    base, new = _stub_wheel(tmp_path), _stub_wheel(tmp_path / "new")
+    run = subprocess.run(["bash", str(ROOT / "bench" / "wheel_ab.sh"), str(base), str(new)], capture_output=True,
+                         text=True, env={**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable,
+                                         "STAGES": "quant", "REPS": "1"})
+    assert run.returncode == 1 and "bench_quant.py failed for base, repetition 1" in run.stderr, run.stderr
+    assert sorted(f.name for f in (tmp_path / "out").iterdir()) == ["pip-base.log", "pip-new.log", "quant-base-1.log"]
 
 
 def test_compare_rejects_bad_input(tmp_path, capsys):
