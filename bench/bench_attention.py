@@ -47,7 +47,7 @@ SDPA_BACKENDS = ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION")
 CAUSAL = {"both": (False, True), "true": (True,), "false": (False,)}  # --causal -> the masks timed
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 DEVICE = "cuda"
-# The GPU time of one timed sample (calls_per_sample): long enough that the host's launches run
+# The GPU time of one timed sample (bench_ms): long enough that the host's launches run
 # ahead of the GPU, and a fifth of the default settle, so settling costs 5x the timed calls (20x
 # with the 5 ms samples before 6fe3f08's settled default).
 SAMPLE_MS = 20.0
@@ -79,9 +79,14 @@ def call_ms(fn, warmup: int) -> float:
     return max((time.perf_counter() - t0) * 1e3, 1e-3)
 
 
-def calls_per_sample(fn, warmup: int, ms: float = SAMPLE_MS) -> int:
+def calls_lasting(ms: float, one_call_ms: float) -> int:
+    """Calls (at least one) that take about ``ms`` milliseconds at ``one_call_ms`` each."""
+    return max(1, math.ceil(ms / one_call_ms))
+
+
+def calls_per_sample(fn, warmup: int, ms: float) -> int:
     """Calls of ``fn`` that take about ``ms`` milliseconds, after ``warmup`` calls."""
-    return max(1, math.ceil(ms / call_ms(fn, warmup)))
+    return calls_lasting(ms, call_ms(fn, warmup))
 
 
 def bench_ms(fns: dict, warmup: int, reps: int, min_ms: float, settle_ms: float = 0.0, sample=sample_ms,
@@ -114,7 +119,7 @@ def bench_ms(fns: dict, warmup: int, reps: int, min_ms: float, settle_ms: float 
     """
     labels = list(fns)
     once = {label: cost(fns[label], warmup) for label in labels}  # ms of one call
-    calls = {label: max(1, math.ceil(SAMPLE_MS / once[label])) for label in labels}
+    calls = {label: calls_lasting(SAMPLE_MS, once[label]) for label in labels}
     settle = {label: math.ceil(settle_ms / once[label]) for label in labels}
     times: dict = {label: [] for label in labels}
 

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -317,7 +318,6 @@ def test_wheel_scripts_reject_bad_arguments(tmp_path, script, usage):
 
 def _stub_wheel(folder: Path) -> Path:
     """A pure-Python sageattention wheel with no kernels: enough to install and import."""
-    import zipfile
     files = {
         "sageattention/__init__.py": "__version__ = '0.0.0'\n\ndef extension_loaded():\n    return False\n",
         "sageattention-0.0.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: sageattention\nVersion: 0.0.0\n",
