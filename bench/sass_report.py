@@ -4,7 +4,7 @@ local-memory loads and stores inside it.
 
     python bench/sass_report.py csrc/sm90/attn_sm90.cu --arch 90a [--json report.json]
 
-The key loop is what bounds the attention kernels (see the README's ncu figures): its size
+The key loop is what bounds the attention kernels (see the ncu figures in docs/kernels.md): its size
 tracks their instruction count, and a spill inside it costs a local-memory round trip every
 key block. The source is compiled as setup.py compiles it (its nvcc flags and include
 directories; a CPU-only torch is enough). The SASS comes from cuobjdump and nvdisasm: a CUDA

@@ -80,7 +80,7 @@ struct Sm90Traits {
   // and 7 stores a block) and ran 1.4% slower than without the sums tile; two consumers
   // (240 registers) hold it, the persistent grid and kQKAhead, and ran faster, see kQKAhead.
   // (One consumer a CTA and two CTAs an SM ran the e4m3 kernels 6-15% slower on H200 at
-  // 4k/16k: 64-row CTAs stream K and V twice as often. See the README.)
+  // 4k/16k: 64-row CTAs stream K and V twice as often. See docs/kernels.md.)
   static constexpr int kConsumers = kHeadDim == 64 && !kFp8 ? 3 : 2;
   static constexpr int kWgQ = 64;  // rows per consumer: the wgmma M
   static constexpr int kCtaQ = kConsumers * kWgQ;

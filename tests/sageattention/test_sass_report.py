@@ -80,7 +80,7 @@ def test_cli_rejects_a_missing_source(sass_report, capsys):
 
 
 # Key-loop size (SASS instructions a warp per key block) and local loads + stores in it, as of
-# the kernels measured in the README (H100; nvcc 13.0). A loop that grows by more than 5% or
+# the kernels measured in docs/kernels.md (H100; nvcc 13.0). A loop that grows by more than 5% or
 # spills more fails here, before any GPU time is spent: update these with the change that moves
 # them, and that change's measured speed.
 HOPPER_KEY_LOOPS = {
