@@ -142,6 +142,16 @@ def probe_docker(docker: str = "docker") -> Probe:
     return Probe(path, b_rc, b_out, i_rc, i_out)
 
 
+def daemon_os() -> str | None:
+    """``linux`` or ``windows``: the containers the Docker daemon runs (None: no daemon)."""
+    try:
+        from python_on_whales import docker as pow_docker
+
+        return pow_docker.info().os_type
+    except Exception:  # no docker CLI or daemon: check_docker says which
+        return None
+
+
 def check_docker(docker: str = "docker") -> None:
     err = diagnose(probe_docker(docker))
     if err is not None:

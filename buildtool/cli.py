@@ -39,29 +39,31 @@ err_console = Console(stderr=True, soft_wrap=True)
 # ---- shared option types --------------------------------------------------------------------
 MatrixOption = Annotated[
     Optional[Path],
+    # $SAGEBUILD_MATRIX is read by find_matrix, not typer, so that its errors name it
     typer.Option(
         "--matrix",
-        envvar="SAGEBUILD_MATRIX",
-        help="matrix.yaml (or its directory); default: found from the current directory upwards",
+        metavar="PATH",
+        help="matrix.yaml (or its directory); default: $SAGEBUILD_MATRIX, else found from the "
+        "current directory upwards",
         show_default=False,
     ),
 ]
 NamesArg = Annotated[
     Optional[list[str]],
-    typer.Argument(help="target, test-target or group names (e.g. linux, pytorch28, default)",
+    typer.Argument(metavar="NAMES", help="target, test-target or group names (e.g. linux, pytorch28, default)",
                    show_default=False),
 ]
 PlatformOpt = Annotated[
-    Optional[list[str]], typer.Option("--platform", help="linux, windows (repeatable)")
+    Optional[list[str]], typer.Option("--platform", metavar="PLATFORM", help="linux, windows (repeatable)")
 ]
 PythonOpt = Annotated[
-    Optional[list[str]], typer.Option("--python", help="3.12, 312, cp312 or abi3 (repeatable)")
+    Optional[list[str]], typer.Option("--python", metavar="VERSION", help="3.12, 312, cp312 or abi3 (repeatable)")
 ]
 TorchOpt = Annotated[
-    Optional[list[str]], typer.Option("--torch", help="2.8, 2.8.0 or 28 (repeatable)")
+    Optional[list[str]], typer.Option("--torch", metavar="VERSION", help="2.8, 2.8.0 or 28 (repeatable)")
 ]
 CudaOpt = Annotated[
-    Optional[list[str]], typer.Option("--cuda", help="12.9, 12.9.1, cu129 (repeatable)")
+    Optional[list[str]], typer.Option("--cuda", metavar="VERSION", help="12.9, 12.9.1, cu129 (repeatable)")
 ]
 
 

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Iterator, NoReturn, Optional
 
 import typer
 from rich.markup import escape
@@ -114,6 +114,25 @@ def plan_build(
     return BuildPlan(targets, jobs, sets, staging, command, notes)
 
 
+def container_os(target: Target) -> str:
+    """The Docker daemon OS a target's image needs: Windows containers for ``win*`` wheels."""
+    return "windows" if target.platform_tag.startswith("win") else "linux"
+
+
+def daemon_mismatch(targets: list[Target], daemon_os: str) -> SagebuildError | None:
+    """The error for targets a daemon running ``daemon_os`` containers cannot build, if any."""
+    wrong = [t.name for t in targets if container_os(t) != daemon_os]
+    if not wrong:
+        return None
+    need = sorted({container_os(t) for t in targets if t.name in wrong})
+    fits = sorted({t.platform for t in targets if container_os(t) == daemon_os})
+    return SagebuildError(
+        f"this Docker daemon runs {daemon_os} containers; {', '.join(wrong)} need(s) "
+        f"{' or '.join(need)} containers", field="NAMES",
+        allowed=(f"targets of this daemon's platform (`sagebuild build {' '.join(fits)}`); " if fits else "")
+        + "Windows wheels build on a Windows host with Docker in Windows-containers mode (README, Windows)")
+
+
 def test_sets(
     targets: list[Target], wheel_dirs: dict[str, str], base_image: str | None,
     user_sets: dict[str, str],
@@ -174,6 +193,21 @@ def _user_sets(values: list[str] | None) -> dict[str, str]:
         raise fail(err) from None
 
 
+def _manifest(builder: Path) -> dict:
+    try:
+        return wheels.load_manifest(builder)
+    except SagebuildError as err:
+        raise fail(err) from None
+
+
+def _report(failures: list[str], hint: str | None = None) -> NoReturn:
+    for f in failures:
+        err_console.print(f"[bold red]error:[/] {escape(f)}", highlight=False)
+    if hint:
+        err_console.print(f"[yellow]hint:[/] {escape(hint)}", highlight=False)
+    raise typer.Exit(EXIT_FAILURE)
+
+
 def _docker_ready() -> None:
     try:
         bake.check_docker()
@@ -198,8 +232,9 @@ ProgressOpt = Annotated[
 ]
 SetOpt = Annotated[
     Optional[list[str]],
-    typer.Option("--set", help="override passed to `docker buildx bake --set` "
-                 "(e.g. '*.args.PYTHON=/usr/bin/python3'); repeatable"),
+    typer.Option("--set", metavar="TARGET.KEY=VALUE", help="override passed to `docker buildx bake "
+                 "--set`, e.g. '*.args.PYTHON=/usr/bin/python3' (build), '*.args.TEST_PYTHON=python3' "
+                 "(test); repeatable"),
 ]
 
 
@@ -211,12 +246,12 @@ SetOpt = Annotated[
 def build_cmd(
     names: NamesArg = None,
     base_image: Annotated[Optional[str], typer.Option(
-        "--base-image", help="build base image for every selected target (e.g. an image built "
+        "--base-image", metavar="IMAGE", help="build base image for every selected target (e.g. an image built "
         "from tests/docker/debian-python.Dockerfile on a network without registries)")] = None,
     arch_list: Annotated[Optional[str], typer.Option(
-        "--arch-list", help="TORCH_CUDA_ARCH_LIST for every selected target, e.g. '8.0;9.0a'")] = None,
+        "--arch-list", metavar="ARCHS", help="TORCH_CUDA_ARCH_LIST for every selected target, e.g. '8.0;9.0a'")] = None,
     jobs: Annotated[str, typer.Option(
-        "--jobs", help="auto (from CPUs and memory), N (MAX_JOBS) or NxT (MAX_JOBS x NVCC_THREADS)")] = "auto",
+        "--jobs", metavar="auto|N|NxT", help="auto (from CPUs and memory), N (MAX_JOBS) or NxT (MAX_JOBS x NVCC_THREADS)")] = "auto",
     sets: SetOpt = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="print the plan and the exact `docker buildx bake` command; run nothing")] = False,
@@ -236,12 +271,19 @@ def build_cmd(
         plan = plan_build(targets, options, builder, cpus, mem)
     except SagebuildError as err:
         raise fail(err) from None
+    daemon_os = bake.daemon_os()
+    mismatch = daemon_mismatch(targets, daemon_os) if daemon_os else None
     if dry_run:
         console.print(plan.describe(), highlight=False)
+        if mismatch:
+            console.print(f"note: {mismatch.message}", highlight=False)
         console.print(f"(cd {project.root} && {bake.format_command(plan.command)})", highlight=False,
                       soft_wrap=True)
         return
     _docker_ready()
+    if mismatch:
+        raise fail(mismatch)
+    _manifest(builder)  # an unreadable one fails now, not after the build
     for path in plan.staging.values():  # a fresh export directory per run
         wheels.remove_tree(path)
         path.mkdir(parents=True)
@@ -329,10 +371,10 @@ def static_check(builder: Path, target: Target, entry: dict) -> list[str]:
 def test_cmd(
     names: NamesArg = None,
     base_image: Annotated[Optional[str], typer.Option(
-        "--base-image", help="clean Python image the test stage installs the wheel into "
+        "--base-image", metavar="IMAGE", help="clean Python image the test stage installs the wheel into "
         "(TEST_BASE_IMAGE)")] = None,
     python: Annotated[Optional[str], typer.Option(
-        "--python-exe", help="interpreter inside the test image (TEST_PYTHON)")] = None,
+        "--python-exe", metavar="PATH", help="interpreter inside the test image (TEST_PYTHON)")] = None,
     sets: SetOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the bake command only")] = False,
     keep_image: Annotated[bool, typer.Option(
@@ -349,9 +391,8 @@ def test_cmd(
     targets = [t for t in selected(project, names or ["default"]) if t.testable]
     if not targets:
         raise fail(SagebuildError("the selection has no testable target (test: false in matrix.yaml)",
-                                  field="TARGETS"))
+                                  field="NAMES"))
     builder = project.root / BUILDER
-    manifest = wheels.load_manifest(builder)
     user = _user_sets(sets)
     if python:
         user.setdefault("*.args.TEST_PYTHON", python)
@@ -361,11 +402,12 @@ def test_cmd(
     if dry_run:
         console.print(f"(cd {project.root} && {bake.format_command(command)})", highlight=False)
         return
+    manifest = _manifest(builder)
     missing = [t.name for t in targets if t.name not in manifest["wheels"]]
     if missing:
         raise fail(SagebuildError(
             f"no collected wheel in {builder} for {', '.join(missing)}",
-            field="TARGETS", allowed=f"run `sagebuild build {' '.join(missing)}` first",
+            field="NAMES", allowed=f"run `sagebuild build {' '.join(missing)}` first",
             exit_code=EXIT_FAILURE))
     failures: list[str] = []
     # 1. the file itself
@@ -377,6 +419,8 @@ def test_cmd(
         console.print(f"{t.name}: builder/{entry['file']}: "
                       + ("[green]file ok[/] (name, metadata, RECORD, GPU code)" if not problems
                          else f"[red]{len(problems)} problem(s)[/]"), highlight=False)
+    if failures:  # testing a file that is missing or not what was collected proves nothing
+        _report(failures, hint=f"rebuild: sagebuild build {' '.join(t.name for t in targets)}")
     # 2. the test stage installs exactly the collected wheel
     for t in targets:
         d = project.root / wheel_dirs[t.name]
@@ -435,7 +479,5 @@ def test_cmd(
             subprocess.run(["docker", "image", "rm", "-f", f"{TEST_IMAGE}:{t.name}"], capture_output=True)
     _rmdir_if_empty(builder / ".test")
     if failures:
-        for f in failures:
-            err_console.print(f"[bold red]error:[/] {escape(f)}", highlight=False)
-        raise typer.Exit(EXIT_FAILURE)
+        _report(failures)
     console.print(f"{len(targets)} wheel(s) passed", highlight=False)

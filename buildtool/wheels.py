@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import csv
-import fcntl
 import hashlib
 import html
 import io
@@ -33,8 +32,9 @@ import zipfile
 from dataclasses import dataclass, field
 from email.parser import HeaderParser
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
+from filelock import FileLock
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.tags import Tag
 from packaging.utils import canonicalize_name, parse_wheel_filename
@@ -409,16 +409,11 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-@contextlib.contextmanager
-def locked(builder: Path) -> Iterator[None]:
-    """Serialise manifest/index updates of concurrent ``sagebuild`` runs on one ``builder/``."""
+def locked(builder: Path) -> FileLock:
+    """Serialise manifest/index updates of concurrent ``sagebuild`` runs on one ``builder/``
+    (``with locked(builder): ...``; flock on POSIX, msvcrt locking on Windows)."""
     builder.mkdir(parents=True, exist_ok=True)
-    with open(builder / ".lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return FileLock(builder / ".lock")
 
 
 def sha256_file(path: Path) -> str:
@@ -475,7 +470,16 @@ def load_manifest(builder: Path) -> dict[str, Any]:
     path = builder / MANIFEST
     if not path.exists():
         return {"version": 1, "wheels": {}}
-    data = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        problem = None if isinstance(data, dict) and isinstance(data.get("wheels", {}), dict) else \
+            'not a JSON object with a "wheels" object'
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        problem = f"not valid JSON ({exc})"
+    if problem:
+        raise SagebuildError(f"unreadable manifest: {problem}", file=path, exit_code=EXIT_FAILURE,
+                             allowed=f"the file sagebuild writes; move {path.name} away and rebuild "
+                                     "the targets it listed")
     data.setdefault("wheels", {})
     return data
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -219,3 +221,67 @@ def test_installed_check_fails_a_wheel_whose_extension_does_not_load(tmp_path):
     assert result["load_library _C.abi3.so"] is False
     assert result["read GPU code of _C.abi3.so"] is False
     assert result["machine code for arch list 8.0"] is False
+
+
+def test_test_stops_at_a_missing_wheel_and_says_why(proj, monkeypatch):
+    """A wheel listed in manifest.json but gone: the problem is named, nothing is staged for the
+    test image and Docker is never asked."""
+    t = "linux-pytorch211-cu130-python312"
+    builder = proj.parent / "builder"
+    builder.mkdir()
+    (builder / "manifest.json").write_text(json.dumps(
+        {"version": 1, "wheels": {t: {"file": "gone.whl", "sha256": "0", "version": "0.1.0"}}}))
+    monkeypatch.setattr(bake, "check_docker", lambda docker="docker": pytest.fail("Docker was asked"))
+    r = run("test", t, "--matrix", str(proj))
+    assert r.exit_code == 1, r.output
+    assert "gone.whl listed in manifest.json is missing" in r.output
+    assert f"sagebuild build {t}" in r.output
+    assert not (builder / ".test").exists()
+
+
+@pytest.mark.parametrize("text", ["{bad", "[1, 2]", '{"wheels": []}'])
+def test_a_corrupt_manifest_is_one_clear_error(proj, monkeypatch, text):
+    builder = proj.parent / "builder"
+    builder.mkdir()
+    (builder / "manifest.json").write_text(text)
+    monkeypatch.setattr(bake, "check_docker", lambda docker="docker": None)
+    monkeypatch.setattr(bake, "daemon_os", lambda: "linux")
+    monkeypatch.setattr(bake, "run_bake", lambda *a, **k: pytest.fail("bake ran"))
+    t = "linux-pytorch211-cu130-python312"
+    for args in (["test", t], ["build", t]):
+        r = run(*args, "--matrix", str(proj))
+        assert r.exit_code == 1, r.output
+        assert "manifest.json: unreadable manifest" in r.output and "Traceback" not in r.output
+    assert run("test", t, "--dry-run", "--matrix", str(proj)).exit_code == 0
+
+
+def test_windows_targets_need_a_windows_daemon(proj, monkeypatch):
+    monkeypatch.setattr(bake, "check_docker", lambda docker="docker": None)
+    monkeypatch.setattr(bake, "daemon_os", lambda: "linux")
+    monkeypatch.setattr(bake, "run_bake", lambda *a, **k: pytest.fail("bake ran"))
+    windows = [t.name for t in load_project(proj).targets if t.platform == "windows"]
+    r = run("build", "all", "--matrix", str(proj))
+    assert r.exit_code == 2, r.output
+    assert "this Docker daemon runs linux containers" in r.output
+    assert all(name in r.output for name in windows)
+    assert "sagebuild build linux" in r.output
+    r = run("build", "windows", "--dry-run", "--jobs", "2", "--matrix", str(proj))
+    assert r.exit_code == 0 and "note: this Docker daemon runs linux containers" in r.output
+
+
+def test_daemon_mismatch_is_pure(proj):
+    targets = load_project(proj).targets
+    linux = [t for t in targets if t.platform == "linux"]
+    assert commands.daemon_mismatch(linux, "linux") is None
+    err = commands.daemon_mismatch(linux, "windows")
+    assert err is not None and err.exit_code == 2 and "need(s) linux containers" in err.message
+    assert "sagebuild build" not in err.allowed  # no target of the selection fits a Windows daemon
+
+
+def test_sagebuild_runs_without_fcntl(proj):
+    """Windows has no fcntl: importing the CLI must not need it (the manifest lock is filelock's)."""
+    code = ("import sys; sys.modules['fcntl'] = None; from buildtool.cli import main; "
+            f"sys.argv = ['sagebuild', 'matrix', '--matrix', {str(proj)!r}]; main()")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert p.returncode == 0, p.stderr
+    assert "linux-pytorch211-cu130-python312" in p.stdout

@@ -130,6 +130,9 @@ def test_matrix_env_and_subdir(run, repo, tmp_path, monkeypatch):
     monkeypatch.setenv("SAGEBUILD_MATRIX", str(repo / "matrix.yaml"))
     result = run("matrix", "-f", "names", cwd=tmp_path)
     assert result.exit_code == 0 and SEED[0] in result.stdout
+    monkeypatch.setenv("SAGEBUILD_MATRIX", str(tmp_path / "nowhere.yaml"))
+    err = _one_error(run("matrix", cwd=tmp_path))
+    assert "nowhere.yaml: SAGEBUILD_MATRIX: matrix file not found" in err  # not blamed on --matrix
 
 
 def test_render_check_on_main(run):
