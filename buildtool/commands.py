@@ -127,8 +127,8 @@ def daemon_mismatch(targets: list[Target], daemon_os: str) -> SagebuildError | N
     need = sorted({container_os(t) for t in targets if t.name in wrong})
     fits = sorted({t.platform for t in targets if container_os(t) == daemon_os})
     return SagebuildError(
-        f"this Docker daemon runs {daemon_os} containers; {', '.join(wrong)} need(s) "
-        f"{' or '.join(need)} containers", field="NAMES",
+        f"this Docker daemon runs {daemon_os} containers, and these targets need "
+        f"{' or '.join(need)} containers: {', '.join(wrong)}", field="NAMES",
         allowed=(f"targets of this daemon's platform (`sagebuild build {' '.join(fits)}`); " if fits else "")
         + "Windows wheels build on a Windows host with Docker in Windows-containers mode (README, Windows)")
 

@@ -274,7 +274,7 @@ def test_daemon_mismatch_is_pure(proj):
     linux = [t for t in targets if t.platform == "linux"]
     assert commands.daemon_mismatch(linux, "linux") is None
     err = commands.daemon_mismatch(linux, "windows")
-    assert err is not None and err.exit_code == 2 and "need(s) linux containers" in err.message
+    assert err is not None and err.exit_code == 2 and "these targets need linux containers" in err.message
     assert "sagebuild build" not in err.allowed  # no target of the selection fits a Windows daemon
 
 
