@@ -10,6 +10,7 @@ the YAML node tree), the field and what is allowed.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 import string
@@ -34,7 +35,8 @@ ENV_MATRIX = "SAGEBUILD_MATRIX"
 
 
 class _Model(BaseModel):
-    # strict: `python: 3.12` (a YAML float) is an error, not silently "3.12" (or 3.10 -> "3.1")
+    # strict: `python: 3.12` (a YAML float) is an error, not silently "3.12" (or 3.10 -> "3.1").
+    # A field's Field(examples=...) is what an error about its type shows under "allowed:".
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
@@ -66,7 +68,9 @@ class CudaConfig(_Model):
     """``TORCH_CUDA_ARCH_LIST`` for targets compiled with this toolkit (``;`` separated)"""
     source: Literal["image", "pypi"]
     """where nvcc comes from: the base image (``/usr/local/cuda-X.Y``) or PyPI wheels"""
-    base_images: dict[str, ImageRef]
+    base_images: Annotated[
+        dict[str, ImageRef], Field(examples=[{"linux": "pytorch/manylinux2_28-builder:cuda12.8"}])
+    ]
     """platform -> base image that provides (``image``) or can receive (``pypi``) the toolkit"""
 
 
@@ -108,12 +112,23 @@ class Matrix(_Model):
     version: str
     torch_index_url: str = "https://download.pytorch.org/whl/{cuda_short}"
     platforms: Annotated[dict[str, PlatformConfig], Field(min_length=1)]
-    pythons: Annotated[list[str], Field(min_length=1)]
+    pythons: Annotated[list[str], Field(min_length=1, examples=[["3.11", "3.12"]])]
     cuda: Annotated[dict[str, CudaConfig], Field(min_length=1)]
-    torch: Annotated[dict[str, TorchConfig], Field(min_length=1)]
-    build: Annotated[list[BuildBlock], Field(min_length=1)]
-    exclude: list[ExcludeRule] = []
-    groups: dict[str, list[str]] = {}
+    torch: Annotated[
+        dict[str, TorchConfig], Field(min_length=1, examples=[{"2.8.0": {"cuda": ["12.8.1"]}}])
+    ]
+    build: Annotated[
+        list[BuildBlock],
+        Field(min_length=1, examples=[[{"platforms": ["linux"], "pythons": ["3.12"],
+                                        "torch": ["2.8.0"]}]]),
+    ]
+    exclude: Annotated[
+        list[ExcludeRule], Field(examples=[[{"platform": "windows", "torch": "2.7"}]])
+    ] = []
+    groups: Annotated[
+        dict[str, list[str]],
+        Field(examples=[{"release": ["linux", "windows-pytorch28-cu129-python312"]}]),
+    ] = {}
     """extra groups (target or group names); ``default`` here replaces the automatic default"""
 
 
@@ -266,43 +281,49 @@ class _Lines:
 
     def __init__(self, root: yaml.Node | None) -> None:
         self.root = root
+        self._keys = yaml.constructor.SafeConstructor()
+
+    def _key(self, node: yaml.Node) -> str | None:
+        """A mapping key as the loaded data (and a path) has it: ``12.10`` -> ``"12.1"``."""
+        if not isinstance(node, yaml.ScalarNode):
+            return None
+        # the merge key << has no constructor of its own (the loader resolves it in the mapping)
+        if node.tag not in self._keys.yaml_constructors:
+            return node.value
+        return str(self._keys.construct_object(node))
+
+    def _walk(self, path: tuple[Any, ...]) -> tuple[list[yaml.Node], yaml.Node | None]:
+        """The nodes that name the steps of ``path`` found (a key, a list item), and the node
+        ``path`` leads to (None where a step is not found)."""
+        steps: list[yaml.Node] = []
+        node = self.root
+        for elem in path:
+            if elem == "[key]" and steps:  # pydantic's location of a mapping key itself
+                node = steps[-1]
+                continue
+            if isinstance(node, yaml.MappingNode):
+                pair = next(((k, v) for k, v in node.value if self._key(k) == str(elem)), None)
+            elif isinstance(node, yaml.SequenceNode) and isinstance(elem, int) \
+                    and 0 <= elem < len(node.value):
+                pair = (node.value[elem], node.value[elem])
+            else:
+                pair = None
+            if pair is None:
+                return steps, None
+            steps.append(pair[0])
+            node = pair[1]
+        return steps, node
 
     def line(self, path: tuple[Any, ...]) -> int | None:
-        node = self.root
-        if node is None:
+        """The line of ``path``, or of the deepest part of it that is in the file."""
+        if self.root is None:
             return None
-        line = node.start_mark.line + 1
-        for elem in path:
-            if isinstance(node, yaml.MappingNode):
-                for key, value in node.value:
-                    if isinstance(key, yaml.ScalarNode) and key.value == str(elem):
-                        line = key.start_mark.line + 1
-                        node = value
-                        break
-                else:
-                    return line
-            elif isinstance(node, yaml.SequenceNode) and isinstance(elem, int):
-                if 0 <= elem < len(node.value):
-                    node = node.value[elem]
-                    line = node.start_mark.line + 1
-                else:
-                    return line
-            else:
-                return line
-        return line
+        steps, _ = self._walk(path)
+        return (steps[-1] if steps else self.root).start_mark.line + 1
 
     def scalar(self, path: tuple[Any, ...]) -> str | None:
         """The scalar exactly as written in the file (``3.10``, not the float 3.1)."""
-        node = self.root
-        for elem in path:
-            if isinstance(node, yaml.MappingNode):
-                node = next((v for k, v in node.value
-                             if isinstance(k, yaml.ScalarNode) and k.value == str(elem)), None)
-            elif isinstance(node, yaml.SequenceNode) and isinstance(elem, int) \
-                    and 0 <= elem < len(node.value):
-                node = node.value[elem]
-            else:
-                return None
+        _, node = self._walk(path)
         return node.value if isinstance(node, yaml.ScalarNode) else None
 
     def duplicate_key(self) -> tuple[int, str, tuple[Any, ...]] | None:
@@ -381,6 +402,13 @@ def load_project(explicit: Path | str | None = None, cwd: Path | None = None) ->
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SagebuildError(f"cannot read the matrix file: {exc.strerror}", file=path) from exc
+    except UnicodeDecodeError as exc:
+        raise SagebuildError(
+            f"not UTF-8: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}",
+            file=_display(path),
+            line=exc.object.count(b"\n", 0, exc.start) + 1,
+            allowed="a UTF-8 encoded file (save it as UTF-8 in your editor)",
+        ) from None
     return load_text(text, path)
 
 
@@ -449,22 +477,71 @@ def _unwrap(annotation: Any) -> Any:
             return annotation
 
 
-def _model_at(loc: tuple[Any, ...]) -> Any:
-    """The type that sits at ``loc`` inside :class:`Matrix` (for 'allowed keys' hints)."""
-    cur: Any = Matrix
+def _is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
+def _field_at(loc: tuple[Any, ...]) -> tuple[Any, Any]:
+    """The type at ``loc`` inside :class:`Matrix` and an example value of it (None if none):
+    the field's ``examples``, or the part at ``loc`` of an enclosing field's example."""
+    tp: Any = Matrix
+    example: Any = None
     for elem in loc:
-        cur = _unwrap(cur)
-        if isinstance(cur, type) and issubclass(cur, BaseModel):
-            if elem not in cur.model_fields:
-                return None
-            cur = cur.model_fields[elem].annotation
-        elif typing.get_origin(cur) is dict:
-            cur = typing.get_args(cur)[1]
-        elif typing.get_origin(cur) is list:
-            cur = typing.get_args(cur)[0]
+        if _is_model(tp):
+            if elem not in tp.model_fields:
+                return None, None
+            info = tp.model_fields[elem]
+            tp = info.annotation
+            if info.examples:
+                example = info.examples[0]
+            else:
+                example = example.get(elem) if isinstance(example, dict) else None
+        elif typing.get_origin(tp) in (dict, list):
+            tp = typing.get_args(tp)[-1]
+            # every entry has the shape of the example's first one
+            entries = list(example.values()) if isinstance(example, dict) else example
+            example = entries[0] if isinstance(entries, list) and entries else None
         else:
-            return None
-    return _unwrap(cur)
+            return None, None
+        tp = _unwrap(tp)
+    return tp, example
+
+
+def _words(tp: Any) -> str | None:
+    """What a YAML value of type ``tp`` looks like, in plain words."""
+    origin = typing.get_origin(tp)
+    item = _unwrap(typing.get_args(tp)[-1]) if origin in (dict, list) else None
+    if _is_model(tp):
+        return "a mapping with keys " + ", ".join(tp.model_fields)
+    if _is_model(item):
+        of = "mappings with keys " + ", ".join(item.model_fields)
+        return f"a list of {of}" if origin is list else f"a mapping whose values are {of}"
+    return {list: "a list", dict: "a mapping", bool: "true or false", str: "a string"}.get(
+        origin or tp
+    )
+
+
+def _got(value: Any, written: str) -> str:
+    """The value of a type error, as the file has it."""
+    if value is None:
+        return "an empty value"
+    if isinstance(value, bool):
+        return f"the boolean {written}"
+    if isinstance(value, (int, float)):
+        return f"the number {written}"
+    if isinstance(value, str):
+        return f"the string {json.dumps(value)}"
+    return "a mapping" if isinstance(value, dict) else "a list"
+
+
+# pydantic's type errors -> what was expected, in the words of matrix.yaml
+_EXPECTED = {
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "bool_type": "a boolean",
+    "string_type": "a string",
+}
 
 
 def _from_validation_error(exc: ValidationError, file: Path, lines: _Lines) -> SagebuildError:
@@ -473,30 +550,43 @@ def _from_validation_error(exc: ValidationError, file: Path, lines: _Lines) -> S
     err = errors[0]
     loc = tuple(err["loc"])
     more = f" (and {len(errors) - 1} more problem(s); fix this one first)" if len(errors) > 1 else ""
-    kind = err["type"]
-    allowed = None
+    kind, value, ctx = err["type"], err.get("input"), err.get("ctx", {})
+    written = lines.scalar(loc) or str(value)
+    tp, example = _field_at(loc)
+    allowed = _words(tp)
     msg = err["msg"]
     if kind == "extra_forbidden":
-        parent = _model_at(loc[:-1])
-        keys = list(parent.model_fields) if parent and hasattr(parent, "model_fields") else []
+        parent, _ = _field_at(loc[:-1])
+        keys = list(parent.model_fields) if _is_model(parent) else []
         msg = f"unknown key {loc[-1]!r}"
-        allowed = _suggest(str(loc[-1]), keys) if keys else None
+        allowed, example = (_suggest(str(loc[-1]), keys) if keys else None), None
     elif kind == "missing":
         msg = "required key is missing"
-    elif kind == "string_type" and isinstance(err.get("input"), (int, float)):
-        written = lines.scalar(loc) or str(err["input"])
-        msg = f"expected a string, got the number {written} (YAML reads it as {err['input']!r})"
-        allowed = f'a quoted string: "{written}"'
+    elif kind == "string_type" and isinstance(value, (int, float)):  # bool too: yes, no, on
+        what = "a string key" if loc[-1:] == ("[key]",) else "a string"
+        reads = f" (YAML reads it as {value!r})" if str(value) != written else ""
+        msg = f"expected {what}, got {_got(value, written)}{reads}"
+        allowed, example = f'a quoted string: "{written}"', None
         if "." in written:
             allowed += " (unquoted, YAML reads 3.10 as the number 3.1)"
+    elif kind in _EXPECTED:
+        msg = f"expected {_EXPECTED[kind]}, got {_got(value, written)}"
+    elif kind == "too_short":
+        container = "list" if ctx.get("field_type") == "List" else "mapping"
+        msg = f"empty {container}: at least {ctx['min_length']} entry is needed"
+    elif kind == "string_too_short":
+        msg = "empty string"
+    elif kind == "string_pattern_mismatch":
+        msg = f"{value!r} does not match the pattern {ctx['pattern']}"
+        allowed = f"a string matching {ctx['pattern']}"
     elif kind == "literal_error":
-        allowed = str(err.get("ctx", {}).get("expected", ""))
-    else:
-        target = _model_at(loc)
-        if isinstance(target, type) and issubclass(target, BaseModel):
-            allowed = "a mapping with keys " + ", ".join(target.model_fields)
+        allowed = str(ctx.get("expected", ""))
+    if example is not None and allowed:
+        allowed += f", e.g. {json.dumps(example)}"
+    # a mapping key: name it as written (12.10), not as loaded (12.1) plus pydantic's "[key]"
+    path = loc[:-2] + (written,) if loc[-1:] == ("[key]",) else loc
     return SagebuildError(
-        msg + more, file=file, line=lines.line(loc), field=field_path(loc), allowed=allowed
+        msg + more, file=file, line=lines.line(loc), field=field_path(path), allowed=allowed
     )
 
 
@@ -536,13 +626,20 @@ class _Validator:
             self.fail(path, f"unsupported Python {value}", ", ".join(compat.KNOWN_PYTHONS))
 
     def check_template(self, path, value: str, keys: set[str]) -> None:
-        for _, name, _, _ in string.Formatter().parse(value):
-            if name is not None and name not in keys:
-                self.fail(
-                    path,
-                    f"unknown placeholder {{{name}}}",
-                    ", ".join("{" + k + "}" for k in sorted(keys)),
-                )
+        allowed = ["{" + k + "}" for k in sorted(keys)]
+        try:
+            fields = list(string.Formatter().parse(value))
+        except ValueError as exc:  # a lone { or }: str.format() would raise it later, unhandled
+            self.fail(path, f"unbalanced braces: {exc}",
+                      ", ".join(allowed) + " ({{ and }} for literal braces)")
+        for _, name, spec, conversion in fields:
+            if name is None:
+                continue
+            # compared as written: {python:d} or {python!x} parse, but str.format() rejects them
+            written = "{" + name + (f"!{conversion}" if conversion else "") \
+                + (f":{spec}" if spec else "") + "}"
+            if written not in allowed:
+                self.fail(path, f"unknown placeholder {written}", ", ".join(allowed))
 
     def check_arch(self, path, arch_list: str, cuda: str) -> None:
         problem = compat.check_arch_list(arch_list, cuda)
@@ -623,6 +720,15 @@ class _Validator:
         for g, members in m.groups.items():
             if not naming.NAME_RE.match(g):
                 self.fail(("groups", g), f"invalid group name {g!r}", "[a-z0-9][a-z0-9_-]*")
+        # a value no declared platform/version matches would only say "matches no target"
+        declared = {"platform": list(m.platforms), "python": [*m.pythons, None],
+                    "torch": list(m.torch), "cuda": list(m.cuda)}
+        for i, rule in enumerate(m.exclude):
+            for axis, value in rule.model_dump(exclude_none=True).items():
+                what, match = _EXCLUDE_AXES[axis]
+                if not any(match(value, d) for d in declared[axis]):
+                    self.fail(("exclude", i, axis), f"unknown {what} {value!r}",
+                              ", ".join(d or "abi3" for d in declared[axis]))
 
     # ---- expansion -----------------------------------------------------------------------
     def pick(self, path, values: list[str] | None, declared: list[str], what: str) -> list[str]:
@@ -700,7 +806,7 @@ class _Validator:
         for i, used in enumerate(excluded_used):
             if not used:
                 self.fail(("exclude", i), "this exclude rule matches no target",
-                          "rules that match at least one target of build:")
+                          "rules that match at least one target of the build blocks")
         if not found:
             self.fail(("build",), "the matrix selects no target", "at least one target")
         order = {p: i for i, p in enumerate(m.platforms)}
@@ -764,15 +870,8 @@ class _Validator:
 
     def excluded(self, t: Target) -> int | None:
         for i, rule in enumerate(self.m.exclude):
-            checks = [
-                (rule.platform, lambda v: v == t.platform),
-                (rule.python, lambda v: _match_python(v, t.python)),
-                (rule.torch, lambda v: _match_version(v, t.torch, "pytorch")),
-                (rule.cuda, lambda v: _match_version(v, t.cuda, "cu")),
-            ]
-            if all(value is None or fn(value) for value, fn in checks) and any(
-                value is not None for value, _ in checks
-            ):
+            given = rule.model_dump(exclude_none=True)
+            if given and all(_EXCLUDE_AXES[k][1](v, getattr(t, k)) for k, v in given.items()):
                 return i
         return None
 
@@ -860,6 +959,15 @@ def _match_python(value: str, python: str | None) -> bool:
     return _match_version(v, python, "python")
 
 
+# exclude-rule key (= Target attribute) -> (what it names, does the rule's value match a value)
+_EXCLUDE_AXES = {
+    "platform": ("platform", lambda v, x: v == x),
+    "python": ("Python", _match_python),
+    "torch": ("PyTorch version", lambda v, x: _match_version(v, x, "pytorch")),
+    "cuda": ("CUDA version", lambda v, x: _match_version(v, x, "cu")),
+}
+
+
 def _suggest(value: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(value, choices, n=3, cutoff=0.6)
     base = ", ".join(choices)
@@ -867,32 +975,28 @@ def _suggest(value: str, choices: list[str]) -> str:
 
 
 def resolve_names(project: Project, names: list[str]) -> list[Target]:
-    """Target / test-target / group names -> build targets (order of the matrix)."""
+    """Target / test-target / group names -> build targets (order of the matrix).
+
+    The names are exactly those of docker-bake.hcl: a test target or test group exists only
+    where the platform has tests, so ``test-windows`` is unknown when windows has ``test: false``.
+    """
+    build_of = {t.name: t.name for t in project.targets}
+    build_of |= {t.test_name: t.name for t in project.test_targets}
     wanted: set[str] = set()
-    all_names = [t.name for t in project.targets]
     for raw in names:
         name = raw.strip()
-        if name in project.groups:
-            members = project.groups[name]
-        else:
-            members = [name]
-        for member in members:
-            base = member[len(naming.TEST_PREFIX):] if member.startswith(naming.TEST_PREFIX) else member
-            if base in project.groups and member != base:
-                wanted.update(
-                    m[len(naming.TEST_PREFIX):] if m.startswith(naming.TEST_PREFIX) else m
-                    for m in project.groups[base]
-                )
-                continue
-            if base not in all_names:
-                raise SagebuildError(
-                    f"unknown target or group {raw!r}",
-                    file=_display(project.matrix_path),
-                    field="TARGETS",
-                    allowed=_suggest(raw, all_names + [t.test_name for t in project.test_targets]
-                                     + list(project.groups)),
-                )
-            wanted.add(base)
+        if name not in build_of and name not in project.groups:
+            test = name.startswith(naming.TEST_PREFIX)
+            known = [n for n in [*build_of, *project.groups]
+                     if n.startswith(naming.TEST_PREFIX) or not test]
+            raise SagebuildError(
+                f"unknown {'test ' if test else ''}target or group {raw!r}",
+                file=_display(project.matrix_path),
+                field="NAMES",
+                allowed=_suggest(raw, known),
+            )
+        # groups hold target and test-target names only (_Validator.groups resolves nesting)
+        wanted.update(build_of[m] for m in project.groups.get(name, [name]))
     return [t for t in project.targets if t.name in wanted]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from buildtool.errors import EXIT_USAGE, SagebuildError
@@ -170,14 +172,49 @@ BAD = [
      "[linux, macos]", "build[0].platforms[1]", "unknown platform 'macos'", "linux, windows"),
     ("unknown-cuda-in-torch", '    cuda: ["12.8.1", "12.9.1"]', '    cuda: ["12.8.1", "12.6.3"]',
      '"12.6.3"]', 'torch."2.8.0".cuda[1]', "not declared under cuda:", "12.8.1, 12.9.1, 13.0.2"),
-    ("exclude-matches-nothing", "# exclude: [{platform: windows", "exclude: [{platform: macos",
-     "exclude: [", "exclude[0]", "matches no target", None),
+    ("exclude-matches-nothing", '# exclude: [{platform: windows, torch: "2.7"}]',
+     'exclude: [{platform: windows, torch: "2.11"}]', "exclude: [", "exclude[0]",
+     "matches no target", "at least one target"),
+    ("exclude-unknown-platform", "# exclude: [{platform: windows", "exclude: [{platform: macos",
+     "exclude: [", "exclude[0].platform", "unknown platform 'macos'", "linux, windows"),
+    ("exclude-not-a-version", '# exclude: [{platform: windows, torch: "2.7"}]',
+     'exclude: [{torch: "abc"}]', "exclude: [", "exclude[0].torch", "unknown PyTorch version 'abc'",
+     "2.7.0, 2.8.0, 2.11.0"),
     ("python-not-for-torch", ['pythons: ["3.12"]\n\n', '    pythons: ["3.12"]\n    torch: ["2.11.0"]'],
      ['pythons: ["3.12", "3.9"]\n\n', '    torch: ["2.11.0"]'], None,
      "build[1].pythons", "PyTorch 2.11.0 publishes no wheels for Python 3.9", "3.10"),
     ("bad-placeholder", 'torch_index_url: "https://download.pytorch.org/whl/{cuda_short}"',
      'torch_index_url: "https://download.pytorch.org/whl/{cuda}"', "torch_index_url:",
      "torch_index_url", "unknown placeholder {cuda}", "{cuda_short}"),
+    ("unbalanced-brace", r"python_exe: 'C:\Python{python_nodot}\python.exe'",
+     r"python_exe: 'C:\Python{python_nodot\python.exe'", "python_exe: 'C:",
+     "platforms.windows.python_exe", "unbalanced braces", "{python}, {python_nodot}"),
+    ("lone-closing-brace", '  "2.11.0":\n    cuda: ["13.0.2"]',
+     '  "2.11.0":\n    cuda: ["13.0.2"]\n    index_url: "https://pypi.org/simple}"',
+     ('"2.11.0":', "index_url:"),
+     'torch."2.11.0".index_url', "unbalanced braces", "{cuda_short}"),
+    ("placeholder-format-spec", 'test_base_image: "python:{python}-slim-bookworm"',
+     'test_base_image: "python:{python:d}-slim-bookworm"', "test_base_image:",
+     "platforms.linux.test_base_image", "unknown placeholder {python:d}", "{python}"),
+    ("pythons-not-a-list", 'pythons: ["3.12"]\n\n', "pythons: 3.12\n\n", "pythons: 3.12",
+     "pythons", "expected a list, got the number 3.12", '["3.11", "3.12"]'),
+    ("bool-as-string", "    test: true\n", '    test: "no"\n', 'test: "no"', "platforms.linux.test",
+     'expected a boolean, got the string "no"', "true or false"),
+    ("string-as-bool", "    test_python_exe: python3", "    test_python_exe: yes",
+     "test_python_exe: yes",
+     "platforms.linux.test_python_exe", "got the boolean yes", 'a quoted string: "yes"'),
+    ("empty-string", "      linux: quay.io/pypa/manylinux_2_28_x86_64",
+     '      linux: ""', ('"13.0.2":', 'linux: ""'), 'cuda."13.0.2".base_images.linux',
+     "empty string", "pytorch/manylinux2_28-builder:cuda12.8"),
+    ("groups-empty-value", "groups: {}", "groups:", "groups:", "groups",
+     "expected a mapping, got an empty value", '{"release": ['),
+    ("pattern-mismatch", "wheel_tag: win_amd64", "wheel_tag: Win-AMD64", "Win-AMD64",
+     "platforms.windows.wheel_tag", "'Win-AMD64' does not match", "[a-z0-9_]+"),
+    ("platform-not-a-mapping", "  windows:\n", "  windows: 5\n  unused:\n", "windows: 5",
+     "platforms.windows", "expected a mapping, got the number 5", "wheel_tag, dockerfile"),
+    ("float-key", '  "12.9.1":\n    arch_list', "  12.10:\n    arch_list", "12.10:",
+     'cuda."12.10"', "expected a string key, got the number 12.10 (YAML reads it as 12.1)",
+     'a quoted string: "12.10"'),
     ("group-unknown-member", "groups: {}", "groups:\n  rel: [linux-pytorch29-cu128-python312]",
      "linux-pytorch29", "groups.rel[0]", "unknown target or group", "did you mean"),
     ("missing-base-image", "      linux: quay.io/pypa/manylinux_2_28_x86_64\n",
@@ -204,6 +241,29 @@ def test_bad_input(matrix_text, write_matrix, old, new, needle, field, msg, allo
         assert err.line is not None
     formatted = err.format()
     assert formatted.startswith(f"{err.file}:{err.line}: {field}: ")
+    assert not (err.allowed or "").rstrip().endswith(":"), formatted
+
+
+def test_empty_build(matrix_text, write_matrix):
+    start, end = matrix_text.index("build:\n"), matrix_text.index("# exclude:")
+    text = matrix_text[:start] + "build: []\n\n" + matrix_text[end:]
+    err = _error(write_matrix, text)
+    assert (err.field, err.line) == ("build", _line_of(text, "build: []")), err.format()
+    assert err.message == "empty list: at least 1 entry is needed", err.format()
+    assert '[{"platforms": ["linux"], ' in err.allowed, err.format()
+
+
+def test_not_utf8(matrix_text, write_matrix):
+    path = write_matrix(matrix_text)
+    latin1 = matrix_text.replace("# CUDA toolkits", "# CUDA toolkits (\xe9)").encode("latin-1")
+    path.write_bytes(latin1)
+    with pytest.raises(SagebuildError) as info:
+        load_project(path)
+    err = info.value
+    assert err.exit_code == EXIT_USAGE and str(err.file).endswith("matrix.yaml")
+    assert err.line == _line_of(matrix_text, "# CUDA toolkits"), err.format()
+    assert "not UTF-8" in err.message and "0xe9" in err.message, err.format()
+    assert "UTF-8" in err.allowed
 
 
 def test_yaml_syntax_error(matrix_text, write_matrix):
@@ -281,7 +341,7 @@ def test_select(project, kwargs, expected):
         (dict(cuda=["12.6"]), "--cuda", "matches no target", "12.8.1, 12.9.1, 13.0.2"),
         (dict(platform=["macos"]), "--platform", "matches no target", "linux, windows"),
         (dict(platform=["windows"], torch=["2.11"]), None, "select no target", None),
-        (dict(names=["linux-pytorch29-cu128-python312"]), "TARGETS", "unknown target", "did you mean"),
+        (dict(names=["linux-pytorch29-cu128-python312"]), "NAMES", "unknown target", "did you mean"),
     ],
 )
 def test_select_errors(project, kwargs, field, msg, allowed):
@@ -299,3 +359,18 @@ def test_platform_name_reserved(matrix_text, write_matrix):
     err = _error(write_matrix, matrix_text.replace("  windows:\n", "  cu128:\n", 1)
                  .replace("platforms: [linux, windows]", "platforms: [linux, cu128]"))
     assert err.field == "platforms.cu128" and "built-in group" in err.message
+
+
+@pytest.mark.parametrize(
+    "name", ["test-windows-pytorch28-cu129-python312", "test-windows", "test-pytorch27"]
+)
+def test_select_test_name_without_bake_target(project, repo, name):
+    """Only the test targets and groups docker-bake.hcl defines are names (windows: test: false)."""
+    with pytest.raises(SagebuildError) as info:
+        select(project, names=[name])
+    err = info.value
+    assert (err.exit_code, err.field) == (EXIT_USAGE, "NAMES")
+    assert f"unknown test target or group {name!r}" in err.message
+    bake = (repo / "docker-bake.hcl").read_text()
+    listed = err.allowed.split("? ")[-1].split(", ")  # after "did you mean ...? "
+    assert set(listed) == set(re.findall(r'^(?:target|group) "(test-[^"]+)"', bake, re.M))
