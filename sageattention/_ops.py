@@ -120,6 +120,21 @@ def _attn_sm90_fake(q, k, v, k_scale, v_scale, tensor_layout, q_group_block, q_g
     return _attn_outputs(q, tensor_layout, q.dtype, return_lse, q_layout=tensor_layout)
 
 
+# ------------------------------------------------------------------------------ autograd
+# Inference only: rounding to INT8 and e4m3 has no useful gradient. Without a registered
+# formula autograd would only warn and hand back meaningless gradients for q and k, so a
+# backward through any of the ops raises, saying what to use instead. (The established
+# package's outputs never require grad; its training users hit an error there too.)
+def _no_backward(ctx, *grads):
+    raise RuntimeError(
+        "sageattention is inference-only: its quantized attention has no backward. Call it under "
+        "torch.no_grad() / torch.inference_mode(), or train with "
+        "torch.nn.functional.scaled_dot_product_attention")
+
+
+for _name in SCHEMAS:
+    torch.library.register_autograd(f"{NAMESPACE}::{_name}", _no_backward)
+
 ops = getattr(torch.ops, NAMESPACE)
 
 # The schemas exist now: let the compiled extension register its CUDA kernels, and note

@@ -220,6 +220,8 @@ def _attention(q, k, v, tensor_layout: str, is_causal: bool, sm_scale, return_ls
     gran = quant.granularity(qk_quant_gran)
     head_dim = q.shape[-1]
     sm_scale = head_dim ** -0.5 if sm_scale is None else float(sm_scale)
+    if not 0 < sm_scale < float("inf"):  # the kernels order scores by their integer value
+        raise ValueError(f"sm_scale must be a positive finite number, got {sm_scale}")
     kernel = KERNELS[kernel] if isinstance(kernel, str) else kernel
     ops = _backend(q.device)
 

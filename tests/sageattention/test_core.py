@@ -209,6 +209,25 @@ def test_validation_errors(case, exc, match):
         fn(q, k, v, **kwargs)
 
 
+@pytest.mark.parametrize("sm_scale", [0.0, -0.125, float("inf"), float("nan")])
+def test_sm_scale_must_be_positive(sm_scale):
+    """The GPU kernels order scores by their integer value, which a non-positive scale reverses:
+    one rule on every device, before anything runs."""
+    with pytest.raises(ValueError, match="sm_scale must be a positive finite number"):
+        sageattn(*_qkv(), sm_scale=sm_scale)
+
+
+@pytest.mark.parametrize("fn", FP16_FNS + FP8_FNS, ids=lambda f: f.__name__)
+def test_backward_is_a_clear_error(fn):
+    """Inference only: a backward raises instead of returning gradients of the rounding."""
+    q, k, v = (t.requires_grad_() for t in _qkv())
+    out = fn(q, k, v)
+    with pytest.raises(RuntimeError, match="inference-only"):
+        out.float().sum().backward()
+    with torch.no_grad():
+        assert not fn(q, k, v).requires_grad
+
+
 def test_pv_accum_dtype_values():
     q, k, v = _qkv()
     for value in ("fp32", "fp16+fp32", "fp16"):
