@@ -511,6 +511,17 @@ def test_clear_errors_on_gpu():
         sageattn(q.float(), k.float(), v.float())
     with pytest.raises(ValueError, match="multiple"):
         sageattn(q, torch.cat([k, k[:, :1]], dim=1), torch.cat([v, v[:, :1]], dim=1))  # 2 q heads, 3 kv heads
+    with pytest.raises(ValueError, match="sm_scale must be a positive"):
+        sageattn(q, k, v, sm_scale=-0.125)
+
+
+@pytest.mark.parametrize("name", ["sageattn", "sageattn_qk_int8_pv_fp8_cuda"])
+def test_backward_raises_on_gpu(name):
+    """The CUDA kernels come from the extension; the no-backward rule is the ops' own."""
+    fn, _ = entry_point(name)
+    q, k, v = (t.requires_grad_() for t in make_qkv(b=1, hq=2, nq=128, d=128, device=DEV))
+    with pytest.raises(RuntimeError, match="inference-only"):
+        fn(q, k, v).float().sum().backward()
 
 
 def test_varlen_on_gpu():
