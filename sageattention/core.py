@@ -284,11 +284,14 @@ def sageattn(q, k, v, tensor_layout: str = "HND", is_causal: bool = False, sm_sc
     ``ValueError``. CPU tensors run the pure-PyTorch reference (with a warning).
     Extra keyword arguments are accepted and ignored, as in the established package.
     """
+    return _attention(q, k, v, tensor_layout, is_causal, sm_scale, return_lse, *_auto(q), True)
+
+
+def _auto(q) -> tuple:
+    """``sageattn``'s (kernel, qk_quant_gran) for q's device (the reference path's on CPU)."""
     if isinstance(q, torch.Tensor) and _on_gpu(q):
-        kernel, gran = _auto_kernel(q.device)
-    else:
-        kernel, gran = FP16, "per_thread"
-    return _attention(q, k, v, tensor_layout, is_causal, sm_scale, return_lse, kernel, gran, True)
+        return _auto_kernel(q.device)
+    return FP16, "per_thread"
 
 
 def sageattn_qk_int8_pv_fp16_cuda(q, k, v, tensor_layout: str = "HND", is_causal: bool = False,
@@ -354,7 +357,7 @@ def sageattn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_
     q: ``[total_q, Hq, D]``, k/v: ``[total_k, Hkv, D]``; ``cu_seqlens_q/k``: int32 ``[batch + 1]``
     cumulative offsets (first 0, last the total). Runs :func:`sageattn` (NHD) once per
     sequence, so it reads the offsets on the host (one synchronisation per call); K
-    smoothing uses each sequence's own mean. ``max_seqlen_*`` are checked, not needed.
+    smoothing (``smooth_k``) uses each sequence's own mean. ``max_seqlen_*`` are checked, not needed.
     """
     _validate_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k)
     starts_q, starts_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
@@ -371,7 +374,7 @@ def sageattn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_
         if nk == 0:
             raise ValueError(f"sequence {i} has queries but no keys")
         ki, vi = (t[starts_k[i]: starts_k[i + 1]].unsqueeze(0) for t in (k, v))
-        pieces.append(sageattn(qi, ki, vi, "NHD", is_causal, sm_scale, False)[0])
+        pieces.append(_attention(qi, ki, vi, "NHD", is_causal, sm_scale, False, *_auto(q), smooth_k)[0])
     return torch.cat(pieces, dim=0) if pieces else q.new_empty(q.shape)
 
 

@@ -331,6 +331,17 @@ def test_varlen_matches_per_sequence():
             assert_accurate(out[qs], ref, L1_FP16_PV)
 
 
+@pytest.mark.parametrize("smooth_k", [False, True])
+def test_varlen_honours_smooth_k(smooth_k):
+    """Each sequence runs as sageattn with the caller's smooth_k (K biased, so it matters)."""
+    cu = torch.tensor([0, 30, 64], dtype=torch.int32)
+    q, k, v = (t[0] for t in make_qkv(b=1, hq=2, nq=64, d=64, layout="NHD", k_outlier=20.0))
+    out = sageattn_varlen(q, k, v, cu, cu, 34, 34, smooth_k=smooth_k)
+    for a, b in ((0, 30), (30, 64)):
+        one = sageattn_qk_int8_pv_fp16_cuda(q[None, a:b], k[None, a:b], v[None, a:b], "NHD", smooth_k=smooth_k)[0]
+        assert torch.equal(out[a:b], one)
+
+
 def test_varlen_validation():
     q = torch.randn(10, 2, 64).half()
     cu = torch.tensor([0, 4, 10], dtype=torch.int32)
