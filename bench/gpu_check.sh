@@ -4,14 +4,27 @@
 #   STAGES="build test bench" (default)   ARCH=9.0a (TORCH_CUDA_ARCH_LIST for the build)
 #   BENCH_ARGS="--n 4096 16384 --hd 128"  PYTEST_ARGS="-x"
 # Example (Hopper: H100, H200): ARCH=9.0a bash bench/gpu_check.sh
+# STAGES="" prints the environment only.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/args.sh
+. bench/args.sh
+help_and_exit "${1-}"
+if [ $# -ne 0 ]; then echo "usage: [STAGES=...] bash bench/gpu_check.sh (settings in the environment; --help)" >&2; exit 2; fi
+STAGES=${STAGES-build test bench}
+check_stages build test bench
+PY=${PYTHON:-python3}
+"$PY" -c 'import sys
+try:
+    import torch
+except ImportError as e:
+    sys.exit(f"gpu_check: {sys.executable} has no torch ({e})")
+if not torch.cuda.is_available():
+    sys.exit(f"gpu_check: no CUDA GPU visible to torch {torch.__version__} (CUDA build {torch.version.cuda})")
+print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0))' || exit 1
 OUT=${OUT:-./gpu-out}
 mkdir -p "$OUT"
-PY=${PYTHON:-python3}
-STAGES=${STAGES:-build test bench}
 rc=0
-"$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0))'
 nvcc --version 2>/dev/null | grep -i release || echo "nvcc: not on PATH (CUDA_HOME=${CUDA_HOME:-unset})"
 
 if [[ " $STAGES " == *" build "* ]]; then

@@ -14,8 +14,12 @@ install_wheel() {
     exit 1
   fi
   [ -d "$WORK/src" ] || { mkdir -p "$WORK/src" && cp -r "$ROOT/bench" "$ROOT/tests" "$ROOT/pyproject.toml" "$WORK/src/"; }
-  on "$name" "$PY" -c "import sageattention as s, sys; sys.exit(0 if s.__file__.startswith('$WORK/$name/') else \
-f'$(basename "$0" .sh): imported {s.__file__}, not the $name wheel')" || exit 1
+  on "$name" "$PY" -c "import sys
+try:
+    import sageattention as s
+except ImportError as e:
+    sys.exit(f'$(basename "$0" .sh): $(basename "$whl") does not import as sageattention: {e}')
+sys.exit(0 if s.__file__.startswith('$WORK/$name/') else f'$(basename "$0" .sh): imported {s.__file__}, not the $name wheel')" || exit 1
 }
 
 # on NAME CMD...: runs CMD from the copy with wheel NAME first on the path.

@@ -18,6 +18,10 @@
 #   OUT=./ab-out   JSON, logs and the compare.py tables (quant-ab.txt, attention-ab.txt)
 # Exits non-zero if a stage failed.
 set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/args.sh
+. "$ROOT/bench/args.sh"
+help_and_exit "${1-}"
 if [ $# -ne 2 ]; then
   echo "usage: bash bench/wheel_ab.sh BASE.whl NEW.whl" >&2
   exit 2
@@ -25,11 +29,12 @@ fi
 for whl in "$@"; do
   if [ ! -f "$whl" ]; then echo "wheel_ab: no such wheel: $whl" >&2; exit 2; fi
 done
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-PY=${PYTHON:-python3}
-OUT=$(mkdir -p "${OUT:-./ab-out}" && cd "${OUT:-./ab-out}" && pwd)
 STAGES=${STAGES:-test quant attention}
 REPS=${REPS:-3}
+check_stages test quant attention
+check_count REPS "$REPS"
+PY=${PYTHON:-python3}
+OUT=$(mkdir -p "${OUT:-./ab-out}" && cd "${OUT:-./ab-out}" && pwd)
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 rc=0

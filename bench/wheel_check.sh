@@ -15,16 +15,21 @@
 #   OUT=./check-out   logs and JSON: gpu-tests.txt, attention-N.json/.log, clocks.json/.txt
 # Exits non-zero if a stage failed.
 set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/args.sh
+. "$ROOT/bench/args.sh"
+help_and_exit "${1-}"
 if [ $# -ne 1 ]; then
   echo "usage: bash bench/wheel_check.sh WHEEL.whl" >&2
   exit 2
 fi
 if [ ! -f "$1" ]; then echo "wheel_check: no such wheel: $1" >&2; exit 2; fi
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-PY=${PYTHON:-python3}
-OUT=$(mkdir -p "${OUT:-./check-out}" && cd "${OUT:-./check-out}" && pwd)
 STAGES=${STAGES-test attention}
 REPS=${REPS:-1}
+check_stages test attention clocks
+check_count REPS "$REPS"
+PY=${PYTHON:-python3}
+OUT=$(mkdir -p "${OUT:-./check-out}" && cd "${OUT:-./check-out}" && pwd)
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 rc=0
