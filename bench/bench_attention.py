@@ -39,11 +39,14 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path and os.environ.get("SAGE_BENCH_INSTALLED", "") != "1":
     sys.path.insert(0, str(ROOT))  # an in-place build (setup.py build_ext --inplace) wins
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_cli  # noqa: E402
 import sageattention  # noqa: E402
 from sageattention import core, quant, reference  # noqa: E402
 
 SDPA_BACKENDS = ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION")
+KERNELS = tuple(core.KERNELS)  # the explicit kernel paths (available_kernels: those this GPU and build run)
 CAUSAL = {"both": (False, True), "true": (True,), "false": (False,)}  # --causal -> the masks timed
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 DEVICE = "cuda"
@@ -158,15 +161,19 @@ def kernel_gran(gran: str) -> str:
     return "per_warp" if torch.cuda.get_device_capability()[0] == 12 else gran
 
 
+def end_to_end_labels(kernels, sdpa_backends=SDPA_BACKENDS) -> list[str]:
+    """``sageattn``, the explicit ``kernels`` end to end (``sage_<name>``) and SDPA's
+    ``sdpa_backends`` (``sdpa_flash``, ``sdpa_cudnn``, ``sdpa_efficient``); no GPU needed."""
+    return ["sageattn", *(f"sage_{name}" for name in kernels),
+            *(f"sdpa_{backend.split('_')[0].lower()}" for backend in sdpa_backends)]
+
+
 def end_to_end_paths(causal: bool, gran: str, kernels, sdpa_backends=SDPA_BACKENDS) -> dict:
-    """label -> fn(q, k, v): ``sageattn``, the explicit ``kernels`` end to end (``sage_<name>``)
-    and SDPA's ``sdpa_backends`` (``sdpa_flash``, ``sdpa_cudnn``, ``sdpa_efficient``)."""
-    paths = {"sageattn": lambda q, k, v: sageattention.sageattn(q, k, v, is_causal=causal)}
-    for name in kernels:
-        paths[f"sage_{name}"] = sage_path(name, kernel_gran(gran), causal)
-    for backend in sdpa_backends:
-        paths[f"sdpa_{backend.split('_')[0].lower()}"] = sdpa(backend, causal)
-    return paths
+    """label (end_to_end_labels) -> fn(q, k, v)."""
+    fns = [lambda q, k, v: sageattention.sageattn(q, k, v, is_causal=causal),
+           *(sage_path(name, kernel_gran(gran), causal) for name in kernels),
+           *(sdpa(backend, causal) for backend in sdpa_backends)]
+    return dict(zip(end_to_end_labels(kernels, sdpa_backends), fns))
 
 
 def sage_path(kernel: str, gran: str, causal: bool):
@@ -331,37 +338,30 @@ def print_row(row):
             print(f"{'':>36} {ratios}", flush=True)
 
 
-def duration(text: str) -> float:
-    """argparse type of a duration option: a number >= 0."""
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
-    return value
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--heads", type=int, default=32)
-    p.add_argument("--n", type=int, nargs="+", default=[1024, 4096, 16384])
+    p.add_argument("--batch", type=bench_cli.positive_int, default=4)
+    p.add_argument("--heads", type=bench_cli.positive_int, default=32)
+    p.add_argument("--n", type=bench_cli.positive_int, nargs="+", default=[1024, 4096, 16384])
     p.add_argument("--hd", type=int, nargs="+", default=[64, 128], choices=[64, 128])
     p.add_argument("--causal", choices=list(CAUSAL), default="both")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp16")
     p.add_argument("--gran", choices=["per_warp", "per_thread"], default="per_thread",
                    help="qk_quant_gran of the explicit paths (sm12x always per_warp)")
-    p.add_argument("--paths", nargs="*", default=None, help="explicit kernel paths to time (default: all available)")
+    p.add_argument("--paths", nargs="*", default=None, choices=KERNELS, metavar="PATH",
+                   help="explicit kernel paths to time, of: %(choices)s (default: all this GPU and build run)")
     p.add_argument("--no-sdpa", action="store_true")
     p.add_argument("--no-kernel-only", action="store_true")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--reps", type=int, default=10)
-    p.add_argument("--min-ms", type=duration, default=200.0, help="time at least this much per measurement")
-    p.add_argument("--settle-ms", type=duration, default=100.0,
+    p.add_argument("--warmup", type=bench_cli.nonnegative_int, default=3)
+    p.add_argument("--reps", type=bench_cli.positive_int, default=10)
+    p.add_argument("--min-ms", type=bench_cli.duration, default=200.0, help="time at least this much per measurement")
+    p.add_argument("--settle-ms", type=bench_cli.duration, default=100.0,
                    help="untimed calls of a path (about this many ms) right before each of its samples, so that "
                         "each path is timed at the clock its own power draw sets; 0: samples in quick turns, "
                         "at a clock the mix of paths sets (about 5x faster)")
     p.add_argument("--acc-max-n", type=int, default=16384, help="accuracy only for N up to this")
-    p.add_argument("--acc-heads", type=int, default=2, help="heads of batch 0 checked for accuracy")
-    p.add_argument("--out", type=Path, default=Path("bench_attention.json"))
+    p.add_argument("--acc-heads", type=bench_cli.positive_int, default=2, help="heads of batch 0 checked for accuracy")
+    p.add_argument("--out", type=bench_cli.output_path, default="bench_attention.json")
     return p.parse_args(argv)
 
 
@@ -388,8 +388,7 @@ def main(argv=None) -> int:
                 row = run_shape(args, args.batch, args.heads, n, d, causal, DTYPES[args.dtype])
                 rows.append(row)
                 print_row(row)
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(json.dumps({"env": env, "rows": rows}, indent=1))  # after every row
+                bench_cli.write_json(args.out, {"env": env, "rows": rows})  # after every row
     print(f"wrote {args.out}")
     return 0
 

@@ -16,7 +16,6 @@ the JSON keeps every window with the GPU, shapes, dtype and commit.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -28,9 +27,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_attention as ba  # noqa: E402  (paths, environment; puts an in-place build first)
+import bench_cli  # noqa: E402
 
 
 TRACE_FIELDS = "timestamp,clocks.sm,power.draw"
+# Every label --paths can name (paths_for: those this GPU and build run).
+PATH_LABELS = tuple(ba.end_to_end_labels(ba.KERNELS))
 
 
 # ------------------------------------------------------------------------ pure parts
@@ -133,19 +135,21 @@ def traced(measure_rows, trace_file: Path, period_ms: int):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--heads", type=int, default=32)
-    p.add_argument("--n", type=int, nargs="+", default=[4096])
+    p.add_argument("--batch", type=bench_cli.positive_int, default=4)
+    p.add_argument("--heads", type=bench_cli.positive_int, default=32)
+    p.add_argument("--n", type=bench_cli.positive_int, nargs="+", default=[4096])
     p.add_argument("--hd", type=int, nargs="+", default=[128, 64], choices=[64, 128])
     p.add_argument("--causal", choices=list(ba.CAUSAL), default="both")
     p.add_argument("--dtype", choices=sorted(ba.DTYPES), default="fp16")
     p.add_argument("--gran", choices=["per_warp", "per_thread"], default="per_thread")
-    p.add_argument("--paths", nargs="+", default=["sageattn", "sage_sm90_fp8", "sdpa_cudnn"])
-    p.add_argument("--seconds", type=ba.duration, default=3.0, help="back-to-back calls of each path this long")
-    p.add_argument("--idle", type=ba.duration, default=1.5, help="idle GPU this long before each path")
-    p.add_argument("--window-ms", type=ba.duration, default=50.0)
-    p.add_argument("--trace-ms", type=int, default=20, help="nvidia-smi's sampling period")
-    p.add_argument("--out", type=Path, default=Path("bench_clocks.json"))
+    p.add_argument("--paths", nargs="+", default=["sageattn", "sage_sm90_fp8", "sdpa_cudnn"], choices=PATH_LABELS,
+                   metavar="PATH", help="the paths to time, of: %(choices)s (default: %(default)s)")
+    p.add_argument("--seconds", type=bench_cli.positive_duration, default=3.0,
+                   help="back-to-back calls of each path this long")
+    p.add_argument("--idle", type=bench_cli.duration, default=1.5, help="idle GPU this long before each path")
+    p.add_argument("--window-ms", type=bench_cli.positive_duration, default=50.0)
+    p.add_argument("--trace-ms", type=bench_cli.positive_int, default=20, help="nvidia-smi's sampling period")
+    p.add_argument("--out", type=bench_cli.output_path, default="bench_clocks.json")
     return p.parse_args(argv)
 
 
@@ -157,7 +161,6 @@ def main(argv=None) -> int:
     timing = (f"each path alone after {args.idle:g} s idle: {args.seconds:g} s of back-to-back calls in "
               f"{args.window_ms:g} ms windows (CUDA events); nvidia-smi every {args.trace_ms} ms")
     env = ba.environment(args.dtype, timing, qk_quant_gran=args.gran)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     trace_file = args.out.with_suffix(".smi.csv")
     rows, trace = traced(lambda: measure(args), trace_file, args.trace_ms)
     if not trace:
@@ -170,7 +173,7 @@ def main(argv=None) -> int:
                  if s["first_mhz"] is not None and s["steady_mhz"] is not None else "")
         print(f"N={row['N']:>5} D={row['D']:>3} {'causal' if row['causal'] else 'full  '} {row['path']:16s} "
               f"first {s['first_ms']:.4f} ms  steady {s['steady_ms']:.4f} ms  x{s['slowdown']:.3f}{clock}")
-    args.out.write_text(json.dumps({"env": env, "rows": rows}, indent=1))
+    bench_cli.write_json(args.out, {"env": env, "rows": rows})
     print(f"wrote {args.out} and {trace_file}")
     return 0
 

@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_attention as ba  # noqa: E402  (timing, environment; puts an in-place build first)
+import bench_cli  # noqa: E402
 
 from sageattention import quant, reference  # noqa: E402
 
@@ -30,17 +31,17 @@ OPS = ("quant_int8_smooth", "quant_v_fp8")
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--heads", type=int, default=32)
-    p.add_argument("--n", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
+    p.add_argument("--batch", type=bench_cli.positive_int, default=4)
+    p.add_argument("--heads", type=bench_cli.positive_int, default=32)
+    p.add_argument("--n", type=bench_cli.positive_int, nargs="+", default=[1024, 2048, 4096, 8192])
     p.add_argument("--hd", type=int, nargs="+", default=[128, 64], choices=[64, 128])
     p.add_argument("--dtype", choices=sorted(ba.DTYPES), default="fp16")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--reps", type=int, default=10)
-    p.add_argument("--min-ms", type=float, default=50.0, help="time at least this much per measurement")
+    p.add_argument("--warmup", type=bench_cli.nonnegative_int, default=3)
+    p.add_argument("--reps", type=bench_cli.positive_int, default=10)
+    p.add_argument("--min-ms", type=bench_cli.duration, default=50.0, help="time at least this much per measurement")
     p.add_argument("--sample-missed", action="store_true",
                    help="zero every head's sampled tokens: quant_v_fp8 repairs every channel (its worst case)")
-    p.add_argument("--out", type=Path, default=Path("bench_quant.json"))
+    p.add_argument("--out", type=bench_cli.output_path, default="bench_quant.json")
     return p.parse_args(argv)
 
 
@@ -72,8 +73,7 @@ def main(argv=None) -> int:
                 rows.append(row)
                 print(f"{op:<18} B={args.batch} H={args.heads} N={n:>6} hd{d:<3} {row['us']:8.1f} us "
                       f"{row['min_bytes_gbps']:6.0f} GB/s", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"env": env, "rows": rows}, indent=1))
+    bench_cli.write_json(args.out, {"env": env, "rows": rows})
     print(f"wrote {args.out}")
     return 0
 

@@ -4,6 +4,9 @@ compare alike, by each op's GB/s (its minimum bytes over its time).
 
     python bench/compare.py BASE.json NEW.json [BASE2.json NEW2.json ...] [--labels L ...] [--json OUT]
 
+A pair whose runs measured different things (GPU, dtype, batch, heads, qk_quant_gran,
+sample_missed) is refused unless --allow-mismatch is given.
+
 Run both trees in one session, each in its own process, with the same bench arguments, and
 interleave repetitions (base, new, base, new): on one H200 the same base kernel measured up
 to 6% apart between repetitions, and SDPA up to 20% between sessions. The summary
@@ -14,13 +17,21 @@ ratio of 1.05 is not.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_cli  # noqa: E402
+
 STEADY = 0.999  # a ratio at least this high counts as "not slower"
+KINDS = ("bench_attention.py", "bench_quant.py")
+# What a run measured, beyond its shapes: its rows' batch and heads and these env fields. Where
+# and from what a run imported sageattention (sageattention_file, extension, commit, version)
+# differs between the two sides of an A/B by design (wheel_ab.sh), and is not compared.
+MEASURED_ROWS = ("B", "H")
+MEASURED_ENV = ("gpu", "dtype", "qk_quant_gran", "sample_missed")
 
 
 @dataclass(frozen=True)
@@ -50,26 +61,50 @@ class Summary:
     steady: int  # ratios >= STEADY
 
 
-def _shapes(data: dict, path: Path) -> dict:
-    try:
-        if data["rows"] and "op" in data["rows"][0]:  # bench_quant.py
-            shapes: dict = {}
-            for r in data["rows"]:
-                shapes.setdefault((r["N"], r["D"], None), {})[r["op"]] = {"tflops": r["min_bytes_gbps"]}
-            return shapes
-        return {(r["N"], r["D"], bool(r["causal"])): r["results"] for r in data["rows"]}
-    except (KeyError, TypeError):
+@dataclass(frozen=True)
+class Run:
+    path: Path
+    kind: str  # one of KINDS
+    measured: dict  # the MEASURED_ROWS (their values over the rows) and MEASURED_ENV the file records
+    shapes: dict  # (N, D, causal) -> label -> {"tflops": ...}
+
+
+def _shapes(kind: str, rows: list) -> dict:
+    if kind == "bench_quant.py":
+        shapes: dict = {}
+        for r in rows:
+            shapes.setdefault((r["N"], r["D"], None), {})[r["op"]] = {"tflops": r["min_bytes_gbps"]}
+        return shapes
+    return {(r["N"], r["D"], bool(r["causal"])): r["results"] for r in rows}
+
+
+def _measured(data: dict) -> dict:
+    env = data.get("env") if isinstance(data.get("env"), dict) else {}
+    rows = data["rows"]
+    return ({key: sorted({r[key] for r in rows}) for key in MEASURED_ROWS if all(key in r for r in rows)}
+            | {key: env[key] for key in MEASURED_ENV if key in env})
+
+
+def load(path: Path) -> Run:
+    data = bench_cli.read_json(path)
+    kind = bench_cli.json_kind(data)
+    if kind is None:
         raise ValueError(f"{path}: not a bench_attention.py or bench_quant.py JSON file "
-                         "(no rows with N, D and causal and results, or op and min_bytes_gbps)") from None
-
-
-def load(path: Path) -> dict:
+                         "(no rows with N, D and causal and results, or op and min_bytes_gbps)")
+    if kind not in KINDS:
+        raise ValueError(f"{path}: a {kind} JSON file, not a bench_attention.py or bench_quant.py one")
     try:
-        return _shapes(json.loads(path.read_text()), path)
-    except OSError as e:
-        raise ValueError(f"{path}: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not JSON ({e.msg}, line {e.lineno})") from None
+        return Run(path, kind, _measured(data), _shapes(kind, data["rows"]))
+    except TypeError:  # a value of another type: a list for N, say
+        raise ValueError(f"{path}: a {kind} JSON file with a malformed row") from None
+
+
+def differences(base: Run, new: Run) -> str:
+    """What base and new measured differently ("B: base [4], new [2]"; '' if nothing); a field
+    either file lacks (an older script's) is not compared."""
+    a, b = base.measured, new.measured
+    return "; ".join(f"{key}: base {a[key]!r}, new {b[key]!r}" for key in (*MEASURED_ROWS, *MEASURED_ENV)
+                     if key in a and key in b and a[key] != b[key])
 
 
 def ratios(base: dict, new: dict, labels: list[str] | None = None) -> list[Ratio]:
@@ -110,26 +145,34 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="+", type=Path, help="pairs of bench_attention.py (or bench_quant.py) --out files: base, new, ...")
     p.add_argument("--labels", nargs="+", help="only these paths (e.g. kernel_sm90_fp16 sageattn)")
-    p.add_argument("--json", type=Path, help="also write every ratio and the summary here")
+    p.add_argument("--json", type=bench_cli.output_path, help="also write every ratio and the summary here")
+    p.add_argument("--allow-mismatch", action="store_true",
+                   help="compare runs that measured different things (GPU, dtype, B, H, qk_quant_gran, sample_missed)")
     args = p.parse_args(argv)
     if len(args.files) % 2:
         p.error(f"files come in pairs (base, new), got {len(args.files)}")
     try:
-        tables = [load(f) for f in args.files]
+        runs = [load(f) for f in args.files]
     except ValueError as e:
         p.error(str(e))
+    pairs = [(runs[i], runs[i + 1], differences(runs[i], runs[i + 1])) for i in range(0, len(runs), 2)]
+    for base, new, differ in pairs:  # all checked before anything prints
+        if base.kind != new.kind:
+            p.error(f"{new.path} vs {base.path}: the kinds differ: base {base.kind}, new {new.kind}")
+        if differ and not args.allow_mismatch:
+            p.error(f"{new.path} vs {base.path}: the runs differ: {differ} (--allow-mismatch compares them anyway)")
     every = []
-    for i in range(0, len(tables), 2):
-        rs = ratios(tables[i], tables[i + 1], args.labels)
-        print(f"== {args.files[i + 1]} vs {args.files[i]}")
+    for base, new, differ in pairs:
+        rs = ratios(base.shapes, new.shapes, args.labels)
+        print(f"== {new.path} vs {base.path}" + (f" (the runs differ: {differ})" if differ else ""))
         print("\n".join(map(format_ratio, rs)) if rs else "(no shape and path timed in both)")
         every += rs
     summary = summarize(every)
     print("== summary over all pairs")
     print("\n".join(map(format_summary, summary)))
     if args.json:
-        args.json.write_text(json.dumps({"ratios": [asdict(r) | {"ratio": r.ratio} for r in every],
-                                         "summary": [asdict(s) for s in summary]}, indent=1))
+        bench_cli.write_json(args.json, {"ratios": [asdict(r) | {"ratio": r.ratio} for r in every],
+                                         "summary": [asdict(s) for s in summary]})
     return 0 if every else 1
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +31,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
+import bench_cli  # noqa: E402
 from sageattention import quant, reference  # noqa: E402
 
 ROUNDINGS = ("qk_int8", "p_e4m3", "v_e4m3")
@@ -93,12 +94,12 @@ def budget(n: int, hd: int, heads: int, gran_name: str, seed: int) -> list[dict]
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--n", type=int, nargs="+", default=[1024, 4096])
-    p.add_argument("--hd", type=int, nargs="+", default=[64, 128])
-    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--n", type=bench_cli.positive_int, nargs="+", default=[1024, 4096])
+    p.add_argument("--hd", type=bench_cli.positive_int, nargs="+", default=[64, 128])
+    p.add_argument("--heads", type=bench_cli.positive_int, default=4)
     p.add_argument("--gran", nargs="+", default=["per_thread", "per_warp"], choices=sorted(quant.GRANULARITIES))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("error_budget.json"))
+    p.add_argument("--out", type=bench_cli.output_path, default="error_budget.json")
     a = p.parse_args(argv)
     rows = []
     print(f"{'N':>6} {'hd':>4} {'granularity':<11} {'roundings':<24} {'rel L1':>8} {'cosine':>9}")
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{n:>6} {hd:>4} {gran:<11} {'+'.join(r['roundings']):<24} {r['rel_l1']:>8.5f} {r['cosine']:>9.6f}", flush=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     meta = {"commit": commit, "torch": torch.__version__, "inputs": "randn fp16, B=1", "heads": a.heads, "seed": a.seed}
-    a.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    bench_cli.write_json(a.out, {"meta": meta, "rows": rows})
     print(f"wrote {a.out}")
 
 

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import re
 import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_cli  # noqa: E402
 
 SAMPLES = "Warp Stall Sampling (All Samples)"
 EXECUTED = "Instructions Executed"
@@ -77,6 +79,8 @@ def parse(text: str) -> list[Instruction]:
             continue
         out.append(Instruction(int(row[col["Address"]], 16), row[col["Source"]].strip(), number(row, SAMPLES),
                                number(row, EXECUTED), {s: number(row, s) for s in stall_cols}))
+    if not out:  # a summary of nothing would read as a kernel that never stalled
+        raise ValueError("no instruction rows after the header")
     return out
 
 
@@ -160,7 +164,7 @@ def render(s: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("csv", type=Path, help="ncu -i REPORT --page source --print-source sass --csv > this file")
-    p.add_argument("--json", type=Path, help="also write the summary here")
+    p.add_argument("--json", type=bench_cli.output_path, help="also write the summary here")
     p.add_argument("--min-share", type=float, default=0.003, help="list regions with at least this share of samples")
     args = p.parse_args(argv)
     if not args.csv.is_file():
@@ -173,7 +177,7 @@ def main(argv=None) -> int:
         return 2
     print(render(s))
     if args.json:
-        args.json.write_text(json.dumps(s, indent=1))
+        bench_cli.write_json(args.json, s)
     return 0
 
 

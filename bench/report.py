@@ -9,8 +9,11 @@ run, the ratios, the fp8 P·V path on sm90, accuracy, and the Hopper kernels alo
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_cli  # noqa: E402
 
 
 def _tflops(results: dict, label: str) -> float | None:
@@ -50,17 +53,37 @@ def table(data: dict) -> str:
     return "\n".join([HEADER, "|" + " --- |" * 11] + [row(r) for r in rows])
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("json", help="a file written by bench_attention.py --out")
-    args = parser.parse_args(argv)
-    with open(args.json) as f:
-        data = json.load(f)
+def load(path: Path) -> dict:
+    """The bench_attention.py JSON in ``path``; ValueError('PATH: problem') for anything else."""
+    data = bench_cli.read_json(path)
+    kind = bench_cli.json_kind(data)
+    if kind is None:
+        raise ValueError(f"{path}: not a bench_attention.py JSON (no 'rows' with N, D, causal and results)")
+    if kind != "bench_attention.py":
+        raise ValueError(f"{path}: a {kind} JSON, not a bench_attention.py one")
+    return data
+
+
+def document(data: dict) -> str:
     env = data.get("env", {})
     # The timing regime too: settled and quick samples differ by up to 20% (bench_ms).
-    print(f"<!-- {env.get('gpu')}, torch {env.get('torch')}, commit {env.get('commit')}, {env.get('dtype')}; "
-          f"{env.get('timing', 'timing not recorded')} -->")
-    print(table(data))
+    return (f"<!-- {env.get('gpu')}, torch {env.get('torch')}, commit {env.get('commit')}, {env.get('dtype')}; "
+            f"{env.get('timing', 'timing not recorded')} -->\n{table(data)}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("json", type=Path, help="a file written by bench_attention.py --out")
+    args = parser.parse_args(argv)
+    try:
+        data = load(args.json)
+    except ValueError as e:
+        parser.error(str(e))
+    try:
+        text = document(data)
+    except (AttributeError, TypeError, ValueError) as e:  # rows with the keys but values of other types
+        parser.error(f"{args.json}: a bench_attention.py JSON with a malformed value ({type(e).__name__}: {e})")
+    print(text)
     return 0
 
 

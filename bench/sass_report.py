@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import glob
 import importlib.util
-import json
 import os
 import re
 import shutil
@@ -28,6 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import bench_cli  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("source", type=Path, help="a .cu file, e.g. csrc/sm90/attn_sm90.cu")
     p.add_argument("--arch", default="90a", help="compute capability without the dot: 90a, 80, 89 (default 90a)")
-    p.add_argument("--json", type=Path, help="also write the report here")
+    p.add_argument("--json", type=bench_cli.output_path, help="also write the report here")
     a = p.parse_args(argv)
     if not a.source.is_file():
         p.error(f"no such source file: {a.source}")
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         loop = f"{k['instructions']:>9} {k['local_loads']:>3}/{k['local_stores']:<4}" if k else f"{'-':>9} {'-':>8}"
         print(f"{name[:40]:<40} {r['registers']:>5} {r['spill_stores']:>5}/{r['spill_loads']:<6} {loop}")
     if a.json:
-        a.json.write_text(json.dumps({"source": str(a.source), "arch": a.arch, "kernels": rows}, indent=1) + "\n")
+        bench_cli.write_json(a.json, {"source": str(a.source), "arch": a.arch, "kernels": rows})
 
 
 if __name__ == "__main__":

@@ -26,10 +26,14 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import pathlib
 import sys
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import bench_cli  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+KERNEL = pathlib.Path("csrc", "sm90", "attn_sm90.cuh")
 PHASES = ["tile wait", "quantize_q", "first block", "steps", "drain", "store"]
 SHAPES = [  # (path, head dim, N, causal), B=4 H=32 fp16
     ("sm90_fp8", 128, 1024, False), ("sm90_fp8", 128, 4096, False), ("sm90_fp8", 128, 4096, True),
@@ -82,7 +86,7 @@ EDITS = [
 
 
 def patch(tree: pathlib.Path) -> None:
-    src = tree / "csrc" / "sm90" / "attn_sm90.cuh"
+    src = tree / KERNEL
     text = src.read_text()
     for anchor, replacement in EDITS:
         if text.count(anchor) != 1:
@@ -111,22 +115,39 @@ def run(tree: pathlib.Path) -> None:
             print("END", flush=True)
 
 
+def ph_counts(line: str) -> list[int]:
+    """The 9 counters of a line `PH block warpgroup c0 .. c8` (the patch's printf); ValueError else."""
+    words = line.split()
+    if len(words) != 12 or not all(w.isdigit() for w in words[1:]):
+        raise ValueError(f"malformed PH line (want PH, block, warpgroup and 9 counts): {line.strip()!r}")
+    return [int(w) for w in words[3:]]
+
+
 def summarize(raw: pathlib.Path) -> dict:
+    """Per shape, its second launch's phases; ValueError('RAW: problem') where RAW holds none or
+    holds lines `run` and the patch cannot have printed."""
     rows, tag = collections.defaultdict(list), None
-    for line in raw.read_text().splitlines():
+    for number, line in enumerate(raw.read_text(errors="replace").splitlines(), 1):  # (binary: no PH lines)
         words = line.split()
         if words[:1] == ["SHAPE"]:
             tag = " ".join(words[1:])
         elif words[:1] == ["END"]:
             tag = None
         elif words[:1] == ["PH"] and tag is not None:
-            rows[tag].append([int(x) for x in words[3:]])
+            try:
+                rows[tag].append(ph_counts(line))
+            except ValueError as e:
+                raise ValueError(f"{raw}:{number}: {e}") from None
+    launches = {tag: wgs for tag, wgs in rows.items() if tag.endswith("launch1")}
+    if not launches:
+        raise ValueError(f"{raw}: no PH lines between a 'SHAPE ... launch1' and its END: not `run`'s output "
+                         "on a patched build?")
     out = {}
-    for tag, wgs in rows.items():
-        if not tag.endswith("launch1"):
-            continue
+    for tag, wgs in launches.items():
         mean = [sum(w[i] for w in wgs) / len(wgs) for i in range(9)]
         tiles, blocks, total = mean[8], mean[7], sum(mean[:6])
+        if not tiles or not total:
+            raise ValueError(f"{raw}: {tag}: its warpgroups count no tiles or no cycles")
         shape = tag.rsplit(" ", 1)[0]
         out[shape] = {"warpgroups": len(wgs), "tiles": tiles, "key_blocks": blocks,
                       "cycles_per_tile": {name: mean[i] / tiles for i, name in enumerate(PHASES)},
@@ -139,23 +160,38 @@ def summarize(raw: pathlib.Path) -> dict:
     return out
 
 
+def tree(text: str) -> pathlib.Path:
+    """argparse type of TREE: a repository copy, with the kernel `patch` instruments."""
+    path = pathlib.Path(text)
+    if not (path / KERNEL).is_file():
+        raise argparse.ArgumentTypeError(f"{text}: no {KERNEL} there: not a copy of this repository")
+    return path
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("patch").add_argument("tree", type=pathlib.Path)
-    sub.add_parser("run").add_argument("tree", type=pathlib.Path)
+    sub.add_parser("patch").add_argument("tree", type=tree, help="a copy of the repository (never this one)")
+    sub.add_parser("run").add_argument("tree", type=tree, help="the patched copy, built in place")
     s = sub.add_parser("summary")
-    s.add_argument("raw", type=pathlib.Path)
-    s.add_argument("--json", type=pathlib.Path)
+    s.add_argument("raw", type=pathlib.Path, help="what `run` printed")
+    s.add_argument("--json", type=bench_cli.output_path)
     args = ap.parse_args(argv)
     if args.cmd == "patch":
+        if args.tree.resolve() == ROOT:
+            ap.error(f"{args.tree} is this repository: patch a copy of it (the counters cost registers and time)")
         patch(args.tree)
     elif args.cmd == "run":
         run(args.tree)
     else:
-        out = summarize(args.raw)
+        try:
+            out = summarize(args.raw)
+        except OSError as e:
+            ap.error(f"{args.raw}: {e.strerror}")
+        except ValueError as e:
+            ap.error(str(e))
         if args.json:
-            args.json.write_text(json.dumps(out, indent=1))
+            bench_cli.write_json(args.json, out)
     return 0
 
 

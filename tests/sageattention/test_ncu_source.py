@@ -90,3 +90,11 @@ def test_cli(ncu, tmp_path, capsys):
     bad.write_text("x,y\n1,2\n")
     assert ncu.main([str(bad)]) == 2
     assert f"{bad}: no header row" in capsys.readouterr().err
+
+
+def test_cli_rejects_a_page_without_instructions(ncu, tmp_path, capsys):
+    # ncu's page of a kernel it sampled nothing of: the header alone is no summary ("samples: 0").
+    page = tmp_path / "header.csv"
+    page.write_text('"Kernel Name","void k(int)",\n' + HEADER + "\n")
+    assert ncu.main([str(page)]) == 2
+    assert f"{page}: no instruction rows after the header" in capsys.readouterr().err
