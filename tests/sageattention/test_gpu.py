@@ -515,7 +515,7 @@ def test_clear_errors_on_gpu():
         sageattn(q, k, v, sm_scale=-0.125)
 
 
-@pytest.mark.parametrize("name", ["sageattn", "sageattn_qk_int8_pv_fp8_cuda"])
+@pytest.mark.parametrize("name", ["sageattn", "fp8_cuda"])
 def test_backward_raises_on_gpu(name):
     """The CUDA kernels come from the extension; the no-backward rule is the ops' own."""
     fn, _ = entry_point(name)
