@@ -37,6 +37,12 @@ from . import _extension, _ops, quant, reference
 LAYOUTS = {"HND": reference.HND, "NHD": reference.NHD}
 KERNEL_HEAD_DIMS = (64, 128)
 MAX_HEAD_DIM = 256
+
+
+class UnsupportedHeadDim(ValueError, NotImplementedError):
+    """A head dim the kernels do not run (129-256). A ValueError, as the established package
+    raises, so callers that fall back to SDPA on one keep working; and NotImplementedError,
+    since such dims are valid attention, only not implemented here."""
 FP16_PV_ACCUM = ("fp32", "fp16+fp32", "fp16")
 FP8_PV_ACCUM = ("fp32+fp16", "fp32+fp32", "fp32")
 
@@ -184,8 +190,8 @@ def _validate_shapes(q, k, v, layout: int) -> None:
     if not 0 < dq <= MAX_HEAD_DIM:
         raise ValueError(f"head_dim must be in 1..{MAX_HEAD_DIM}, got {dq}")
     if dq > max(KERNEL_HEAD_DIMS):
-        raise NotImplementedError(f"head_dim {dq}: the kernels support head dims up to "
-                                  f"{max(KERNEL_HEAD_DIMS)} (smaller ones are zero-padded to 64 or 128)")
+        raise UnsupportedHeadDim(f"Unsupported head_dim {dq}: the kernels support head dims up to "
+                                 f"{max(KERNEL_HEAD_DIMS)} (smaller ones are zero-padded to 64 or 128)")
 
 
 def _check_choice(name: str, value, allowed) -> None:
@@ -277,7 +283,7 @@ def sageattn(q, k, v, tensor_layout: str = "HND", is_causal: bool = False, sm_sc
         return_lse: also return the natural-log logsumexp of ``QK^T * sm_scale``, ``[B, Hq, Nq]`` fp32.
 
     Head dims 64 and 128 run natively, smaller ones are zero-padded (up to 128); larger
-    ones raise ``NotImplementedError``. Dispatch: sm80/86/87 -> INT8 QK + fp16 P·V;
+    ones raise ``UnsupportedHeadDim`` (a ``ValueError`` and ``NotImplementedError``). Dispatch: sm80/86/87 -> INT8 QK + fp16 P·V;
     sm89 -> INT8 QK + fp8 P·V; sm90 -> the Hopper (wgmma) kernel with INT8 QK + fp16/bf16
     P·V when built for sm_90a (the explicit fp8 entry points select its fp8 P·V variant),
     else the sm89 one; sm12x -> fp8 P·V with per-warp scales; other GPUs:
