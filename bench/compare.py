@@ -5,7 +5,7 @@ compare alike, by each op's GB/s (its minimum bytes over its time).
     python bench/compare.py BASE.json NEW.json [BASE2.json NEW2.json ...] [--labels L ...] [--json OUT]
 
 A pair whose runs measured different things (GPU, dtype, batch, heads, qk_quant_gran,
-sample_missed) is refused unless --allow-mismatch is given.
+sample_missed, timing regime) is refused unless --allow-mismatch is given.
 
 Run both trees in one session, each in its own process, with the same bench arguments, and
 interleave repetitions (base, new, base, new): on one H200 the same base kernel measured up
@@ -31,7 +31,8 @@ KINDS = ("bench_attention.py", "bench_quant.py")
 # and from what a run imported sageattention (sageattention_file, extension, commit, version)
 # differs between the two sides of an A/B by design (wheel_ab.sh), and is not compared.
 MEASURED_ROWS = ("B", "H")
-MEASURED_ENV = ("gpu", "dtype", "qk_quant_gran", "sample_missed")
+# timing: settled samples and quick turns put the same kernel up to 20% apart (bench_ms).
+MEASURED_ENV = ("gpu", "dtype", "qk_quant_gran", "sample_missed", "timing")
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,8 @@ def main(argv=None) -> int:
     p.add_argument("--labels", nargs="+", help="only these paths (e.g. kernel_sm90_fp16 sageattn)")
     p.add_argument("--json", type=bench_cli.output_path, help="also write every ratio and the summary here")
     p.add_argument("--allow-mismatch", action="store_true",
-                   help="compare runs that measured different things (GPU, dtype, B, H, qk_quant_gran, sample_missed)")
+                   help="compare runs that measured different things (GPU, dtype, B, H, qk_quant_gran, sample_missed, "
+                        "timing)")
     args = p.parse_args(argv)
     if len(args.files) % 2:
         p.error(f"files come in pairs (base, new), got {len(args.files)}")

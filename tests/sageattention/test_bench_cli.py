@@ -36,7 +36,7 @@ def refused(main, argv, capsys) -> str:
 
 def attention_json(path: Path, b: int = 4, **env) -> Path:
     path.write_text(json.dumps({
-        "env": {"gpu": "NVIDIA H100", "dtype": "fp16", "qk_quant_gran": "per_thread", **env},
+        "env": {"gpu": "NVIDIA H100", "dtype": "fp16", "qk_quant_gran": "per_thread", "timing": "settled", **env},
         "rows": [{"B": b, "H": 32, "N": 1024, "D": 128, "causal": False, "results": {"sageattn": {"tflops": 400.0}}}]}))
     return path
 
@@ -285,7 +285,7 @@ def test_report_errors_are_one_line_not_a_traceback(tmp_path):
 # ---------------------------------------------------------------------- compare.py
 @pytest.mark.parametrize("field, new", [
     ("gpu", {"gpu": "NVIDIA H200"}), ("dtype", {"dtype": "bf16"}), ("qk_quant_gran", {"qk_quant_gran": "per_warp"}),
-    ("B", {"b": 2}),
+    ("B", {"b": 2}), ("timing", {"timing": "quick turns"}),
 ])
 def test_compare_refuses_runs_that_measured_different_things(field, new, tmp_path, capsys):
     compare = script("compare")
