@@ -8,6 +8,20 @@ help_and_exit() {
   esac
 }
 
+# check_wheels USAGE COUNT ARGS...: exactly COUNT arguments, each an existing file; else USAGE
+# (the command line) or the missing wheel, and exit 2.
+check_wheels() {
+  local usage=$1 count=$2 whl
+  shift 2
+  if [ $# -ne "$count" ]; then
+    echo "usage: $usage" >&2
+    exit 2
+  fi
+  for whl in "$@"; do
+    if [ ! -f "$whl" ]; then echo "$(basename "$0" .sh): no such wheel: $whl" >&2; exit 2; fi
+  done
+}
+
 # check_stages ALLOWED...: every word of $STAGES is one of ALLOWED.
 check_stages() {
   local stage

@@ -22,13 +22,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=bench/args.sh
 . "$ROOT/bench/args.sh"
 help_and_exit "${1-}"
-if [ $# -ne 2 ]; then
-  echo "usage: bash bench/wheel_ab.sh BASE.whl NEW.whl" >&2
-  exit 2
-fi
-for whl in "$@"; do
-  if [ ! -f "$whl" ]; then echo "wheel_ab: no such wheel: $whl" >&2; exit 2; fi
-done
+check_wheels "bash bench/wheel_ab.sh BASE.whl NEW.whl" 2 "$@"
 STAGES=${STAGES:-test quant attention}
 REPS=${REPS:-3}
 check_stages test quant attention

@@ -19,11 +19,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=bench/args.sh
 . "$ROOT/bench/args.sh"
 help_and_exit "${1-}"
-if [ $# -ne 1 ]; then
-  echo "usage: bash bench/wheel_check.sh WHEEL.whl" >&2
-  exit 2
-fi
-if [ ! -f "$1" ]; then echo "wheel_check: no such wheel: $1" >&2; exit 2; fi
+check_wheels "bash bench/wheel_check.sh WHEEL.whl" 1 "$@"
 STAGES=${STAGES-test attention}
 REPS=${REPS:-1}
 check_stages test attention clocks
