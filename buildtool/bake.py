@@ -142,13 +142,14 @@ def probe_docker(docker: str = "docker") -> Probe:
     return Probe(path, b_rc, b_out, i_rc, i_out)
 
 
-def daemon_os() -> str | None:
-    """``linux`` or ``windows``: the containers the Docker daemon runs (None: no daemon)."""
+def daemon_info():
+    """The Docker daemon's ``docker info`` (python-on-whales' SystemInfo), or None without a
+    reachable daemon (check_docker says why)."""
     try:
         from python_on_whales import docker as pow_docker
 
-        return pow_docker.info().os_type
-    except Exception:  # no docker CLI or daemon: check_docker says which
+        return pow_docker.info()
+    except Exception:
         return None
 
 

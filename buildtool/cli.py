@@ -73,11 +73,16 @@ def fail(err: SagebuildError) -> typer.Exit:
     return typer.Exit(err.exit_code)
 
 
-def load(matrix: Path | None) -> Project:
+def checked(fn, *args):
+    """``fn(*args)``, where a SagebuildError becomes :func:`fail`'s one message and exit."""
     try:
-        return load_project(matrix)
+        return fn(*args)
     except SagebuildError as err:
         raise fail(err) from None
+
+
+def load(matrix: Path | None) -> Project:
+    return checked(load_project, matrix)
 
 
 def selected(
@@ -88,10 +93,7 @@ def selected(
     torch: list[str] | None = None,
     cuda: list[str] | None = None,
 ) -> list[Target]:
-    try:
-        return select(project, names, platform, python, torch, cuda)
-    except SagebuildError as err:
-        raise fail(err) from None
+    return checked(select, project, names, platform, python, torch, cuda)
 
 
 # ---- commands -------------------------------------------------------------------------------
@@ -169,10 +171,7 @@ def render_cmd(
 ) -> None:
     """Regenerate docker/*.Dockerfile and docker-bake.hcl from matrix.yaml and templates/."""
     project = load(matrix)
-    try:
-        rendered = render_mod.render(project)
-    except SagebuildError as err:
-        raise fail(err) from None
+    rendered = checked(render_mod.render, project)
     if check:
         drifts = render_mod.check(project, rendered)
         if drifts:

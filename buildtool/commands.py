@@ -27,7 +27,7 @@ import typer
 from rich.markup import escape
 
 from . import bake, compat, gpucode, installed, resources, wheels
-from .cli import MatrixOption, NamesArg, app, console, err_console, fail, load, selected
+from .cli import MatrixOption, NamesArg, app, checked, console, err_console, fail, load, selected
 from .errors import EXIT_FAILURE, SagebuildError
 from .matrix import Target
 
@@ -121,14 +121,14 @@ def container_os(target: Target) -> str:
 
 def daemon_mismatch(targets: list[Target], daemon_os: str) -> SagebuildError | None:
     """The error for targets a daemon running ``daemon_os`` containers cannot build, if any."""
-    wrong = [t.name for t in targets if container_os(t) != daemon_os]
+    wrong = [t for t in targets if container_os(t) != daemon_os]
     if not wrong:
         return None
-    need = sorted({container_os(t) for t in targets if t.name in wrong})
-    fits = sorted({t.platform for t in targets if container_os(t) == daemon_os})
+    need = sorted({container_os(t) for t in wrong})
+    fits = sorted({t.platform for t in targets if t not in wrong})
     return SagebuildError(
         f"this Docker daemon runs {daemon_os} containers, and these targets need "
-        f"{' or '.join(need)} containers: {', '.join(wrong)}", field="NAMES",
+        f"{' or '.join(need)} containers: {', '.join(t.name for t in wrong)}", field="NAMES",
         allowed=(f"targets of this daemon's platform (`sagebuild build {' '.join(fits)}`); " if fits else "")
         + "Windows wheels build on a Windows host with Docker in Windows-containers mode (README, Windows)")
 
@@ -163,20 +163,15 @@ def _cwd(path: Path) -> Iterator[None]:
         os.chdir(old)
 
 
-def _build_machine(jobs: str) -> tuple[int, int]:
-    """CPUs and memory of the machine the Docker daemon builds on (see resources.machine)."""
+def _build_machine(jobs: str, info) -> tuple[int, int]:
+    """CPUs and memory of the machine the Docker daemon (``info``: bake.daemon_info) builds on
+    (see resources.machine); without a daemon (yet), --dry-run and the error path use this one."""
     local = resources.cpu_count(), resources.available_memory()
-    if jobs.strip().lower() != "auto":
+    if jobs.strip().lower() != "auto" or info is None:
         return local
-    try:
-        from python_on_whales import docker as pow_docker
-
-        info = pow_docker.info()
-        host = os.environ.get("DOCKER_HOST", "")
-        is_local = (not host or host.startswith("unix://")) and info.operating_system != "Docker Desktop"
-        return resources.machine(*local, info.n_cpu, info.mem_total, is_local)
-    except Exception:  # no daemon (yet): --dry-run and the error path use this machine
-        return local
+    host = os.environ.get("DOCKER_HOST", "")
+    is_local = (not host or host.startswith("unix://")) and info.operating_system != "Docker Desktop"
+    return resources.machine(*local, info.n_cpu, info.mem_total, is_local)
 
 
 def _rmdir_if_empty(path: Path) -> None:
@@ -186,33 +181,12 @@ def _rmdir_if_empty(path: Path) -> None:
         pass
 
 
-def _user_sets(values: list[str] | None) -> dict[str, str]:
-    try:
-        return bake.parse_sets(values or [])
-    except SagebuildError as err:
-        raise fail(err) from None
-
-
-def _manifest(builder: Path) -> dict:
-    try:
-        return wheels.load_manifest(builder)
-    except SagebuildError as err:
-        raise fail(err) from None
-
-
 def _report(failures: list[str], hint: str | None = None) -> NoReturn:
     for f in failures:
         err_console.print(f"[bold red]error:[/] {escape(f)}", highlight=False)
     if hint:
         err_console.print(f"[yellow]hint:[/] {escape(hint)}", highlight=False)
     raise typer.Exit(EXIT_FAILURE)
-
-
-def _docker_ready() -> None:
-    try:
-        bake.check_docker()
-    except SagebuildError as err:
-        raise fail(err) from None
 
 
 def _print_failure(result: bake.BakeResult, log_path: Path) -> None:
@@ -265,14 +239,11 @@ def build_cmd(
     project = load(matrix)
     targets = selected(project, names or ["default"])
     builder = project.root / BUILDER
-    options = BuildOptions(base_image, arch_list, jobs, tuple(_user_sets(sets).items()), progress.value)
-    try:
-        cpus, mem = _build_machine(jobs)
-        plan = plan_build(targets, options, builder, cpus, mem)
-    except SagebuildError as err:
-        raise fail(err) from None
-    daemon_os = bake.daemon_os()
-    mismatch = daemon_mismatch(targets, daemon_os) if daemon_os else None
+    options = BuildOptions(base_image, arch_list, jobs, tuple(checked(bake.parse_sets, sets or []).items()),
+                           progress.value)
+    info = bake.daemon_info()  # one `docker info` for the job count and the container OS
+    plan = checked(plan_build, targets, options, builder, *_build_machine(jobs, info))
+    mismatch = daemon_mismatch(targets, info.os_type) if info else None
     if dry_run:
         console.print(plan.describe(), highlight=False)
         if mismatch:
@@ -280,10 +251,10 @@ def build_cmd(
         console.print(f"(cd {project.root} && {bake.format_command(plan.command)})", highlight=False,
                       soft_wrap=True)
         return
-    _docker_ready()
+    checked(bake.check_docker)
     if mismatch:
         raise fail(mismatch)
-    _manifest(builder)  # an unreadable one fails now, not after the build
+    checked(wheels.load_manifest, builder)  # an unreadable one fails now, not after the build
     for path in plan.staging.values():  # a fresh export directory per run
         wheels.remove_tree(path)
         path.mkdir(parents=True)
@@ -393,7 +364,7 @@ def test_cmd(
         raise fail(SagebuildError("the selection has no testable target (test: false in matrix.yaml)",
                                   field="NAMES"))
     builder = project.root / BUILDER
-    user = _user_sets(sets)
+    user = checked(bake.parse_sets, sets or [])
     if python:
         user.setdefault("*.args.TEST_PYTHON", python)
     wheel_dirs = {t.name: f"{BUILDER}/.test/{t.name}" for t in targets}
@@ -402,7 +373,7 @@ def test_cmd(
     if dry_run:
         console.print(f"(cd {project.root} && {bake.format_command(command)})", highlight=False)
         return
-    manifest = _manifest(builder)
+    manifest = checked(wheels.load_manifest, builder)
     missing = [t.name for t in targets if t.name not in manifest["wheels"]]
     if missing:
         raise fail(SagebuildError(
@@ -431,7 +402,7 @@ def test_cmd(
             os.link(src, d / src.name)
         except OSError:
             shutil.copy2(src, d / src.name)
-    _docker_ready()
+    checked(bake.check_docker)
     log_path = builder / "logs" / f"test-{time.strftime('%Y%m%dT%H%M%S')}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     err_console.print("+ " + bake.format_command(command), highlight=False, soft_wrap=True)

@@ -7,6 +7,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from typer.testing import CliRunner
@@ -20,6 +21,9 @@ from tests.buildtool.test_wheels import make_contents
 DATA = Path(__file__).resolve().parent / "data"
 REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()
+# `docker info` of a local Linux daemon, as python-on-whales gives it (the fields sagebuild reads)
+LINUX_DAEMON = SimpleNamespace(os_type="linux", operating_system="Debian GNU/Linux 12 (bookworm)", n_cpu=2,
+                               mem_total=8 << 30)
 
 
 @pytest.fixture
@@ -245,7 +249,7 @@ def test_a_corrupt_manifest_is_one_clear_error(proj, monkeypatch, text):
     builder.mkdir()
     (builder / "manifest.json").write_text(text)
     monkeypatch.setattr(bake, "check_docker", lambda docker="docker": None)
-    monkeypatch.setattr(bake, "daemon_os", lambda: "linux")
+    monkeypatch.setattr(bake, "daemon_info", lambda: LINUX_DAEMON)
     monkeypatch.setattr(bake, "run_bake", lambda *a, **k: pytest.fail("bake ran"))
     t = "linux-pytorch211-cu130-python312"
     for args in (["test", t], ["build", t]):
@@ -257,7 +261,7 @@ def test_a_corrupt_manifest_is_one_clear_error(proj, monkeypatch, text):
 
 def test_windows_targets_need_a_windows_daemon(proj, monkeypatch):
     monkeypatch.setattr(bake, "check_docker", lambda docker="docker": None)
-    monkeypatch.setattr(bake, "daemon_os", lambda: "linux")
+    monkeypatch.setattr(bake, "daemon_info", lambda: LINUX_DAEMON)
     monkeypatch.setattr(bake, "run_bake", lambda *a, **k: pytest.fail("bake ran"))
     windows = [t.name for t in load_project(proj).targets if t.platform == "windows"]
     r = run("build", "all", "--matrix", str(proj))
