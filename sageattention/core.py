@@ -37,14 +37,14 @@ from . import _extension, _ops, quant, reference
 LAYOUTS = {"HND": reference.HND, "NHD": reference.NHD}
 KERNEL_HEAD_DIMS = (64, 128)
 MAX_HEAD_DIM = 256
+FP16_PV_ACCUM = ("fp32", "fp16+fp32", "fp16")
+FP8_PV_ACCUM = ("fp32+fp16", "fp32+fp32", "fp32")
 
 
 class UnsupportedHeadDim(ValueError, NotImplementedError):
     """A head dim the kernels do not run (129-256). A ValueError, as the established package
     raises, so callers that fall back to SDPA on one keep working; and NotImplementedError,
     since such dims are valid attention, only not implemented here."""
-FP16_PV_ACCUM = ("fp32", "fp16+fp32", "fp16")
-FP8_PV_ACCUM = ("fp32+fp16", "fp32+fp32", "fp32")
 
 
 # ---------------------------------------------------------------------------- kernels
@@ -371,7 +371,7 @@ def sageattn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_
     lens_k = [b - a for a, b in zip(starts_k, starts_k[1:])]
     if max(lens_q, default=0) > max_seqlen_q or max(lens_k, default=0) > max_seqlen_k:
         raise ValueError(f"a sequence is longer than max_seqlen_q/k ({max_seqlen_q}/{max_seqlen_k})")
-    pieces = []
+    pieces, auto = [], _auto(q)  # (kernel, qk_quant_gran), as sageattn picks them
     for i, (nq, nk) in enumerate(zip(lens_q, lens_k)):
         qi = q[starts_q[i]: starts_q[i + 1]].unsqueeze(0)
         if nq == 0:
@@ -380,7 +380,7 @@ def sageattn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_
         if nk == 0:
             raise ValueError(f"sequence {i} has queries but no keys")
         ki, vi = (t[starts_k[i]: starts_k[i + 1]].unsqueeze(0) for t in (k, v))
-        pieces.append(_attention(qi, ki, vi, "NHD", is_causal, sm_scale, False, *_auto(q), smooth_k)[0])
+        pieces.append(_attention(qi, ki, vi, "NHD", is_causal, sm_scale, False, *auto, smooth_k)[0])
     return torch.cat(pieces, dim=0) if pieces else q.new_empty(q.shape)
 
 
