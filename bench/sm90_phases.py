@@ -1,9 +1,13 @@
 """Where the persistent Hopper kernel's consumers spend their cycles, phase by phase.
 
     python bench/sm90_phases.py patch TREE      # instrument a copy of the repository at TREE
-    (cd TREE && python setup.py build_ext --inplace)
-    python bench/sm90_phases.py run TREE > raw.txt   # on an H100/H200
+    (cd TREE && python setup.py build_ext --inplace)   # or build TREE's wheel (sagebuild build, in TREE)
+    python bench/sm90_phases.py run BUILD > raw.txt   # on an H100/H200
     python bench/sm90_phases.py summary raw.txt [--json phases.json]
+
+BUILD is TREE built in place, or the folder its wheel was installed into
+(`pip install --no-deps --target DIR TREE/builder/*.whl`): `run` imports sageattention from
+there and the benchmark helpers from this repository's bench/.
 
 `patch` adds clock64() accumulators to TREE's csrc/sm90/attn_sm90.cuh (never to this
 tree: the counters and the printf cost registers and time). Lane 0 of each consumer
@@ -96,8 +100,8 @@ def patch(tree: pathlib.Path) -> None:
     print(f"instrumented {src}")
 
 
-def run(tree: pathlib.Path) -> None:
-    sys.path[:0] = [str(tree), str(tree / "bench")]
+def run(build: pathlib.Path) -> None:
+    sys.path[:0] = [str(build), str(ROOT / "bench")]
     import torch
     import bench_attention as ba
 
@@ -160,6 +164,16 @@ def summarize(raw: pathlib.Path) -> dict:
     return out
 
 
+def built(text: str) -> pathlib.Path:
+    """argparse type of BUILD: a folder sageattention imports from."""
+    path = pathlib.Path(text)
+    if not (path / "sageattention" / "__init__.py").is_file():
+        raise argparse.ArgumentTypeError(
+            f"{text}: no sageattention package there: give the patched copy built in place, or the folder "
+            "its wheel was installed into (pip install --no-deps --target DIR WHEEL)")
+    return path
+
+
 def tree(text: str) -> pathlib.Path:
     """argparse type of TREE: a repository copy, with the kernel `patch` instruments."""
     path = pathlib.Path(text)
@@ -172,7 +186,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("patch").add_argument("tree", type=tree, help="a copy of the repository (never this one)")
-    sub.add_parser("run").add_argument("tree", type=tree, help="the patched copy, built in place")
+    sub.add_parser("run").add_argument(
+        "build", type=built, help="the patched copy built in place, or the folder its wheel was installed into")
     s = sub.add_parser("summary")
     s.add_argument("raw", type=pathlib.Path, help="what `run` printed")
     s.add_argument("--json", type=bench_cli.output_path)
@@ -182,7 +197,7 @@ def main(argv=None) -> int:
             ap.error(f"{args.tree} is this repository: patch a copy of it (the counters cost registers and time)")
         patch(args.tree)
     elif args.cmd == "run":
-        run(args.tree)
+        run(args.build)
     else:
         try:
             out = summarize(args.raw)

@@ -333,9 +333,21 @@ def test_sm90_phases_needs_a_copy_of_the_repository(tmp_path, monkeypatch, capsy
     phases = script("sm90_phases")
     patched = []
     monkeypatch.setattr(phases, "patch", patched.append)  # never instrument this checkout, whatever happens
-    for cmd in ("run", "patch"):
-        err = refused(phases.main, [cmd, tmp_path / "missing"], capsys)
-        assert "argument tree: " in err and "missing: no csrc/sm90/attn_sm90.cuh there" in err
+    err = refused(phases.main, ["patch", tmp_path / "missing"], capsys)
+    assert "argument tree: " in err and "missing: no csrc/sm90/attn_sm90.cuh there" in err
     for tree in (ROOT, ROOT / "bench" / ".."):
         assert "is this repository: patch a copy of it" in refused(phases.main, ["patch", tree], capsys)
     assert patched == []
+
+
+def test_sm90_phases_run_needs_an_importable_build(tmp_path, monkeypatch, capsys):
+    phases = script("sm90_phases")
+    ran = []
+    monkeypatch.setattr(phases, "run", ran.append)
+    (tmp_path / "csrc" / "sm90").mkdir(parents=True)
+    (tmp_path / "csrc" / "sm90" / "attn_sm90.cuh").write_text("")  # a tree, but nothing built or installed
+    err = refused(phases.main, ["run", tmp_path], capsys)
+    assert "argument build: " in err and "no sageattention package there" in err and "--target" in err
+    (tmp_path / "sageattention").mkdir()
+    (tmp_path / "sageattention" / "__init__.py").write_text("")  # what pip --target leaves
+    assert phases.main(["run", str(tmp_path)]) == 0 and ran == [tmp_path]
