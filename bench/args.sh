@@ -8,12 +8,12 @@ help_and_exit() {
   esac
 }
 
-# check_wheels USAGE COUNT ARGS...: exactly COUNT arguments, each an existing file; else USAGE
-# (the command line) or the missing wheel, and exit 2.
+# check_wheels USAGE COUNT ARGS...: COUNT arguments (N: exactly N, N+: at least N), each an
+# existing file; else USAGE (the command line) or the missing wheel, and exit 2.
 check_wheels() {
   local usage=$1 count=$2 whl
   shift 2
-  if [ $# -ne "$count" ]; then
+  if { [[ $count == *+ ]] && [ $# -lt "${count%+}" ]; } || { [[ $count != *+ ]] && [ $# -ne "$count" ]; }; then
     echo "usage: $usage" >&2
     exit 2
   fi

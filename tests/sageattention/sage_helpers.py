@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,16 @@ def load_script(path: Path):
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def stub_wheel(folder: Path, package: str = "sageattention", version: str = "0.0.0", init: str = "") -> Path:
+    """A pure-Python wheel of `package` whose __init__.py is `init`: enough to install and import."""
+    wheel, info = folder / f"{package}-{version}-py3-none-any.whl", f"{package}-{version}.dist-info"
+    files = {f"{package}/__init__.py": init,
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {package}\nVersion: {version}\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files[f"{info}/RECORD"] = "".join(f"{name},,\n" for name in [*files, f"{info}/RECORD"])
+    with zipfile.ZipFile(wheel, "w") as z:
+        for name, text in files.items():
+            z.writestr(name, text)
+    return wheel

@@ -9,12 +9,11 @@ import os
 import shutil
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
 import torch
-from sage_helpers import load_script
+from sage_helpers import load_script, stub_wheel
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "bench" / "bench_attention.py"
@@ -304,13 +303,13 @@ def test_compare_quant_files_by_bandwidth(tmp_path, capsys):
     assert "N= 4096 hd128 quant_int8_smooth    1000 ->   1000  1.000x" in out
 
 
-@pytest.mark.parametrize("script, usage", [("wheel_ab", "BASE.whl NEW.whl"), ("wheel_check", "WHEEL.whl")])
-def test_wheel_scripts_reject_bad_arguments(tmp_path, script, usage):
-    wheels = usage.split()
-    missing = [str(tmp_path / name) for name in wheels]
-    for args, message in [([], f"usage: bash bench/{script}.sh {usage}"),
-                          ([*missing, "extra.whl"], f"usage: bash bench/{script}.sh {usage}"),
-                          (missing, f"{script}: no such wheel: ")]:
+@pytest.mark.parametrize("script, usage, count", [("wheel_ab", "BASE.whl NEW.whl [NEW2.whl ...]", 2),
+                                                  ("wheel_check", "WHEEL.whl", 1)])
+def test_wheel_scripts_reject_bad_arguments(tmp_path, script, usage, count):
+    missing = [str(tmp_path / f"w{i}.whl") for i in range(count)]
+    usage, absent = f"usage: bash bench/{script}.sh {usage}", f"{script}: no such wheel: "
+    for args, message in [([], usage), (missing[:-1], usage), (missing, absent),
+                          ([*missing, "extra.whl"], absent if script == "wheel_ab" else usage)]:
         run = subprocess.run(["bash", str(ROOT / "bench" / f"{script}.sh"), *args], capture_output=True, text=True,
                              env={**os.environ, "OUT": str(tmp_path / "out")})
         assert run.returncode == 2 and message in run.stderr, run.stderr
@@ -318,17 +317,7 @@ def test_wheel_scripts_reject_bad_arguments(tmp_path, script, usage):
 
 def _stub_wheel(folder: Path) -> Path:
     """A pure-Python sageattention wheel with no kernels: enough to install and import."""
-    files = {
-        "sageattention/__init__.py": "__version__ = '0.0.0'\n\ndef extension_loaded():\n    return False\n",
-        "sageattention-0.0.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: sageattention\nVersion: 0.0.0\n",
-        "sageattention-0.0.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    files["sageattention-0.0.0.dist-info/RECORD"] = "".join(f"{name},,\n" for name in [*files, "sageattention-0.0.0.dist-info/RECORD"])
-    wheel = folder / "sageattention-0.0.0-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as z:
-        for name, text in files.items():
-            z.writestr(name, text)
-    return wheel
+    return stub_wheel(folder, init="__version__ = '0.0.0'\n\ndef extension_loaded():\n    return False\n")
 
 
 def test_wheel_check_runs_against_the_installed_wheel_and_reports_failed_stages(tmp_path):
@@ -356,6 +345,40 @@ def test_wheel_ab_installs_both_wheels_before_it_benchmarks(tmp_path):
                                          "STAGES": "quant", "REPS": "1"})
     assert run.returncode == 1 and "bench_quant.py failed for base, repetition 1" in run.stderr, run.stderr
     assert sorted(f.name for f in (tmp_path / "out").iterdir()) == ["pip-base.log", "pip-new.log", "quant-base-1.log"]
+
+
+FAKE_PYTHON = """#!/usr/bin/env bash
+# Stands in for python on a GPU machine: benchmark runs and compare.py are logged, not run.
+case "$1" in
+  bench/bench_attention.py | bench/bench_quant.py)
+    echo "bench $1 side=$(basename "$PYTHONPATH") commit=$SAGE_COMMIT" >> "$FAKE_LOG"
+    while [ $# -gt 0 ]; do [ "$1" = --out ] && : > "$2"; shift; done ;;
+  */bench/compare.py) shift; echo "compare $*" >> "$FAKE_LOG"; echo "== summary over all pairs" ;;
+  *) exec "$REAL_PYTHON" "$@" ;;
+esac
+"""
+
+
+def test_wheel_ab_interleaves_every_side_and_compares_each_candidate_with_base(tmp_path):
+    wheels = []
+    for i in range(3):
+        (tmp_path / str(i)).mkdir()
+        wheels.append(str(stub_wheel(tmp_path / str(i), version=f"0.0.{i}")))
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    out, log = tmp_path / "out", tmp_path / "calls.log"
+    p = subprocess.run(["bash", str(ROOT / "bench" / "wheel_ab.sh"), *wheels], capture_output=True, text=True,
+                       env={**os.environ, "OUT": str(out), "PYTHON": str(fake), "REAL_PYTHON": sys.executable,
+                            "FAKE_LOG": str(log), "STAGES": "attention", "REPS": "2", "NEW2_COMMIT": "c2"})
+    assert p.returncode == 0, p.stderr
+    runs = [f"bench bench/bench_attention.py side={s} commit={c}"
+            for s, c in [("base", "base"), ("new", "new"), ("new2", "c2")]]
+    pairs = lambda side: " ".join(f"{out}/attention-{s}-{r}.json" for r in (1, 2) for s in ("base", side))
+    assert log.read_text().splitlines() == runs * 2 + [
+        f"compare {pairs('new')} --json {out}/attention-ab.json",
+        f"compare {pairs('new2')} --json {out}/attention-ab-new2.json"]
+    assert "== new against base" in p.stdout and "== new2 against base" in p.stdout
 
 
 def test_compare_rejects_bad_input(tmp_path, capsys):

@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
+from sage_helpers import stub_wheel
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = {"gpu_check": [], "wheel_check": ["a.whl"], "wheel_ab": ["a.whl", "b.whl"]}
@@ -53,17 +53,19 @@ def test_gpu_check_stops_without_a_gpu(tmp_path):
     assert not (tmp_path / "out").exists()  # nothing built, nothing written
 
 
+def test_wheel_ab_checks_every_candidate(tmp_path):
+    (tmp_path / "a.whl").touch()
+    (tmp_path / "b.whl").touch()
+    p = subprocess.run(["bash", str(ROOT / "bench" / "wheel_ab.sh"), "a.whl", "b.whl", "c.whl"], capture_output=True,
+                       text=True, cwd=tmp_path, env={**os.environ, "OUT": str(tmp_path / "out")})
+    assert p.returncode == 2 and "wheel_ab: no such wheel: c.whl" in p.stderr, p.stderr
+
+
 def test_a_wheel_without_sageattention_says_so(tmp_path):
-    wheel = tmp_path / "other-0.0.0-py3-none-any.whl"
-    files = {"other/__init__.py": "",
-             "other-0.0.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: other\nVersion: 0.0.0\n",
-             "other-0.0.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
-    files["other-0.0.0.dist-info/RECORD"] = "".join(f"{n},,\n" for n in [*files, "other-0.0.0.dist-info/RECORD"])
-    with zipfile.ZipFile(wheel, "w") as z:
-        for name, text in files.items():
-            z.writestr(name, text)
+    wheel = stub_wheel(tmp_path, "other")
     p = subprocess.run(["bash", str(ROOT / "bench" / "wheel_check.sh"), str(wheel)], capture_output=True, text=True,
                        env={**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable, "STAGES": ""})
     assert p.returncode == 1, p.stderr
     assert f"wheel_check: {wheel.name} does not import as sageattention: No module named 'sageattention'" in p.stderr
     assert "Traceback" not in p.stderr
+
