@@ -11,9 +11,10 @@ help_and_exit() {
 # check_wheels USAGE COUNT ARGS...: COUNT arguments (N: exactly N, N+: at least N), each an
 # existing file; else USAGE (the command line) or the missing wheel, and exit 2.
 check_wheels() {
-  local usage=$1 count=$2 whl
+  local usage=$1 min=${2%+} max=$2 whl
   shift 2
-  if { [[ $count == *+ ]] && [ $# -lt "${count%+}" ]; } || { [[ $count != *+ ]] && [ $# -ne "$count" ]; }; then
+  [[ $max == *+ ]] && max=$#
+  if [ $# -lt "$min" ] || [ $# -gt "$max" ]; then
     echo "usage: $usage" >&2
     exit 2
   fi
