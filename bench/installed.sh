@@ -3,7 +3,10 @@
 # into a folder of its own (pip --target, no dependencies: torch is the machine's), and the
 # commands run from a copy of bench/, tests/ and pyproject.toml outside the checkout.
 # The caller sets ROOT, PY, OUT, WORK (a temporary folder) and the array COMMIT (name -> the
-# commit recorded in the JSON).
+# commit recorded in the JSON). STEP_TIMEOUT (seconds, default 1800) bounds each command run
+# against a wheel: a kernel that hangs ends its own step (rc 124), not the whole run, so the
+# steps after it still run and report, and what the run wrote stays readable.
+# (The scripts check it, with their other arguments, before they write anything.)
 
 # install_wheel NAME WHEEL: installs WHEEL into $WORK/NAME (log: $OUT/pip-NAME.log) and checks
 # that the copy imports it from there. Exits on failure.
@@ -26,5 +29,14 @@ sys.exit(0 if s.__file__.startswith('$WORK/$name/') else f'$(basename "$0" .sh):
 on() {
   local name=$1
   shift
-  (cd "$WORK/src" && PYTHONPATH="$WORK/$name" SAGE_BENCH_INSTALLED=1 SAGE_COMMIT="${COMMIT[$name]}" "$@")
+  (cd "$WORK/src" && PYTHONPATH="$WORK/$name" SAGE_BENCH_INSTALLED=1 SAGE_COMMIT="${COMMIT[$name]}" \
+    timeout -k 10 "$STEP_TIMEOUT" "$@")
+}
+
+# status RC: how a step ended, for its report line ("rc=1", "timed out after 1800 s").
+status() {
+  case $1 in
+    124 | 137) echo "timed out after $STEP_TIMEOUT s" ;;
+    *) echo "rc=$1" ;;
+  esac
 }

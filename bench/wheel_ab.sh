@@ -18,6 +18,7 @@
 #   quote against SDPA come from settled runs, bench_attention.py's default)
 #   BASE_COMMIT, NEW_COMMIT, NEW2_COMMIT ...   recorded in the JSON (bench_attention.environment's
 #     SAGE_COMMIT; default: the side's name)
+#   STEP_TIMEOUT=1800   seconds each test or benchmark run may take (bench/installed.sh)
 #   OUT=./ab-out   JSON, logs and the compare.py tables (quant-ab.txt, attention-ab.txt against NEW;
 #     quant-ab-new2.txt ... against the others)
 # Exits non-zero if a stage failed.
@@ -31,6 +32,8 @@ STAGES=${STAGES-test quant attention}
 REPS=${REPS:-3}
 check_stages test quant attention
 check_count REPS "$REPS"
+STEP_TIMEOUT=${STEP_TIMEOUT:-1800}
+check_count STEP_TIMEOUT "$STEP_TIMEOUT"
 PY=${PYTHON:-python3}
 OUT=$(mkdir -p "${OUT:-./ab-out}" && cd "${OUT:-./ab-out}" && pwd)
 WORK=$(mktemp -d)
@@ -55,7 +58,7 @@ if [[ " $STAGES " == *" test "* ]]; then
   for side in "${SIDES[@]:1}"; do
     on "$side" "$PY" -m pytest tests/sageattention -m gpu -q -rfE -p no:cacheprovider > "$OUT/$side-gpu-tests.txt" 2>&1
     trc=$?
-    echo "gpu tests ($side): rc=$trc, $(tail -1 "$OUT/$side-gpu-tests.txt")"
+    echo "gpu tests ($side): $(status $trc), $(tail -1 "$OUT/$side-gpu-tests.txt")"
     [ $trc -ne 0 ] && rc=$trc
   done
 fi
@@ -67,8 +70,10 @@ ab() {
   for rep in $(seq "$REPS"); do
     for side in "${SIDES[@]}"; do
       # shellcheck disable=SC2086
-      if ! on "$side" "$PY" "bench/$script" $args --out "$OUT/$name-$side-$rep.json" > "$OUT/$name-$side-$rep.log" 2>&1; then
-        echo "wheel_ab: $script failed for $side, repetition $rep (log: $OUT/$name-$side-$rep.log)" >&2
+      on "$side" "$PY" "bench/$script" $args --out "$OUT/$name-$side-$rep.json" > "$OUT/$name-$side-$rep.log" 2>&1
+      local brc=$?
+      if [ $brc -ne 0 ]; then
+        echo "wheel_ab: $script failed for $side, repetition $rep, $(status $brc) (log: $OUT/$name-$side-$rep.log)" >&2
         return 1
       fi
     done

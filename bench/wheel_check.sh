@@ -11,6 +11,7 @@
 #     attention  bench/bench_attention.py $ATTN_ARGS, REPS times (settled samples: its default)
 #     clocks     bench/bench_clocks.py $CLOCKS_ARGS (each path alone, beside a clock trace)
 #   REPS=1  ATTN_ARGS="--n 4096 16384"  CLOCKS_ARGS="--n 4096"
+#   STEP_TIMEOUT=1800   seconds each stage's run may take (bench/installed.sh)
 #   COMMIT   recorded in the JSON (bench_attention.environment's SAGE_COMMIT)
 #   OUT=./check-out   logs and JSON: gpu-tests.txt, attention-N.json/.log, clocks.json/.txt
 # Exits non-zero if a stage failed.
@@ -24,6 +25,8 @@ STAGES=${STAGES-test attention}
 REPS=${REPS:-1}
 check_stages test attention clocks
 check_count REPS "$REPS"
+STEP_TIMEOUT=${STEP_TIMEOUT:-1800}
+check_count STEP_TIMEOUT "$STEP_TIMEOUT"
 PY=${PYTHON:-python3}
 OUT=$(mkdir -p "${OUT:-./check-out}" && cd "${OUT:-./check-out}" && pwd)
 WORK=$(mktemp -d)
@@ -42,9 +45,9 @@ stage() {
   local name=$1 log=$2
   shift 2
   on wheel "$@" > "$OUT/$log" 2>&1
-  local status=$?
-  echo "$name: rc=$status, $(tail -1 "$OUT/$log")"
-  [ $status -ne 0 ] && rc=$status
+  local src=$?
+  echo "$name: $(status $src), $(tail -1 "$OUT/$log")"
+  [ $src -ne 0 ] && rc=$src
 }
 if [[ " $STAGES " == *" test "* ]]; then
   stage "gpu tests" gpu-tests.txt "$PY" -m pytest tests/sageattention -m gpu -q -rfE -p no:cacheprovider

@@ -381,6 +381,35 @@ def test_wheel_ab_interleaves_every_side_and_compares_each_candidate_with_base(t
     assert "== new against base" in p.stdout and "== new2 against base" in p.stdout
 
 
+HANGING_PYTEST = """#!/usr/bin/env bash
+# Stands in for python: the GPU tests hang (a kernel that never ends), the benchmarks are logged.
+case "$1" in
+  -m) [ "$2" = pytest ] && exec sleep 60 ;;
+  bench/bench_attention.py) echo "bench side=$(basename "$PYTHONPATH")" >> "$FAKE_LOG"
+    while [ $# -gt 0 ]; do [ "$1" = --out ] && : > "$2"; shift; done; exit 0 ;;
+  */bench/compare.py) echo "== summary"; exit 0 ;;
+esac
+exec "$REAL_PYTHON" "$@"
+"""
+
+
+def test_wheel_ab_ends_a_hanging_step_and_goes_on(tmp_path):
+    wheels = []
+    for i in range(2):
+        (tmp_path / str(i)).mkdir()
+        wheels.append(str(stub_wheel(tmp_path / str(i), version=f"0.0.{i}")))
+    fake = tmp_path / "python"
+    fake.write_text(HANGING_PYTEST)
+    fake.chmod(0o755)
+    log = tmp_path / "calls.log"
+    p = subprocess.run(["bash", str(ROOT / "bench" / "wheel_ab.sh"), *wheels], capture_output=True, text=True,
+                       timeout=40, env={**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": str(fake),
+                                        "REAL_PYTHON": sys.executable, "FAKE_LOG": str(log), "STAGES": "test attention",
+                                        "REPS": "1", "STEP_TIMEOUT": "2"})
+    assert p.returncode == 124 and "gpu tests (new): timed out after 2 s" in p.stdout, p.stdout + p.stderr
+    assert log.read_text().splitlines() == ["bench side=base", "bench side=new"]
+
+
 def test_compare_rejects_bad_input(tmp_path, capsys):
     compare = load_script(ROOT / "bench" / "compare.py")
     good = _bench_json(tmp_path / "a.json", {(1024, 64, False): {"sageattn": {"tflops": 1.0}}})

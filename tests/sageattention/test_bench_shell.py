@@ -45,6 +45,13 @@ def test_reps_must_be_a_count(script, reps, tmp_path):
     assert p.returncode == 2 and f"REPS must be a whole number >= 1, got '{reps}'" in p.stderr, p.stderr
 
 
+@pytest.mark.parametrize("script", ["wheel_check", "wheel_ab"])
+def test_step_timeout_must_be_a_count(script, tmp_path):
+    p = run(script, SCRIPTS[script], tmp_path, STEP_TIMEOUT="10m")
+    assert p.returncode == 2 and "STEP_TIMEOUT must be a whole number >= 1, got '10m'" in p.stderr, p.stderr
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.skipif(subprocess.run([sys.executable, "-c", "import torch; assert not torch.cuda.is_available()"]
                                    ).returncode != 0, reason="needs torch without a GPU")
 def test_gpu_check_stops_without_a_gpu(tmp_path):
