@@ -359,18 +359,25 @@ esac
 """
 
 
-def test_wheel_ab_interleaves_every_side_and_compares_each_candidate_with_base(tmp_path):
-    wheels = []
-    for i in range(3):
+def wheel_ab_with(fake_python: str, wheels: int, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    """wheel_ab.sh over `wheels` stub wheels, with `fake_python` standing in for python (its calls
+    logged to tmp_path/calls.log, the real one at $REAL_PYTHON); output in tmp_path/out."""
+    paths = []
+    for i in range(wheels):
         (tmp_path / str(i)).mkdir()
-        wheels.append(str(stub_wheel(tmp_path / str(i), version=f"0.0.{i}")))
+        paths.append(str(stub_wheel(tmp_path / str(i), version=f"0.0.{i}")))
     fake = tmp_path / "python"
-    fake.write_text(FAKE_PYTHON)
+    fake.write_text(fake_python)
     fake.chmod(0o755)
+    return subprocess.run(["bash", str(ROOT / "bench" / "wheel_ab.sh"), *paths], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": str(fake),
+                                           "REAL_PYTHON": sys.executable, "FAKE_LOG": str(tmp_path / "calls.log"),
+                                           **env})
+
+
+def test_wheel_ab_interleaves_every_side_and_compares_each_candidate_with_base(tmp_path):
+    p = wheel_ab_with(FAKE_PYTHON, 3, tmp_path, STAGES="attention", REPS="2", NEW2_COMMIT="c2")
     out, log = tmp_path / "out", tmp_path / "calls.log"
-    p = subprocess.run(["bash", str(ROOT / "bench" / "wheel_ab.sh"), *wheels], capture_output=True, text=True,
-                       env={**os.environ, "OUT": str(out), "PYTHON": str(fake), "REAL_PYTHON": sys.executable,
-                            "FAKE_LOG": str(log), "STAGES": "attention", "REPS": "2", "NEW2_COMMIT": "c2"})
     assert p.returncode == 0, p.stderr
     runs = [f"bench bench/bench_attention.py side={s} commit={c}"
             for s, c in [("base", "base"), ("new", "new"), ("new2", "c2")]]
@@ -394,20 +401,9 @@ exec "$REAL_PYTHON" "$@"
 
 
 def test_wheel_ab_ends_a_hanging_step_and_goes_on(tmp_path):
-    wheels = []
-    for i in range(2):
-        (tmp_path / str(i)).mkdir()
-        wheels.append(str(stub_wheel(tmp_path / str(i), version=f"0.0.{i}")))
-    fake = tmp_path / "python"
-    fake.write_text(HANGING_PYTEST)
-    fake.chmod(0o755)
-    log = tmp_path / "calls.log"
-    p = subprocess.run(["bash", str(ROOT / "bench" / "wheel_ab.sh"), *wheels], capture_output=True, text=True,
-                       timeout=40, env={**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": str(fake),
-                                        "REAL_PYTHON": sys.executable, "FAKE_LOG": str(log), "STAGES": "test attention",
-                                        "REPS": "1", "STEP_TIMEOUT": "2"})
+    p = wheel_ab_with(HANGING_PYTEST, 2, tmp_path, STAGES="test attention", REPS="1", STEP_TIMEOUT="2")
     assert p.returncode == 124 and "gpu tests (new): timed out after 2 s" in p.stdout, p.stdout + p.stderr
-    assert log.read_text().splitlines() == ["bench side=base", "bench side=new"]
+    assert (tmp_path / "calls.log").read_text().splitlines() == ["bench side=base", "bench side=new"]
 
 
 def test_compare_rejects_bad_input(tmp_path, capsys):
