@@ -33,10 +33,12 @@ on() {
     timeout -k 10 "$STEP_TIMEOUT" "$@")
 }
 
-# status RC: how a step ended, for its report line ("rc=1", "timed out after 1800 s").
+# status RC: how a step ended, for its report line ("rc=1", "timed out after 1800 s"). timeout
+# returns 137 when the step outlived its TERM too, as any SIGKILL (out of memory) would.
 status() {
   case $1 in
-    124 | 137) echo "timed out after $STEP_TIMEOUT s" ;;
+    124) echo "timed out after $STEP_TIMEOUT s" ;;
+    137) echo "rc=137 (killed: timed out after $STEP_TIMEOUT s, or out of memory)" ;;
     *) echo "rc=$1" ;;
   esac
 }

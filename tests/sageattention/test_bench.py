@@ -348,8 +348,11 @@ def test_wheel_ab_installs_both_wheels_before_it_benchmarks(tmp_path):
 
 
 FAKE_PYTHON = """#!/usr/bin/env bash
-# Stands in for python on a GPU machine: benchmark runs and compare.py are logged, not run.
+# Stands in for python on a GPU machine: benchmark runs and compare.py are logged, not run;
+# with FAKE_HANG set, the GPU tests hang (a kernel that never ends).
 case "$1" in
+  -m) [ "$2" = pytest ] && [ -n "${FAKE_HANG-}" ] && exec sleep 60
+    exec "$REAL_PYTHON" "$@" ;;
   bench/bench_attention.py | bench/bench_quant.py)
     echo "bench $1 side=$(basename "$PYTHONPATH") commit=$SAGE_COMMIT" >> "$FAKE_LOG"
     while [ $# -gt 0 ]; do [ "$1" = --out ] && : > "$2"; shift; done ;;
@@ -388,22 +391,12 @@ def test_wheel_ab_interleaves_every_side_and_compares_each_candidate_with_base(t
     assert "== new against base" in p.stdout and "== new2 against base" in p.stdout
 
 
-HANGING_PYTEST = """#!/usr/bin/env bash
-# Stands in for python: the GPU tests hang (a kernel that never ends), the benchmarks are logged.
-case "$1" in
-  -m) [ "$2" = pytest ] && exec sleep 60 ;;
-  bench/bench_attention.py) echo "bench side=$(basename "$PYTHONPATH")" >> "$FAKE_LOG"
-    while [ $# -gt 0 ]; do [ "$1" = --out ] && : > "$2"; shift; done; exit 0 ;;
-  */bench/compare.py) echo "== summary"; exit 0 ;;
-esac
-exec "$REAL_PYTHON" "$@"
-"""
-
-
 def test_wheel_ab_ends_a_hanging_step_and_goes_on(tmp_path):
-    p = wheel_ab_with(HANGING_PYTEST, 2, tmp_path, STAGES="test attention", REPS="1", STEP_TIMEOUT="2")
+    p = wheel_ab_with(FAKE_PYTHON, 2, tmp_path, STAGES="test attention", REPS="1", STEP_TIMEOUT="2", FAKE_HANG="1")
     assert p.returncode == 124 and "gpu tests (new): timed out after 2 s" in p.stdout, p.stdout + p.stderr
-    assert (tmp_path / "calls.log").read_text().splitlines() == ["bench side=base", "bench side=new"]
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    assert calls[:2] == [f"bench bench/bench_attention.py side={s} commit={s}" for s in ("base", "new")]
+    assert len(calls) == 3 and calls[2].startswith("compare "), calls
 
 
 def test_compare_rejects_bad_input(tmp_path, capsys):
