@@ -41,4 +41,13 @@ std::tuple<at::Tensor, at::Tensor> attn_sm90(const at::Tensor& q, const at::Tens
                                              int64_t tensor_layout, int64_t q_group_block, int64_t q_group_stride,
                                              double q_scale_mult, bool is_causal, bool return_lse);
 
+// The Hopper e4m3 path from 16-bit q, k and v (tensor_layout): K to INT8 (K's groups of 64 keys,
+// group stride 1 or 8; smoothed by its sample mean if smooth_k), V to e4m3, attention -> (out,
+// lse, k_mean [B, Hkv, D] fp32, or [0] without smooth_k); see sm90/attn_sm90.cu.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_sm90_fp8(const at::Tensor& q, const at::Tensor& k,
+                                                             const at::Tensor& v, int64_t tensor_layout,
+                                                             int64_t k_group_stride, bool smooth_k,
+                                                             int64_t q_group_block, int64_t q_group_stride,
+                                                             double q_scale_mult, bool is_causal, bool return_lse);
+
 }  // namespace sage

@@ -63,6 +63,10 @@ struct Sm90Params : AttnParams {
   float* part_o;    // [parts][kCtaQ][D]
   float* part_lse;  // [parts][kCtaQ], base 2
   int* part_done;   // [tail tiles][consumer warps]: chunks done (zero at launch)
+  // Persistent e4m3 grids whose K and V kv_stream_kernel writes while this kernel runs
+  // (quant/kv_stream.cuh): kv_ready[bkv] turns 1 once head bkv's K, V and scales are written.
+  // nullptr: they were written before the launch.
+  const int* kv_ready;
 };
 
 template <int kHeadDim_, PV kPV_, typename Elem_>
@@ -322,7 +326,8 @@ struct Sm90Kernel {
     // finite positive scale (those keys are masked to -inf).
     auto key_scale = [&](int j) {
       const int key = (kb.begin + j) * Tr::kCtaK + lane / 8 * Tr::kKeyGroup + lane % 8;
-      return lane < Tr::kScaleBytes / 4 && key < p.kv_len ? __ldg(k_scale + key) : 1.0f;
+      // (__ldcg, not __ldg: with kv_ready the scales are written while this kernel runs.)
+      return lane < Tr::kScaleBytes / 4 && key < p.kv_len ? __ldcg(k_scale + key) : 1.0f;
     };
     float scale = key_scale(0);
     for (int j = 0; j < kb.n_blocks - kb.begin; ++j) {
@@ -374,12 +379,25 @@ struct Sm90Kernel {
       if (lane == 0) asm volatile("st.shared.s32 [%0], %1;\n" ::"r"(sm.slot(n)), "r"(valid ? item : -1) : "memory");
       ptx::mbar_arrive(sm.tile_full_bar(n));
       if (!valid) return;
+      if (p.kv_ready != nullptr) wait_kv_ready(p.kv_ready + c.bkv);
       load_blocks(p, c, x.kb, sm, first + 1);
       first += 1 + x.kb.n_blocks - x.kb.begin;
       int next = 0;
       if (lane == 0) next = gridDim.x + atomicAdd(p.tile_counter, 1);
       item = __shfl_sync(0xffffffffu, next, 0);
     }
+  }
+
+  // Until kv_stream_kernel has published the head (a release of everything it wrote), then
+  // orders this warp's TMA loads (the async proxy) after what the acquire made visible.
+  __device__ static void wait_kv_ready(const int* ready) {
+    int done = 0;
+    for (;;) {
+      asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(done) : "l"(ready) : "memory");
+      if (done) break;
+      __nanosleep(256);
+    }
+    asm volatile("fence.proxy.async.global;\n" ::: "memory");
   }
 
   // ------------------------------------------------------------------ consumers
@@ -831,7 +849,7 @@ struct Sm90Kernel {
 #pragma unroll
     for (int nt = 0; nt < Tr::kOTiles; ++nt)
 #pragma unroll
-      for (int i = 0; i < 2; ++i) v_scale[nt][i] = kFp8 ? __ldg(p.v_scale + x.c.bkv * D + nt * 8 + 2 * t + i) : 1.0f;
+      for (int i = 0; i < 2; ++i) v_scale[nt][i] = kFp8 ? __ldcg(p.v_scale + x.c.bkv * D + nt * 8 + 2 * t + i) : 1.0f;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int row = 16 * warp + h * 8 + g;  // in the tile
@@ -1063,7 +1081,12 @@ struct Sm90Kernel {
   __device__ static void run(const Sm90Params& p) {
     if constexpr (kPersistent) {
       const Smem sm = setup_smem();
-      ptx::wait_prior_grids();
+      // With kv_ready the previous kernel is kv_stream_kernel, which let this one launch once
+      // the kernels before it had completed: K and V are waited for head by head instead.
+      if (p.kv_ready != nullptr)
+        ptx::launch_next_grid();
+      else
+        ptx::wait_prior_grids();
       specialize([&] { produce(p, sm); }, [&] { consume_tiles(p, sm); });
     } else if constexpr (Tr::kEarlyQ) {
       QRegs q_raw;

@@ -1,0 +1,299 @@
+// K to INT8 and V to e4m3 by one warp an SM, running beside the Hopper e4m3 kernel.
+//
+// Why: the fp8 path's K and V passes read 16-bit K and V once each at DRAM bandwidth, and the
+// attention kernel waits for them, compute-bound, leaving the memory idle. On H100 at B=4 H=32
+// hd64 4k causal they are 69 of about 630 us (bench/results/h100-3a100bc-call-gaps.txt). The
+// attention kernel's CTA (384 threads at 168 registers) leaves 1024 registers of an SM free: one
+// warp at 32. This kernel is that warp on every SM: launched first, it lets the attention kernel
+// launch at once (griddepcontrol.launch_dependents right after its own wait) and publishes each
+// KV head once its K and V are written; the attention kernel's producer waits for a head before
+// it loads the head's first block (sm90/attn_sm90.cuh, kv_ready).
+//
+// No deadlock: the attention kernel launches only once every CTA of this kernel has started,
+// and this kernel waits for nothing the attention kernel does. If the two cannot share an SM
+// (registers, shared memory), the attention CTAs start as these end: serial, as before.
+//
+// Work: chunks of kKeys keys of one KV head, of K or of V, in head order (the attention kernel's
+// tiles run in runs of heads, so the first heads are ready first); CTA i takes chunks i, i + G,
+// i + 2G, ... Each chunk arrives by TMA (rows past the sequence as zeros) into a ring of stages,
+// so no register holds a load in flight.
+// - K: the rule of quant_int8 with a smoothing vector (the sample mean, rounded to K's type:
+//   any vector cancels in softmax, and the caller's LSE term uses the same), one scale per
+//   64-key group or per key residue mod 8 inside it (the attention kernel's two granularities).
+// - V: quant_v_fp8's rule: V^T with keys permuted, each channel's scale from the sample's limit,
+//   values above it recorded; the head's last chunk re-encodes the channels that overflowed, with
+//   their maximum, before it publishes the head.
+#pragma once
+#include <cuda.h>  // CUtensorMap
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "common/numeric.cuh"
+#include "common/ptx.cuh"
+#include "quant/int8_rows.cuh"
+#include "quant/quant_v_fp8.cuh"
+#include "quant/token_sample.cuh"
+#include "sm90/async.cuh"
+
+namespace sage {
+
+struct KvStreamParams {
+  CUtensorMap k_map;  // 16-bit K: (D, keys, Hkv, B), box (D, kKeys, 1, 1), no swizzle
+  CUtensorMap v_map;  // 16-bit V, the same
+  const void* k;        // 16-bit K through element strides (kv_stats_kernel's sample)
+  int64_t k_stride_b, k_stride_h, k_stride_n;
+  float* k_mean;        // [B * Hkv][D]: K's smoothing vector (values of K's type), or nullptr: none
+  float* v_limit;       // [B * Hkv][D]: kHeadroom x the sample's |v| maximum
+  float* v_overflow;    // [B * Hkv][D]: zero at launch; a channel's |v| maximum above its limit
+  float* v_scale;       // [B * Hkv][D]: e4m3_scale(limit) at launch; final once the head is ready
+  int8_t* k_out;        // [B * Hkv][len][D]
+  float* k_scale;       // [B * Hkv][len]
+  uint8_t* v_out;       // [B * Hkv][D][padded_len] e4m3
+  int* done;            // [B * Hkv]: zero at launch; chunks of the head written
+  int* ready;           // [B * Hkv]: zero at launch; 1 once the head's K and V are written
+  const void* v;        // 16-bit V through element strides (the sample; the repair reads it too)
+  int64_t v_stride_b, v_stride_h, v_stride_n;
+  int batch, heads, len, padded_len;
+  int* clear;  // kv_stats_kernel zeroes clear[0 .. clear_count) too (the attention kernel's counters)
+  int clear_count;
+};
+
+// Before kv_stream_kernel, one CTA a (head, batch), from the head's token sample
+// (token_sample.cuh, as quant_int8_smooth and quant_v_fp8): K's smoothing vector, the sample
+// mean rounded to K's type (kv_stream subtracts it in that type, and the caller's LSE term must
+// use what was subtracted); V's limits and their e4m3 scales; the head's overflow, done and
+// ready cleared. CTA (0, 0) also clears p.clear.
+template <typename T, int D>
+__global__ void __launch_bounds__(token_sample::SampleTile<T, D>::kThreads)
+    kv_stats_kernel(const __grid_constant__ KvStreamParams p, const __grid_constant__ token_sample::Sample sample) {
+  __shared__ __align__(16) token_sample::SampleTile<T, D> k_tile, v_tile;
+  const int head = blockIdx.x, batch = blockIdx.y, bh = batch * p.heads + head;
+  ptx::wait_prior_grids();  // (launch_after)
+  if (p.k_mean != nullptr)
+    k_tile.load(sample, static_cast<const T*>(p.k) + batch * p.k_stride_b + head * p.k_stride_h, p.k_stride_n);
+  v_tile.load(sample, static_cast<const T*>(p.v) + batch * p.v_stride_b + head * p.v_stride_h, p.v_stride_n);
+  if (bh == 0)
+    for (int i = threadIdx.x; i < p.clear_count; i += blockDim.x) p.clear[i] = 0;
+  if (threadIdx.x == 0) {
+    p.done[bh] = 0;
+    p.ready[bh] = 0;
+  }
+  __syncthreads();
+  if (threadIdx.x < D) {
+    const int i = bh * D + threadIdx.x;
+    if (p.k_mean != nullptr) {
+      const float sum = k_tile.fold(sample, threadIdx.x, 0.0f, [](float a, float b) { return a + b; });
+      p.k_mean[i] = to_float(T(sum / float(sample.count)));
+    }
+    const float amax = v_tile.fold(sample, threadIdx.x, 0.0f, [](float a, float b) { return fmaxf(a, fabsf(b)); });
+    p.v_limit[i] = QuantVFp8Shape::kHeadroom * amax;
+    p.v_scale[i] = e4m3_scale(QuantVFp8Shape::kHeadroom * amax);
+    p.v_overflow[i] = 0.0f;
+  }
+}
+
+template <typename T, int D, bool kPerThread>
+struct KvStream {
+  static constexpr int kKeys = 64;  // a chunk: one K scale group block
+  static constexpr int kChunkBytes = kKeys * D * 2;
+  static constexpr int kStages = 4;
+  static constexpr int kSmemBytes = kStages * kChunkBytes + kStages * 8;
+  static constexpr int kSlices = D / 8;             // 16-byte slices of a row
+  static constexpr int kRowsPerPass = 32 / kSlices;  // rows a warp covers with one slice a lane
+  // K's groups inside a chunk: rows congruent mod 8 (per_thread) or all 64 (per_warp). A lane's
+  // rows are r0 + kRowsPerPass i: kLaneGroups of them distinct mod 8 (per_thread).
+  static constexpr int kLaneGroups = kPerThread ? 8 / kRowsPerPass : 1;
+  using H2 = typename Half2<T>::type;
+
+  __device__ static int chunks_per_head(const KvStreamParams& p) { return 2 * (p.padded_len / kKeys); }
+
+  // ---------------------------------------------------------------- K
+  // Chunk rows [kKeys][D] of 16-bit K at `rows` (shared), keys k0 .. of head bh.
+  __device__ static void encode_k(const KvStreamParams& p, const uint4* rows, int bh, int k0, int lane) {
+    const int slice = lane % kSlices, r0 = lane / kSlices;
+    H2 mean[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float* m = p.k_mean + bh * D + 8 * slice + 2 * j;
+      mean[j] = p.k_mean != nullptr ? Half2<T>::from_floats(m[0], m[1]) : Half2<T>::from_floats(0.0f, 0.0f);
+    }
+    // Group maxima of |k - mean|, in K's type: a maximum is exact in any format.
+    H2 amax[kLaneGroups];
+#pragma unroll
+    for (int g = 0; g < kLaneGroups; ++g) amax[g] = Half2<T>::from_floats(0.0f, 0.0f);
+#pragma unroll 4
+    for (int i = 0; i < kKeys / kRowsPerPass; ++i) {
+      uint4 raw = rows[(r0 + kRowsPerPass * i) * kSlices + slice];
+      H2* x = reinterpret_cast<H2*>(&raw);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) amax[i % kLaneGroups] = __hmax2(amax[i % kLaneGroups], __habs2(__hsub2(x[j], mean[j])));
+    }
+    float scale[kLaneGroups];
+#pragma unroll
+    for (int g = 0; g < kLaneGroups; ++g) {
+      const float2 m = Half2<T>::to_floats(amax[g]);
+      float a = fmaxf(m.x, m.y);
+      // per_thread: the lanes of one r0 share groups; per_warp: every lane shares the one.
+#pragma unroll
+      for (int off = 1; off < (kPerThread ? kSlices : 32); off *= 2) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, off));
+      scale[g] = int8::scale_of(a);
+    }
+    const int rows_here = min(kKeys, p.len - k0);
+    int8_t* out = p.k_out + (int64_t(bh) * p.len + k0) * D + 8 * slice;
+#pragma unroll 4
+    for (int i = 0; i < kKeys / kRowsPerPass; ++i) {
+      const int r = r0 + kRowsPerPass * i;
+      if (r >= rows_here) break;
+      const uint4 raw = rows[r * kSlices + slice];
+      const H2* x = reinterpret_cast<const H2*>(&raw);
+      float v[8];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float2 f = Half2<T>::to_floats(__hsub2(x[j], mean[j]));
+        v[2 * j] = f.x;
+        v[2 * j + 1] = f.y;
+      }
+      *reinterpret_cast<uint2*>(out + r * D) = int8::quantize(v, scale[i % kLaneGroups]);
+      if (slice == 0) p.k_scale[int64_t(bh) * p.len + k0 + r] = scale[i % kLaneGroups];
+    }
+  }
+
+  // ---------------------------------------------------------------- V
+  // Keys [k0, k0 + kKeys) of V (rows of D 16-bit channels, `row(k)` the one of key k0 + k) as
+  // permuted e4m3 bytes of V^T: word w of a 32-key group holds keys b, b + 1, b + 8, b + 9
+  // (b = 16 (w / 4) + 2 (w % 4)), quant_v_fp8.cuh's permutation. Lane c takes channels 2c,
+  // 2c + 1 (and 2c + 64, 2c + 65 at head dim 128); `only` (the repair): just the channel
+  // pairs it names. `scale`: the head's channel scales. Each channel's |v| maximum above its
+  // limit goes to v_overflow.
+  template <typename Row>
+  __device__ static void encode_v(const KvStreamParams& p, Row row, int bh, int k0, int lane, const float* scale,
+                                  uint32_t only = ~0u) {
+    uint8_t* out = p.v_out + int64_t(bh) * D * p.padded_len + k0;
+#pragma unroll 1
+    for (int c = lane; c < D / 2; c += 32) {
+      if (!(only >> (c / 32) & 1)) continue;
+      const float inv0 = 1.0f / scale[2 * c], inv1 = 1.0f / scale[2 * c + 1];
+      uint32_t amax = 0;  // |v| of both channels as 16-bit magnitudes, which order like their bits
+#pragma unroll 1
+      for (int q = 0; q < kKeys / 16; ++q) {  // 16 keys: words 4 (q % 2) .. + 3 of 32-key group q / 2
+        uint32_t w0[4], w1[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int b = 32 * (q / 2) + 16 * (q % 2) + 2 * i;
+          const uint32_t r0 = row(b, c), r1 = row(b + 1, c), r8 = row(b + 8, c), r9 = row(b + 9, c);
+          const uint32_t x0 = __byte_perm(r0, r1, 0x5410), x1 = __byte_perm(r0, r1, 0x7632);
+          const uint32_t y0 = __byte_perm(r8, r9, 0x5410), y1 = __byte_perm(r8, r9, 0x7632);
+          constexpr uint32_t kAbs = 0x7fff7fffu;
+          amax = __vmaxu2(amax, __vmaxu2(__vmaxu2(r0 & kAbs, r1 & kAbs), __vmaxu2(r8 & kAbs, r9 & kAbs)));
+          w0[i] = e4m3x4(x0, y0, inv0);
+          w1[i] = e4m3x4(x1, y1, inv1);
+        }
+        *reinterpret_cast<uint4*>(out + (2 * c) * int64_t(p.padded_len) + 16 * q) = make_uint4(w0[0], w0[1], w0[2], w0[3]);
+        *reinterpret_cast<uint4*>(out + (2 * c + 1) * int64_t(p.padded_len) + 16 * q) = make_uint4(w1[0], w1[1], w1[2], w1[3]);
+      }
+      overflow(p, bh * D + 2 * c, amax & 0xffffu);
+      overflow(p, bh * D + 2 * c + 1, amax >> 16);
+    }
+  }
+  // Keys (b, b + 1) in `lo` and (b + 8, b + 9) in `hi`, one channel, as a word of 4 e4m3 bytes.
+  __device__ static uint32_t e4m3x4(uint32_t lo, uint32_t hi, float inv) {
+    const float2 a = Half2<T>::to_floats(*reinterpret_cast<const H2*>(&lo));
+    const float2 b = Half2<T>::to_floats(*reinterpret_cast<const H2*>(&hi));
+    return ptx::cvt_e4m3x2(a.x * inv, a.y * inv) | uint32_t(ptx::cvt_e4m3x2(b.x * inv, b.y * inv)) << 16;
+  }
+  __device__ static void overflow(const KvStreamParams& p, int i, uint32_t bits16) {
+    const uint16_t h = uint16_t(bits16);
+    const float a = to_float(*reinterpret_cast<const T*>(&h));
+    if (a > p.v_limit[i]) int8::atomic_amax(&p.v_overflow[i], a);
+  }
+
+  // The head's last chunk: channels that overflowed are encoded again with their maximum (from
+  // V in global memory: rare), then every scale is final and the head is published.
+  __device__ static void finish_head(const KvStreamParams& p, int bh, int lane) {
+    uint32_t redo = 0;
+    for (int c = lane; c < D / 2; c += 32) {
+      const int i = bh * D + 2 * c;
+      const float o0 = ld_relaxed(p.v_overflow + i), o1 = ld_relaxed(p.v_overflow + i + 1);
+      if (o0 > 0.0f || o1 > 0.0f) redo |= 1u << (c / 32);
+      p.v_scale[i] = e4m3_scale(fmaxf(p.v_limit[i], o0));
+      p.v_scale[i + 1] = e4m3_scale(fmaxf(p.v_limit[i + 1], o1));
+    }
+    if (__any_sync(0xffffffffu, redo != 0)) {
+      const T* v = static_cast<const T*>(p.v) + (bh / p.heads) * p.v_stride_b + (bh % p.heads) * p.v_stride_h;
+      for (int k0 = 0; k0 < p.padded_len; k0 += kKeys) {
+        auto row = [&](int k, int c) -> uint32_t {
+          return k0 + k < p.len ? *reinterpret_cast<const uint32_t*>(v + (k0 + k) * p.v_stride_n + 2 * c) : 0u;
+        };
+        encode_v(p, row, bh, k0, lane, p.v_scale + bh * D, redo);
+      }
+    }
+    __syncwarp();
+    if (lane == 0) {
+      __threadfence();
+      asm volatile("st.release.gpu.global.s32 [%0], 1;\n" ::"l"(p.ready + bh) : "memory");
+    }
+  }
+  __device__ static float ld_relaxed(const float* x) {
+    float v;
+    asm volatile("ld.relaxed.gpu.global.f32 %0, [%1];\n" : "=f"(v) : "l"(x) : "memory");
+    return v;
+  }
+
+  // ---------------------------------------------------------------- the warp
+  __device__ static void run(const KvStreamParams& p) {
+    extern __shared__ __align__(128) uint8_t smem[];
+    const int lane = threadIdx.x;
+    const uint32_t stages = ptx::smem_addr(smem), full = stages + kStages * kChunkBytes;
+    if (lane < kStages) ptx::mbar_init(full + 8 * lane, 1);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    __syncwarp();
+    ptx::wait_prior_grids();  // (launch_after) and lets the attention kernel launch now
+    const int per_head = chunks_per_head(p), total = per_head * p.heads * p.batch;
+    auto issue = [&](int n) {  // this CTA's n-th chunk into stage n % kStages
+      const int chunk = blockIdx.x + n * gridDim.x;
+      if (lane != 0 || chunk >= total) return;
+      const int bh = chunk / per_head, j = chunk % per_head;
+      const uint32_t bar = full + 8 * (n % kStages);
+      sm90::mbar_arrive_expect_tx(bar, kChunkBytes);
+      sm90::tma_load_4d(stages + (n % kStages) * kChunkBytes, j % 2 ? &p.v_map : &p.k_map, bar, 0, (j / 2) * kKeys,
+                        bh % p.heads, bh / p.heads);
+    };
+    for (int n = 0; n < kStages - 1; ++n) issue(n);
+    for (int n = 0;; ++n) {
+      const int chunk = blockIdx.x + n * gridDim.x;
+      if (chunk >= total) break;
+      issue(n + kStages - 1);
+      ptx::mbar_wait(full + 8 * (n % kStages), (n / kStages) & 1);
+      const int bh = chunk / per_head, j = chunk % per_head, k0 = (j / 2) * kKeys;
+      const uint4* rows = reinterpret_cast<const uint4*>(smem + (n % kStages) * kChunkBytes);
+      if (j % 2 == 0) {
+        if (k0 < p.len) encode_k(p, rows, bh, k0, lane);
+      } else {
+        const uint32_t* words = reinterpret_cast<const uint32_t*>(rows);
+        encode_v(p, [&](int k, int c) { return words[k * (D / 2) + c]; }, bh, k0, lane, p.v_scale + bh * D);
+      }
+      __syncwarp();  // every lane is done with the stage (it is loaded again next) and has written
+      int last = 0;
+      if (lane == 0) {
+        __threadfence();
+        last = atomicAdd(p.done + bh, 1) == per_head - 1;
+      }
+      if (__shfl_sync(0xffffffffu, last, 0)) {
+        __threadfence();  // every chunk's writes (their atomics: v_overflow) before the head's are read
+        finish_head(p, bh, lane);
+      }
+    }
+  }
+};
+
+// One warp an SM, at most 32 registers: what the attention kernel's CTA leaves of the register
+// file (384 threads at 168).
+template <typename T, int D, bool kPerThread>
+__global__ void __maxnreg__(32) kv_stream_kernel(const __grid_constant__ KvStreamParams p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  KvStream<T, D, kPerThread>::run(p);
+#endif
+}
+
+}  // namespace sage
