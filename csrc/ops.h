@@ -18,6 +18,9 @@ std::tuple<at::Tensor, at::Tensor> quant_int8(const at::Tensor& x, const std::op
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quant_int8_smooth(const at::Tensor& x, int64_t tensor_layout,
                                                                  int64_t group_block, int64_t group_stride);
 
+// x's fp32 mean over its token sample [B, H, D] (quant_int8_smooth's mean; not an op).
+at::Tensor sample_mean(const at::Tensor& x, int64_t tensor_layout);
+
 // -> (v_fp8 [B, H, D, N_pad], v_scale [B, H, D]); see quant/quant_v_fp8.cuh.
 std::tuple<at::Tensor, at::Tensor> quant_v_fp8(const at::Tensor& v, int64_t tensor_layout);
 

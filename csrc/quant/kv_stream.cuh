@@ -109,63 +109,117 @@ struct KvStream {
   __device__ static int chunks_per_head(const KvStreamParams& p) { return 2 * (p.padded_len / kKeys); }
 
   // ---------------------------------------------------------------- K
-  // Chunk rows [kKeys][D] of 16-bit K at `rows` (shared), keys k0 .. of head bh.
+  // Chunk rows [kKeys][D] of 16-bit K at `rows` (shared), keys k0 .. of head bh. A lane holds
+  // 8 channels (slice) of rows r0 + kRowsPerPass i.
   __device__ static void encode_k(const KvStreamParams& p, const uint4* rows, int bh, int k0, int lane) {
+    if constexpr (!Half2<T>::kBf16)
+      if (encode_k_f16(p, rows, bh, k0, lane)) return;
+    encode_k_f32(p, rows, bh, k0, lane);
+  }
+
+  // The group maxima of this lane's rows, reduced over the lanes that share its groups.
+  template <typename Amax>
+  __device__ static void group_maxima(float (&amax)[kLaneGroups], Amax row_amax, int r0) {
+#pragma unroll
+    for (int g = 0; g < kLaneGroups; ++g) amax[g] = 0.0f;
+#pragma unroll 4
+    for (int i = 0; i < kKeys / kRowsPerPass; ++i)
+      amax[i % kLaneGroups] = fmaxf(amax[i % kLaneGroups], row_amax(r0 + kRowsPerPass * i));
+#pragma unroll
+    for (int g = 0; g < kLaneGroups; ++g)
+      // per_thread: the lanes of one r0 share their groups; per_warp: all lanes share the one.
+#pragma unroll
+      for (int off = 1; off < (kPerThread ? kSlices : 32); off *= 2)
+        amax[g] = fmaxf(amax[g], __shfl_xor_sync(0xffffffffu, amax[g], off));
+  }
+
+  // fp16 K: k - mean and the rounding to INT8 in f16x2 (an FMA with 1536 leaves the nearest
+  // integer in a half's low byte: 4 instructions for 8 values, against 8 conversions, 8
+  // subtractions, 16 multiply-adds and 3 permutes in fp32; this warp shares its scheduler with
+  // the attention kernel's). Returns false, having written nothing, where a group's maximum is
+  // out of its reach (|k - mean| above 65504, or 127 / maximum above 32768).
+  __device__ static bool encode_k_f16(const KvStreamParams& p, const uint4* rows, int bh, int k0, int lane) {
     const int slice = lane % kSlices, r0 = lane / kSlices;
-    H2 mean[4];
+    __half2 mean[4];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const float* m = p.k_mean + bh * D + 8 * slice + 2 * j;
-      mean[j] = p.k_mean != nullptr ? Half2<T>::from_floats(m[0], m[1]) : Half2<T>::from_floats(0.0f, 0.0f);
-    }
-    // Group maxima of |k - mean|, in K's type: a maximum is exact in any format.
-    H2 amax[kLaneGroups];
+    for (int j = 0; j < 4; ++j)
+      mean[j] = p.k_mean ? __floats2half2_rn(p.k_mean[bh * D + 8 * slice + 2 * j], p.k_mean[bh * D + 8 * slice + 2 * j + 1])
+                         : __float2half2_rn(0.0f);
+    auto centered = [&](int r, int j) {
+      const uint4 raw = rows[r * kSlices + slice];
+      return __hsub2(reinterpret_cast<const __half2*>(&raw)[j], mean[j]);
+    };
+    float amax[kLaneGroups];
+    group_maxima(amax, [&](int r) {
+      __half2 m = __habs2(centered(r, 0));
 #pragma unroll
-    for (int g = 0; g < kLaneGroups; ++g) amax[g] = Half2<T>::from_floats(0.0f, 0.0f);
+      for (int j = 1; j < 4; ++j) m = __hmax2(m, __habs2(centered(r, j)));
+      return fmaxf(__low2float(m), __high2float(m));
+    }, r0);
+    bool ok = true;
+#pragma unroll
+    for (int g = 0; g < kLaneGroups; ++g) ok &= amax[g] == 0.0f || (amax[g] <= 65504.0f && amax[g] >= 127.0f / 32768.0f);
+    if (!__all_sync(0xffffffffu, ok)) return false;
+    __half2 mult[kLaneGroups];
+#pragma unroll
+    for (int g = 0; g < kLaneGroups; ++g) mult[g] = __float2half2_rn(amax[g] > 0.0f ? 127.0f / amax[g] : 1.0f);
+    const int rows_here = min(kKeys, p.len - k0);
+    int8_t* out = p.k_out + (int64_t(bh) * p.len + k0) * D + 8 * slice;
+    const __half2 bias = __float2half2_rn(1536.0f);
 #pragma unroll 4
     for (int i = 0; i < kKeys / kRowsPerPass; ++i) {
-      uint4 raw = rows[(r0 + kRowsPerPass * i) * kSlices + slice];
-      H2* x = reinterpret_cast<H2*>(&raw);
+      const int r = r0 + kRowsPerPass * i;
+      if (r >= rows_here) break;
+      uint32_t q[4];
 #pragma unroll
-      for (int j = 0; j < 4; ++j) amax[i % kLaneGroups] = __hmax2(amax[i % kLaneGroups], __habs2(__hsub2(x[j], mean[j])));
+      for (int j = 0; j < 4; ++j) {
+        const __half2 t = __hfma2(centered(r, j), mult[i % kLaneGroups], bias);
+        q[j] = *reinterpret_cast<const uint32_t*>(&t);
+      }
+      *reinterpret_cast<uint2*>(out + r * D) = make_uint2(__byte_perm(q[0], q[1], 0x6420), __byte_perm(q[2], q[3], 0x6420));
+      if (slice == 0) p.k_scale[int64_t(bh) * p.len + k0 + r] = 1.0f / __low2float(mult[i % kLaneGroups]);
     }
-    float scale[kLaneGroups];
+    return true;
+  }
+
+  // quant_int8's arithmetic: k - mean and the scaling in fp32 (bf16 K, and fp16 K out of
+  // encode_k_f16's reach).
+  __device__ static void encode_k_f32(const KvStreamParams& p, const uint4* rows, int bh, int k0, int lane) {
+    const int slice = lane % kSlices, r0 = lane / kSlices;
+    const float* mean = p.k_mean ? p.k_mean + bh * D + 8 * slice : nullptr;
+    auto centered = [&](int r, float (&v)[8]) {
+      int8::unpack<T>(rows[r * kSlices + slice], v);
+      if (mean)
 #pragma unroll
-    for (int g = 0; g < kLaneGroups; ++g) {
-      const float2 m = Half2<T>::to_floats(amax[g]);
-      float a = fmaxf(m.x, m.y);
-      // per_thread: the lanes of one r0 share groups; per_warp: every lane shares the one.
-#pragma unroll
-      for (int off = 1; off < (kPerThread ? kSlices : 32); off *= 2) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, off));
-      scale[g] = int8::scale_of(a);
-    }
+        for (int j = 0; j < 8; ++j) v[j] -= __ldg(mean + j);
+    };
+    float amax[kLaneGroups];
+    group_maxima(amax, [&](int r) {
+      float v[8];
+      centered(r, v);
+      return int8::lane_amax(v);
+    }, r0);
     const int rows_here = min(kKeys, p.len - k0);
     int8_t* out = p.k_out + (int64_t(bh) * p.len + k0) * D + 8 * slice;
 #pragma unroll 4
     for (int i = 0; i < kKeys / kRowsPerPass; ++i) {
       const int r = r0 + kRowsPerPass * i;
       if (r >= rows_here) break;
-      const uint4 raw = rows[r * kSlices + slice];
-      const H2* x = reinterpret_cast<const H2*>(&raw);
+      const float scale = int8::scale_of(amax[i % kLaneGroups]);
       float v[8];
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const float2 f = Half2<T>::to_floats(__hsub2(x[j], mean[j]));
-        v[2 * j] = f.x;
-        v[2 * j + 1] = f.y;
-      }
-      *reinterpret_cast<uint2*>(out + r * D) = int8::quantize(v, scale[i % kLaneGroups]);
-      if (slice == 0) p.k_scale[int64_t(bh) * p.len + k0 + r] = scale[i % kLaneGroups];
+      centered(r, v);
+      *reinterpret_cast<uint2*>(out + r * D) = int8::quantize(v, scale);
+      if (slice == 0) p.k_scale[int64_t(bh) * p.len + k0 + r] = scale;
     }
   }
 
   // ---------------------------------------------------------------- V
-  // Keys [k0, k0 + kKeys) of V (rows of D 16-bit channels, `row(k)` the one of key k0 + k) as
-  // permuted e4m3 bytes of V^T: word w of a 32-key group holds keys b, b + 1, b + 8, b + 9
-  // (b = 16 (w / 4) + 2 (w % 4)), quant_v_fp8.cuh's permutation. Lane c takes channels 2c,
-  // 2c + 1 (and 2c + 64, 2c + 65 at head dim 128); `only` (the repair): just the channel
-  // pairs it names. `scale`: the head's channel scales. Each channel's |v| maximum above its
-  // limit goes to v_overflow.
+  // Keys [k0, k0 + kKeys) of V (rows of D 16-bit channels; row(k, c): the channel pair c of
+  // key k0 + k as a word) as permuted e4m3 bytes of V^T: word w of a 32-key group holds keys
+  // b, b + 1, b + 8, b + 9 (b = 16 (w / 4) + 2 (w % 4)), quant_v_fp8.cuh's permutation. Lane c
+  // takes channels 2c, 2c + 1 (and 2c + 64, 2c + 65 at head dim 128); `only` (the repair):
+  // just the pairs whose bit (c / 32) it sets. `scale`: the head's channel scales. Each
+  // channel's |v| maximum above its limit goes to v_overflow.
   template <typename Row>
   __device__ static void encode_v(const KvStreamParams& p, Row row, int bh, int k0, int lane, const float* scale,
                                   uint32_t only = ~0u) {
@@ -174,7 +228,11 @@ struct KvStream {
     for (int c = lane; c < D / 2; c += 32) {
       if (!(only >> (c / 32) & 1)) continue;
       const float inv0 = 1.0f / scale[2 * c], inv1 = 1.0f / scale[2 * c + 1];
-      uint32_t amax = 0;  // |v| of both channels as 16-bit magnitudes, which order like their bits
+      // fp16 V times the inverse scale in f16x2, then e4m3 from f16x2: half the instructions of
+      // fp32, where the inverse fits (the product's double rounding is far below e4m3's step).
+      const bool f16 = !Half2<T>::kBf16 && fmaxf(inv0, inv1) <= 32768.0f;
+      const __half2 inv = __floats2half2_rn(inv0, inv1);
+      H2 amax = Half2<T>::from_floats(0.0f, 0.0f);  // |v| maxima of channels 2c (low) and 2c + 1
 #pragma unroll 1
       for (int q = 0; q < kKeys / 16; ++q) {  // 16 keys: words 4 (q % 2) .. + 3 of 32-key group q / 2
         uint32_t w0[4], w1[4];
@@ -182,30 +240,37 @@ struct KvStream {
         for (int i = 0; i < 4; ++i) {
           const int b = 32 * (q / 2) + 16 * (q % 2) + 2 * i;
           const uint32_t r0 = row(b, c), r1 = row(b + 1, c), r8 = row(b + 8, c), r9 = row(b + 9, c);
+          amax = __hmax2(amax, __hmax2(__hmax2(habs(r0), habs(r1)), __hmax2(habs(r8), habs(r9))));
           const uint32_t x0 = __byte_perm(r0, r1, 0x5410), x1 = __byte_perm(r0, r1, 0x7632);
           const uint32_t y0 = __byte_perm(r8, r9, 0x5410), y1 = __byte_perm(r8, r9, 0x7632);
-          constexpr uint32_t kAbs = 0x7fff7fffu;
-          amax = __vmaxu2(amax, __vmaxu2(__vmaxu2(r0 & kAbs, r1 & kAbs), __vmaxu2(r8 & kAbs, r9 & kAbs)));
-          w0[i] = e4m3x4(x0, y0, inv0);
-          w1[i] = e4m3x4(x1, y1, inv1);
+          if (f16) {
+            w0[i] = e4m3x4_f16(x0, y0, __low2half2(inv));
+            w1[i] = e4m3x4_f16(x1, y1, __high2half2(inv));
+          } else {
+            w0[i] = e4m3x4_f32(x0, y0, inv0);
+            w1[i] = e4m3x4_f32(x1, y1, inv1);
+          }
         }
         *reinterpret_cast<uint4*>(out + (2 * c) * int64_t(p.padded_len) + 16 * q) = make_uint4(w0[0], w0[1], w0[2], w0[3]);
         *reinterpret_cast<uint4*>(out + (2 * c + 1) * int64_t(p.padded_len) + 16 * q) = make_uint4(w1[0], w1[1], w1[2], w1[3]);
       }
-      overflow(p, bh * D + 2 * c, amax & 0xffffu);
-      overflow(p, bh * D + 2 * c + 1, amax >> 16);
+      const float2 a = Half2<T>::to_floats(amax);
+      if (a.x > p.v_limit[bh * D + 2 * c]) int8::atomic_amax(&p.v_overflow[bh * D + 2 * c], a.x);
+      if (a.y > p.v_limit[bh * D + 2 * c + 1]) int8::atomic_amax(&p.v_overflow[bh * D + 2 * c + 1], a.y);
     }
   }
+  __device__ static H2 habs(uint32_t pair) { return __habs2(*reinterpret_cast<const H2*>(&pair)); }
   // Keys (b, b + 1) in `lo` and (b + 8, b + 9) in `hi`, one channel, as a word of 4 e4m3 bytes.
-  __device__ static uint32_t e4m3x4(uint32_t lo, uint32_t hi, float inv) {
+  __device__ static uint32_t e4m3x4_f16(uint32_t lo, uint32_t hi, __half2 inv) {
+    const __half2 a = __hmul2(*reinterpret_cast<const __half2*>(&lo), inv);
+    const __half2 b = __hmul2(*reinterpret_cast<const __half2*>(&hi), inv);
+    return ptx::cvt_e4m3x2_from_f16x2(*reinterpret_cast<const uint32_t*>(&a)) |
+           uint32_t(ptx::cvt_e4m3x2_from_f16x2(*reinterpret_cast<const uint32_t*>(&b))) << 16;
+  }
+  __device__ static uint32_t e4m3x4_f32(uint32_t lo, uint32_t hi, float inv) {
     const float2 a = Half2<T>::to_floats(*reinterpret_cast<const H2*>(&lo));
     const float2 b = Half2<T>::to_floats(*reinterpret_cast<const H2*>(&hi));
     return ptx::cvt_e4m3x2(a.x * inv, a.y * inv) | uint32_t(ptx::cvt_e4m3x2(b.x * inv, b.y * inv)) << 16;
-  }
-  __device__ static void overflow(const KvStreamParams& p, int i, uint32_t bits16) {
-    const uint16_t h = uint16_t(bits16);
-    const float a = to_float(*reinterpret_cast<const T*>(&h));
-    if (a > p.v_limit[i]) int8::atomic_amax(&p.v_overflow[i], a);
   }
 
   // The head's last chunk: channels that overflowed are encoded again with their maximum (from

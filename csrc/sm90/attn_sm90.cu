@@ -230,15 +230,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_sm90_fp8(const at::Tensor& q
   const bool persistent = qs.b * qs.h * ((qs.n + 127) / 128) >= 2 * sm_count(q.get_device()) && ks.n > 0 && ks.h > 0 &&
                           ks.b > 0 && (qs.d == 64 || qs.d == 128) && qs.d == ks.d;
   if (!persistent) {
-    at::Tensor k_int8, k_scale, k_mean;
-    if (smooth_k)
-      std::tie(k_int8, k_scale, k_mean) = quant_int8_smooth(k, tensor_layout, kKeyBlock, k_group_stride);
-    else
-      std::tie(k_int8, k_scale) = quant_int8(k, std::nullopt, tensor_layout, kKeyBlock, k_group_stride, 1.0);
+    // The mean rounded to K's type, as kv_stats_kernel gives it.
+    const at::Tensor k_mean = smooth_k ? sample_mean(k, tensor_layout).to(k.scalar_type()).to(at::kFloat)
+                                       : at::empty({0}, q.options().dtype(at::kFloat));
+    const auto [k_int8, k_scale] = quant_int8(k, smooth_k ? std::optional<at::Tensor>(k_mean) : std::nullopt,
+                                              tensor_layout, kKeyBlock, k_group_stride, 1.0);
     const auto [v_fp8, v_scale] = quant_v_fp8(v, tensor_layout);
     const auto [out, lse] = attn_sm90(q, k_int8, v_fp8, k_scale, v_scale, tensor_layout, q_group_block,
                                       q_group_stride, q_scale_mult, is_causal, return_lse);
-    return {out, lse, k_mean.defined() ? k_mean : at::empty({0}, q.options().dtype(at::kFloat))};
+    return {out, lse, k_mean};
   }
   const auto f32 = q.options().dtype(at::kFloat);
   const int64_t D = ks.d, heads = ks.b * ks.h, padded = (ks.n + 127) / 128 * 128;
