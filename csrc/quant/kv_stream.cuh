@@ -117,14 +117,17 @@ struct KvStream {
     encode_k_f32(p, rows, bh, k0, lane);
   }
 
-  // The group maxima of this lane's rows, reduced over the lanes that share its groups.
+  // The group maxima of this lane's rows below `rows` (those past the sequence, zeros from the
+  // TMA, are not keys), reduced over the lanes that share its groups.
   template <typename Amax>
-  __device__ static void group_maxima(float (&amax)[kLaneGroups], Amax row_amax, int r0) {
+  __device__ static void group_maxima(float (&amax)[kLaneGroups], Amax row_amax, int r0, int rows) {
 #pragma unroll
     for (int g = 0; g < kLaneGroups; ++g) amax[g] = 0.0f;
 #pragma unroll 4
-    for (int i = 0; i < kKeys / kRowsPerPass; ++i)
-      amax[i % kLaneGroups] = fmaxf(amax[i % kLaneGroups], row_amax(r0 + kRowsPerPass * i));
+    for (int i = 0; i < kKeys / kRowsPerPass; ++i) {
+      const int r = r0 + kRowsPerPass * i;
+      if (r < rows) amax[i % kLaneGroups] = fmaxf(amax[i % kLaneGroups], row_amax(r));
+    }
 #pragma unroll
     for (int g = 0; g < kLaneGroups; ++g)
       // per_thread: the lanes of one r0 share their groups; per_warp: all lanes share the one.
@@ -149,13 +152,14 @@ struct KvStream {
       const uint4 raw = rows[r * kSlices + slice];
       return __hsub2(reinterpret_cast<const __half2*>(&raw)[j], mean[j]);
     };
+    const int rows_here = min(kKeys, p.len - k0);
     float amax[kLaneGroups];
     group_maxima(amax, [&](int r) {
       __half2 m = __habs2(centered(r, 0));
 #pragma unroll
       for (int j = 1; j < 4; ++j) m = __hmax2(m, __habs2(centered(r, j)));
       return fmaxf(__low2float(m), __high2float(m));
-    }, r0);
+    }, r0, rows_here);
     bool ok = true;
 #pragma unroll
     for (int g = 0; g < kLaneGroups; ++g) ok &= amax[g] == 0.0f || (amax[g] <= 65504.0f && amax[g] >= 127.0f / 32768.0f);
@@ -163,7 +167,6 @@ struct KvStream {
     __half2 mult[kLaneGroups];
 #pragma unroll
     for (int g = 0; g < kLaneGroups; ++g) mult[g] = __float2half2_rn(amax[g] > 0.0f ? 127.0f / amax[g] : 1.0f);
-    const int rows_here = min(kKeys, p.len - k0);
     int8_t* out = p.k_out + (int64_t(bh) * p.len + k0) * D + 8 * slice;
     const __half2 bias = __float2half2_rn(1536.0f);
 #pragma unroll 4
@@ -193,13 +196,13 @@ struct KvStream {
 #pragma unroll
         for (int j = 0; j < 8; ++j) v[j] -= __ldg(mean + j);
     };
+    const int rows_here = min(kKeys, p.len - k0);
     float amax[kLaneGroups];
     group_maxima(amax, [&](int r) {
       float v[8];
       centered(r, v);
       return int8::lane_amax(v);
-    }, r0);
-    const int rows_here = min(kKeys, p.len - k0);
+    }, r0, rows_here);
     int8_t* out = p.k_out + (int64_t(bh) * p.len + k0) * D + 8 * slice;
 #pragma unroll 4
     for (int i = 0; i < kKeys / kRowsPerPass; ++i) {
