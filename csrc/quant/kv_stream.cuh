@@ -165,9 +165,14 @@ struct KvStream {
     for (int g = 0; g < kLaneGroups; ++g) ok &= amax[g] == 0.0f || (amax[g] <= 65504.0f && amax[g] >= 127.0f / 32768.0f);
     if (!__all_sync(0xffffffffu, ok)) return false;
     __half2 mult[kLaneGroups];
+    float scale[kLaneGroups];  // what dequantizes: 1 / the multiplier as rounded
 #pragma unroll
-    for (int g = 0; g < kLaneGroups; ++g) mult[g] = __float2half2_rn(amax[g] > 0.0f ? 127.0f / amax[g] : 1.0f);
+    for (int g = 0; g < kLaneGroups; ++g) {
+      mult[g] = __float2half2_rn(amax[g] > 0.0f ? 127.0f / amax[g] : 1.0f);
+      scale[g] = 1.0f / __low2float(mult[g]);
+    }
     int8_t* out = p.k_out + (int64_t(bh) * p.len + k0) * D + 8 * slice;
+    float* scale_out = p.k_scale + int64_t(bh) * p.len + k0;
     const __half2 bias = __float2half2_rn(1536.0f);
 #pragma unroll 4
     for (int i = 0; i < kKeys / kRowsPerPass; ++i) {
@@ -180,7 +185,7 @@ struct KvStream {
         q[j] = *reinterpret_cast<const uint32_t*>(&t);
       }
       *reinterpret_cast<uint2*>(out + r * D) = make_uint2(__byte_perm(q[0], q[1], 0x6420), __byte_perm(q[2], q[3], 0x6420));
-      if (slice == 0) p.k_scale[int64_t(bh) * p.len + k0 + r] = 1.0f / __low2float(mult[i % kLaneGroups]);
+      if (slice == 0) scale_out[r] = scale[i % kLaneGroups];
     }
     return true;
   }
@@ -233,34 +238,41 @@ struct KvStream {
       const float inv0 = 1.0f / scale[2 * c], inv1 = 1.0f / scale[2 * c + 1];
       // fp16 V times the inverse scale in f16x2, then e4m3 from f16x2: half the instructions of
       // fp32, where the inverse fits (the product's double rounding is far below e4m3's step).
-      const bool f16 = !Half2<T>::kBf16 && fmaxf(inv0, inv1) <= 32768.0f;
-      const __half2 inv = __floats2half2_rn(inv0, inv1);
-      H2 amax = Half2<T>::from_floats(0.0f, 0.0f);  // |v| maxima of channels 2c (low) and 2c + 1
-#pragma unroll 1
-      for (int q = 0; q < kKeys / 16; ++q) {  // 16 keys: words 4 (q % 2) .. + 3 of 32-key group q / 2
-        uint32_t w0[4], w1[4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int b = 32 * (q / 2) + 16 * (q % 2) + 2 * i;
-          const uint32_t r0 = row(b, c), r1 = row(b + 1, c), r8 = row(b + 8, c), r9 = row(b + 9, c);
-          amax = __hmax2(amax, __hmax2(__hmax2(habs(r0), habs(r1)), __hmax2(habs(r8), habs(r9))));
-          const uint32_t x0 = __byte_perm(r0, r1, 0x5410), x1 = __byte_perm(r0, r1, 0x7632);
-          const uint32_t y0 = __byte_perm(r8, r9, 0x5410), y1 = __byte_perm(r8, r9, 0x7632);
-          if (f16) {
-            w0[i] = e4m3x4_f16(x0, y0, __low2half2(inv));
-            w1[i] = e4m3x4_f16(x1, y1, __high2half2(inv));
-          } else {
-            w0[i] = e4m3x4_f32(x0, y0, inv0);
-            w1[i] = e4m3x4_f32(x1, y1, inv1);
-          }
-        }
-        *reinterpret_cast<uint4*>(out + (2 * c) * int64_t(p.padded_len) + 16 * q) = make_uint4(w0[0], w0[1], w0[2], w0[3]);
-        *reinterpret_cast<uint4*>(out + (2 * c + 1) * int64_t(p.padded_len) + 16 * q) = make_uint4(w1[0], w1[1], w1[2], w1[3]);
-      }
-      const float2 a = Half2<T>::to_floats(amax);
+      const float2 a = !Half2<T>::kBf16 && fmaxf(inv0, inv1) <= 32768.0f
+                           ? encode_pair<true>(row, c, inv0, inv1, out + 2 * c * int64_t(p.padded_len), p.padded_len)
+                           : encode_pair<false>(row, c, inv0, inv1, out + 2 * c * int64_t(p.padded_len), p.padded_len);
       if (a.x > p.v_limit[bh * D + 2 * c]) int8::atomic_amax(&p.v_overflow[bh * D + 2 * c], a.x);
       if (a.y > p.v_limit[bh * D + 2 * c + 1]) int8::atomic_amax(&p.v_overflow[bh * D + 2 * c + 1], a.y);
     }
+  }
+  // Channels 2c, 2c + 1 of the chunk's keys to rows `out` and `out + stride` of V^T; returns
+  // their |v| maxima.
+  template <bool kF16, typename Row>
+  __device__ static float2 encode_pair(Row row, int c, float inv0, float inv1, uint8_t* out, int stride) {
+    const __half2 inv = __floats2half2_rn(inv0, inv1);
+    H2 amax = Half2<T>::from_floats(0.0f, 0.0f);  // channel 2c in the low half
+#pragma unroll 1
+    for (int q = 0; q < kKeys / 16; ++q) {  // 16 keys: words 4 (q % 2) .. + 3 of 32-key group q / 2
+      uint32_t w0[4], w1[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int b = 32 * (q / 2) + 16 * (q % 2) + 2 * i;
+        const uint32_t r0 = row(b, c), r1 = row(b + 1, c), r8 = row(b + 8, c), r9 = row(b + 9, c);
+        amax = __hmax2(amax, __hmax2(__hmax2(habs(r0), habs(r1)), __hmax2(habs(r8), habs(r9))));
+        const uint32_t x0 = __byte_perm(r0, r1, 0x5410), x1 = __byte_perm(r0, r1, 0x7632);
+        const uint32_t y0 = __byte_perm(r8, r9, 0x5410), y1 = __byte_perm(r8, r9, 0x7632);
+        if constexpr (kF16) {
+          w0[i] = e4m3x4_f16(x0, y0, __low2half2(inv));
+          w1[i] = e4m3x4_f16(x1, y1, __high2half2(inv));
+        } else {
+          w0[i] = e4m3x4_f32(x0, y0, inv0);
+          w1[i] = e4m3x4_f32(x1, y1, inv1);
+        }
+      }
+      *reinterpret_cast<uint4*>(out + 16 * q) = make_uint4(w0[0], w0[1], w0[2], w0[3]);
+      *reinterpret_cast<uint4*>(out + stride + 16 * q) = make_uint4(w1[0], w1[1], w1[2], w1[3]);
+    }
+    return Half2<T>::to_floats(amax);
   }
   __device__ static H2 habs(uint32_t pair) { return __habs2(*reinterpret_cast<const H2*>(&pair)); }
   // Keys (b, b + 1) in `lo` and (b + 8, b + 9) in `hi`, one channel, as a word of 4 e4m3 bytes.
