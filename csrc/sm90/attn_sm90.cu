@@ -286,6 +286,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_sm90_fp8(const at::Tensor& q
                    token_sample::draw(int(ks.n)));
       auto go = [&](auto kernel, int smem) {
         C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        // An SM changes its L1 / shared memory split only while idle: set up for this warp's
+        // 32-64 KB alone, it would leave no room for the attention CTA beside it.
+        C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                            cudaSharedmemCarveoutMaxShared));
         launch_after(kernel, dim3(sm_count(q.get_device())), 32, smem, stream, s);
       };
       if (k_group_stride == 8)
