@@ -227,9 +227,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_sm90_fp8(const at::Tensor& q
   const Bhnd qs = bhnd(q, tensor_layout, "q"), ks = bhnd(k, tensor_layout, "k"), vs = bhnd(v, tensor_layout, "v");
   TORCH_CHECK(vs.b == ks.b && vs.h == ks.h && vs.n == ks.n && vs.d == ks.d, "v must have k's shape");
   const c10::cuda::CUDAGuard guard(q.device());
-  const bool persistent = qs.b * qs.h * ((qs.n + 127) / 128) >= 2 * sm_count(q.get_device()) && ks.n > 0 && ks.h > 0 &&
-                          ks.b > 0 && (qs.d == 64 || qs.d == 128) && qs.d == ks.d;
-  if (!persistent) {
+  // Streamed where the attention kernel runs persistent and leaves an SM room for the stream's
+  // warp: e4m3 at hd64 (Sm90Kernel::kBesideKvStream). At hd128 its CTA leaves no warp's
+  // registers, and the stream would run before it, one warp an SM: slower than the passes.
+  constexpr int kStreamHd = 64;
+  static_assert(sm90::Sm90Kernel<sm90::Sm90Traits<kStreamHd, PV::kFp8, __half>, true>::kBesideKvStream,
+                "room for the stream's warp");
+  const bool streamed = qs.b * qs.h * ((qs.n + 127) / 128) >= 2 * sm_count(q.get_device()) && ks.n > 0 && ks.h > 0 &&
+                        ks.b > 0 && qs.d == kStreamHd && ks.d == kStreamHd;
+  if (!streamed) {
     // The mean rounded to K's type, as kv_stats_kernel gives it.
     const at::Tensor k_mean = smooth_k ? sample_mean(k, tensor_layout).to(k.scalar_type()).to(at::kFloat)
                                        : at::empty({0}, q.options().dtype(at::kFloat));
@@ -279,9 +285,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_sm90_fp8(const at::Tensor& q
     s.padded_len = int(padded);
     s.clear = clear;
     s.clear_count = clear_count;
-    dispatch_half_hd(q.scalar_type(), D, [&](auto elem, auto head_dim) {
+    dispatch_half(q.scalar_type(), [&](auto elem) {
       using T = typename decltype(elem)::type;
-      constexpr int HD = head_dim();
+      constexpr int HD = kStreamHd;
       launch_after(kv_stats_kernel<T, HD>, dim3(ks.h, ks.b), token_sample::SampleTile<T, HD>::kThreads, 0, stream, s,
                    token_sample::draw(int(ks.n)));
       auto go = [&](auto kernel, int smem) {

@@ -99,13 +99,9 @@ struct Sm90Traits {
   // plus ping-pong 8-11%, and a per-block warpgroup vote (bar.red) to defer the fold
   // 9-22% (bench/results/h200-1378cda-fp8-schedule-ab.txt).
   static constexpr bool kPingPong = !kFp8;
-  // The split of the 64K registers (setmaxnreg, multiples of 8): the producer keeps 24.
-  // setmaxnreg only moves the registers the CTA launched with (65536 / kThreads, rounded
-  // down to 8: 168 a thread at head dim 128): a warpgroup's increase beyond what the others
-  // released waits forever (a producer at 32 and consumers at 240 hung the kernel).
+  // The producer's registers once it has given the rest to the consumers (setmaxnreg,
+  // Sm90Kernel::kConsumerRegs).
   static constexpr int kProducerRegs = 24;
-  static constexpr int kConsumerRegs = (65536 - 128 * kProducerRegs) / kConsumerThreads / 8 * 8;
-  static_assert(kConsumerRegs <= 256 && 128 * kProducerRegs + kConsumerThreads * kConsumerRegs <= 65536, "registers");
   static constexpr int kSTiles = kCtaK / 8;
   static constexpr int kOTiles = kHeadDim / 8;
   // e4m3 P·V also yields the row sums of P: V^T's block carries 8 more rows ("channels")
@@ -220,6 +216,21 @@ struct Sm90Kernel {
   using Softmax = OnlineSoftmax<1, Tr::kSTiles, Tr::kPV, Elem>;
   static constexpr int kPVSteps = Softmax::kPVSteps;
   using Coord = CtaCoord;
+
+  // Registers a thread at launch: the register file / kThreads, rounded down to 8 (168), but
+  // 160 for the persistent e4m3 hd64 grid. A scheduler quarter's file (16K registers) holds
+  // its own warps' registers: at 168 the CTA leaves 256 in each, at 160 1024, room for
+  // kv_stream_kernel's warp of 32 registers (quant/kv_stream.cuh), which runs beside it there.
+  // (hd128's consumers need their 240; at 224, hd64's spill 40 values a tile, outside the
+  // key loop, and the one-CTA-a-tile kernel's would spill inside it.)
+  static constexpr bool kBesideKvStream = kPersistent && kFp8 && D == 64;
+  static constexpr int kLaunchRegs = kBesideKvStream ? 160 : 65536 / Tr::kThreads / 8 * 8;
+  // The consumers take what the producer gives back. setmaxnreg only moves the registers the
+  // CTA launched with: a warpgroup's increase beyond what the others released waits forever
+  // (a producer at 32 and consumers at 240 hung the kernel).
+  static constexpr int kConsumerRegs =
+      (Tr::kThreads * kLaunchRegs - 128 * Tr::kProducerRegs) / Tr::kConsumerThreads / 8 * 8;
+  static_assert(kConsumerRegs <= 256, "registers");
   static constexpr float kLog2PScale = kFp8 ? 8.8073549220576041f : 0.0f;  // log2(Softmax::kPScale)
 
   static constexpr int kTurnBarrier = 1;                            // + wg: consumer wg's turn to issue MMAs (ping-pong)
@@ -1060,7 +1071,7 @@ struct Sm90Kernel {
       setmaxnreg_dec<Tr::kProducerRegs>();
       if (threadIdx.x < 32) produce();
     } else {
-      setmaxnreg_inc<Tr::kConsumerRegs>();
+      setmaxnreg_inc<kConsumerRegs>();
       consume();
     }
   }
@@ -1105,7 +1116,7 @@ struct Sm90Kernel {
 };
 
 template <class Tr, bool kPersistent>
-__global__ void __launch_bounds__(Tr::kThreads, 1) attn_sm90_kernel(const __grid_constant__ Sm90Params p) {
+__global__ void __maxnreg__((Sm90Kernel<Tr, kPersistent>::kLaunchRegs)) attn_sm90_kernel(const __grid_constant__ Sm90Params p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   Sm90Kernel<Tr, kPersistent>::run(p);
 #endif
