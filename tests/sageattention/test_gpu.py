@@ -331,17 +331,17 @@ def sm90_fp8_op(q, k, v, layout, causal, gran="per_thread", smooth=True):
 
 
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("d", [64, 128])
 @pytest.mark.parametrize("layout", [0, 1])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("gran", ["per_thread", "per_warp"])
-def test_sm90_fp8_streamed_kv_matches_reference_op(causal, d, layout, dtype, gran):
-    """Persistent e4m3 grids take K and V from kv_stream_kernel while the attention kernel runs
-    (csrc/quant/kv_stream.cuh): the op against its reference, GQA, a length off the 64-key
+def test_sm90_fp8_streamed_kv_matches_reference_op(causal, layout, dtype, gran):
+    """Persistent e4m3 hd64 grids take K and V from kv_stream_kernel while the attention kernel
+    runs (csrc/quant/kv_stream.cuh): the op against its reference, GQA, a length off the 64-key
     chunks. Its K mean is the reference's exactly (the sample mean rounded to K's dtype); its
     output differs from the reference only where K - mean rounded in fp16 moves an INT8 step."""
     if "sm90_fp8" not in kernels():
         pytest.skip("sm90_fp8 does not run on this GPU/build")
+    d = 64
     q, k, v = make_qkv(b=4, hq=16, hkv=4, nq=1000, nk=1000 if causal else 1100, d=d, dtype=dtype,
                        layout=["HND", "NHD"][layout], device=DEV)
     assert 4 * 16 * -(-1000 // 128) >= 2 * torch.cuda.get_device_properties(0).multi_processor_count
@@ -356,13 +356,14 @@ def test_sm90_fp8_streamed_kv_matches_reference_op(causal, d, layout, dtype, gra
     assert_accurate(out, ref32(q, k, v, ["HND", "NHD"][layout], causal=causal), L1_FP8_PV)
 
 
-@pytest.mark.parametrize("d", [64, 128])
-def test_sm90_fp8_small_grid_quantizes_before(d):
-    """Grids below two tiles an SM quantize K and V before the kernel (no kv_stream_kernel):
-    the same contract, so the same K mean."""
+@pytest.mark.parametrize("d, b, hq", [(64, 1, 2), (128, 1, 2), (128, 4, 16)])
+def test_sm90_fp8_quantizes_before_where_no_stream_fits(d, b, hq):
+    """Grids below two tiles an SM, and hd128 (whose CTA leaves no room for the stream's warp),
+    quantize K and V before the kernel (no kv_stream_kernel): the same contract, so the same
+    K mean."""
     if "sm90_fp8" not in kernels():
         pytest.skip("sm90_fp8 does not run on this GPU/build")
-    q, k, v = make_qkv(b=1, hq=2, nq=300, d=d, device=DEV)
+    q, k, v = make_qkv(b=b, hq=hq, nq=1000 if b > 1 else 300, d=d, device=DEV)
     assert kernels_named(lambda: sm90_fp8_op(q, k, v, 0, False), "kv_stream_kernel") == []
     out, lse, mean = sm90_fp8_op(q, k, v, 0, False)
     want = R.attn_sm90_fp8(q, k, v, 0, 8, True, 32, 8, d ** -0.5 * core.quant.LOG2E, False, True)
@@ -370,14 +371,13 @@ def test_sm90_fp8_small_grid_quantizes_before(d):
     assert_out_matches_reference(core.KERNELS["sm90_fp8"], out, want[0])
 
 
-@pytest.mark.parametrize("d", [64, 128])
-def test_sm90_fp8_streamed_v_repairs_channels_the_sample_missed(d):
+def test_sm90_fp8_streamed_v_repairs_channels_the_sample_missed():
     """V outliers above 16x their channel's sample maximum, at unsampled tokens, on a persistent
     grid: the head's last chunk encodes the channel again with its maximum before it publishes
     the head (kv_stream.cuh), so the output stays accurate."""
     if "sm90_fp8" not in kernels():
         pytest.skip("sm90_fp8 does not run on this GPU/build")
-    n = 1000
+    n, d = 1000, 64
     q, k, v = make_qkv(b=4, hq=16, hkv=4, nq=n, d=d, device=DEV)
     missed = [t for t in range(n) if t not in set(R.sample_tokens(n))]
     v[0, 1, missed[0], 5] = 80.0
