@@ -13,10 +13,15 @@
 // and this kernel waits for nothing the attention kernel does. If the two cannot share an SM
 // (registers, shared memory), the attention CTAs start as these end: serial, as before.
 //
-// Work: chunks of kKeys keys of one KV head, of K or of V, in head order (the attention kernel's
-// tiles run in runs of heads, so the first heads are ready first); CTA i takes chunks i, i + G,
-// i + 2G, ... Each chunk arrives by TMA (rows past the sequence as zeros) into a ring of stages,
-// so no register holds a load in flight.
+// Work: chunks of kKeys keys of one KV head, of K or of V, in units of kUnit chunks of one head,
+// the units in head order (the attention kernel's tiles run in runs of heads, so the first heads
+// are ready first); CTA i takes units i, i + G, i + 2G, ... Each chunk arrives by TMA (rows past
+// the sequence as zeros) into a ring of stages, with its head's parameters (K's mean, V's scales
+// and limits) by bulk copy beside it, so that the warp never waits on a global load: alone on an
+// SM the warp is bound by memory round trips, and beside the attention kernel those took 3-4x
+// longer (h100-1159570-kv-stream-160-registers-ab.txt: 7 us a chunk, 900 us in all at hd64 4k,
+// where a global load and a fence + atomic each chunk made four round trips). A unit ends with
+// one fence and one atomic for its kUnit chunks.
 // - K: the rule of quant_int8 with a smoothing vector (the sample mean, rounded to K's type:
 //   any vector cancels in softmax, and the caller's LSE term uses the same), one scale per
 //   64-key group or per key residue mod 8 inside it (the attention kernel's two granularities).
@@ -50,7 +55,7 @@ struct KvStreamParams {
   int8_t* k_out;        // [B * Hkv][len][D]
   float* k_scale;       // [B * Hkv][len]
   uint8_t* v_out;       // [B * Hkv][D][padded_len] e4m3
-  int* done;            // [B * Hkv]: zero at launch; chunks of the head written
+  int* done;            // [B * Hkv]: zero at launch; units of the head written
   int* ready;           // [B * Hkv]: zero at launch; 1 once the head's K and V are written
   const void* v;        // 16-bit V through element strides (the sample; the repair reads it too)
   int64_t v_stride_b, v_stride_h, v_stride_n;
@@ -97,8 +102,14 @@ template <typename T, int D, bool kPerThread>
 struct KvStream {
   static constexpr int kKeys = 64;  // a chunk: one K scale group block
   static constexpr int kChunkBytes = kKeys * D * 2;
+  static constexpr int kUnit = 4;  // chunks a unit: K, V, K, V of 128 keys (padded_len's multiple)
   static constexpr int kStages = 4;
-  static constexpr int kSmemBytes = kStages * kChunkBytes + kStages * 8;
+  // Shared memory: the stages' chunks, their parameters ([2][D] floats: K's mean, or V's scales
+  // then limits), their mbarriers.
+  static constexpr int kParamBytes = 2 * D * 4;
+  static constexpr int kParamsAt = kStages * kChunkBytes;
+  static constexpr int kBarriersAt = kParamsAt + kStages * kParamBytes;
+  static constexpr int kSmemBytes = kBarriersAt + kStages * 8;
   static constexpr int kSlices = D / 8;             // 16-byte slices of a row
   static constexpr int kRowsPerPass = 32 / kSlices;  // rows a warp covers with one slice a lane
   // K's groups inside a chunk: rows congruent mod 8 (per_thread) or all 64 (per_warp). A lane's
@@ -107,14 +118,18 @@ struct KvStream {
   using H2 = typename Half2<T>::type;
 
   __device__ static int chunks_per_head(const KvStreamParams& p) { return 2 * (p.padded_len / kKeys); }
+  // This CTA's n-th chunk.
+  __device__ static int chunk_of(int n) { return (blockIdx.x + n / kUnit * gridDim.x) * kUnit + n % kUnit; }
 
   // ---------------------------------------------------------------- K
   // Chunk rows [kKeys][D] of 16-bit K at `rows` (shared), keys k0 .. of head bh. A lane holds
   // 8 channels (slice) of rows r0 + kRowsPerPass i.
-  __device__ static void encode_k(const KvStreamParams& p, const uint4* rows, int bh, int k0, int lane) {
+  // `mean`: K's mean (shared), or nullptr.
+  __device__ static void encode_k(const KvStreamParams& p, const uint4* rows, const float* mean, int bh, int k0,
+                                  int lane) {
     if constexpr (!Half2<T>::kBf16)
-      if (encode_k_f16(p, rows, bh, k0, lane)) return;
-    encode_k_f32(p, rows, bh, k0, lane);
+      if (encode_k_f16(p, rows, mean, bh, k0, lane)) return;
+    encode_k_f32(p, rows, mean, bh, k0, lane);
   }
 
   // The group maxima of this lane's rows below `rows` (those past the sequence, zeros from the
@@ -141,13 +156,14 @@ struct KvStream {
   // subtractions, 16 multiply-adds and 3 permutes in fp32; this warp shares its scheduler with
   // the attention kernel's). Returns false, having written nothing, where a group's maximum is
   // out of its reach (|k - mean| above 65504, or 127 / maximum above 32768).
-  __device__ static bool encode_k_f16(const KvStreamParams& p, const uint4* rows, int bh, int k0, int lane) {
+  __device__ static bool encode_k_f16(const KvStreamParams& p, const uint4* rows, const float* k_mean, int bh, int k0,
+                                      int lane) {
     const int slice = lane % kSlices, r0 = lane / kSlices;
     __half2 mean[4];
 #pragma unroll
     for (int j = 0; j < 4; ++j)
-      mean[j] = p.k_mean ? __floats2half2_rn(p.k_mean[bh * D + 8 * slice + 2 * j], p.k_mean[bh * D + 8 * slice + 2 * j + 1])
-                         : __float2half2_rn(0.0f);
+      mean[j] = k_mean ? __floats2half2_rn(k_mean[8 * slice + 2 * j], k_mean[8 * slice + 2 * j + 1])
+                       : __float2half2_rn(0.0f);
     auto centered = [&](int r, int j) {
       const uint4 raw = rows[r * kSlices + slice];
       return __hsub2(reinterpret_cast<const __half2*>(&raw)[j], mean[j]);
@@ -192,14 +208,15 @@ struct KvStream {
 
   // quant_int8's arithmetic: k - mean and the scaling in fp32 (bf16 K, and fp16 K out of
   // encode_k_f16's reach).
-  __device__ static void encode_k_f32(const KvStreamParams& p, const uint4* rows, int bh, int k0, int lane) {
+  __device__ static void encode_k_f32(const KvStreamParams& p, const uint4* rows, const float* k_mean, int bh, int k0,
+                                      int lane) {
     const int slice = lane % kSlices, r0 = lane / kSlices;
-    const float* mean = p.k_mean ? p.k_mean + bh * D + 8 * slice : nullptr;
+    const float* mean = k_mean ? k_mean + 8 * slice : nullptr;
     auto centered = [&](int r, float (&v)[8]) {
       int8::unpack<T>(rows[r * kSlices + slice], v);
       if (mean)
 #pragma unroll
-        for (int j = 0; j < 8; ++j) v[j] -= __ldg(mean + j);
+        for (int j = 0; j < 8; ++j) v[j] -= mean[j];
     };
     const int rows_here = min(kKeys, p.len - k0);
     float amax[kLaneGroups];
@@ -226,11 +243,11 @@ struct KvStream {
   // key k0 + k as a word) as permuted e4m3 bytes of V^T: word w of a 32-key group holds keys
   // b, b + 1, b + 8, b + 9 (b = 16 (w / 4) + 2 (w % 4)), quant_v_fp8.cuh's permutation. Lane c
   // takes channels 2c, 2c + 1 (and 2c + 64, 2c + 65 at head dim 128); `only` (the repair):
-  // just the pairs whose bit (c / 32) it sets. `scale`: the head's channel scales. Each
-  // channel's |v| maximum above its limit goes to v_overflow.
+  // just the pairs whose bit (c / 32) it sets. `scale`, `limit`: the head's channel scales and
+  // limits. Each channel's |v| maximum above its limit goes to v_overflow.
   template <typename Row>
   __device__ static void encode_v(const KvStreamParams& p, Row row, int bh, int k0, int lane, const float* scale,
-                                  uint32_t only = ~0u) {
+                                  const float* limit, uint32_t only = ~0u) {
     uint8_t* out = p.v_out + int64_t(bh) * D * p.padded_len + k0;
 #pragma unroll 1
     for (int c = lane; c < D / 2; c += 32) {
@@ -241,8 +258,8 @@ struct KvStream {
       const float2 a = !Half2<T>::kBf16 && fmaxf(inv0, inv1) <= 32768.0f
                            ? encode_pair<true>(row, c, inv0, inv1, out + 2 * c * int64_t(p.padded_len), p.padded_len)
                            : encode_pair<false>(row, c, inv0, inv1, out + 2 * c * int64_t(p.padded_len), p.padded_len);
-      if (a.x > p.v_limit[bh * D + 2 * c]) int8::atomic_amax(&p.v_overflow[bh * D + 2 * c], a.x);
-      if (a.y > p.v_limit[bh * D + 2 * c + 1]) int8::atomic_amax(&p.v_overflow[bh * D + 2 * c + 1], a.y);
+      if (a.x > limit[2 * c]) int8::atomic_amax(&p.v_overflow[bh * D + 2 * c], a.x);
+      if (a.y > limit[2 * c + 1]) int8::atomic_amax(&p.v_overflow[bh * D + 2 * c + 1], a.y);
     }
   }
   // Channels 2c, 2c + 1 of the chunk's keys to rows `out` and `out + stride` of V^T; returns
@@ -305,7 +322,7 @@ struct KvStream {
         auto row = [&](int k, int c) -> uint32_t {
           return k0 + k < p.len ? *reinterpret_cast<const uint32_t*>(v + (k0 + k) * p.v_stride_n + 2 * c) : 0u;
         };
-        encode_v(p, row, bh, k0, lane, p.v_scale + bh * D, redo);
+        encode_v(p, row, bh, k0, lane, p.v_scale + bh * D, p.v_limit + bh * D, redo);
       }
     }
     __syncwarp();
@@ -324,43 +341,53 @@ struct KvStream {
   __device__ static void run(const KvStreamParams& p) {
     extern __shared__ __align__(128) uint8_t smem[];
     const int lane = threadIdx.x;
-    const uint32_t stages = ptx::smem_addr(smem), full = stages + kStages * kChunkBytes;
+    const uint32_t stages = ptx::smem_addr(smem), full = stages + kBarriersAt;
     if (lane < kStages) ptx::mbar_init(full + 8 * lane, 1);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     __syncwarp();
     ptx::wait_prior_grids();  // (launch_after) and lets the attention kernel launch now
     const int per_head = chunks_per_head(p), total = per_head * p.heads * p.batch;
-    auto issue = [&](int n) {  // this CTA's n-th chunk into stage n % kStages
-      const int chunk = blockIdx.x + n * gridDim.x;
+    auto issue = [&](int n) {  // this CTA's n-th chunk and its parameters into stage n % kStages
+      const int chunk = chunk_of(n);
       if (lane != 0 || chunk >= total) return;
-      const int bh = chunk / per_head, j = chunk % per_head;
-      const uint32_t bar = full + 8 * (n % kStages);
-      sm90::mbar_arrive_expect_tx(bar, kChunkBytes);
-      sm90::tma_load_4d(stages + (n % kStages) * kChunkBytes, j % 2 ? &p.v_map : &p.k_map, bar, 0, (j / 2) * kKeys,
-                        bh % p.heads, bh / p.heads);
+      const int bh = chunk / per_head, j = chunk % per_head, s = n % kStages;
+      const uint32_t bar = full + 8 * s, params = stages + kParamsAt + s * kParamBytes;
+      const bool v = j % 2, mean = !v && p.k_mean != nullptr;
+      sm90::mbar_arrive_expect_tx(bar, kChunkBytes + (v ? 2 : mean) * D * 4);
+      sm90::tma_load_4d(stages + s * kChunkBytes, v ? &p.v_map : &p.k_map, bar, 0, (j / 2) * kKeys, bh % p.heads,
+                        bh / p.heads);
+      if (v) {
+        sm90::bulk_load(params, p.v_scale + bh * D, D * 4, bar);
+        sm90::bulk_load(params + D * 4, p.v_limit + bh * D, D * 4, bar);
+      } else if (mean) {
+        sm90::bulk_load(params, p.k_mean + bh * D, D * 4, bar);
+      }
     };
     for (int n = 0; n < kStages - 1; ++n) issue(n);
     for (int n = 0;; ++n) {
-      const int chunk = blockIdx.x + n * gridDim.x;
+      const int chunk = chunk_of(n);
       if (chunk >= total) break;
       issue(n + kStages - 1);
-      ptx::mbar_wait(full + 8 * (n % kStages), (n / kStages) & 1);
+      const int s = n % kStages;
+      ptx::mbar_wait(full + 8 * s, (n / kStages) & 1);
       const int bh = chunk / per_head, j = chunk % per_head, k0 = (j / 2) * kKeys;
-      const uint4* rows = reinterpret_cast<const uint4*>(smem + (n % kStages) * kChunkBytes);
+      const uint4* rows = reinterpret_cast<const uint4*>(smem + s * kChunkBytes);
+      const float* params = reinterpret_cast<const float*>(smem + kParamsAt + s * kParamBytes);
       if (j % 2 == 0) {
-        if (k0 < p.len) encode_k(p, rows, bh, k0, lane);
+        if (k0 < p.len) encode_k(p, rows, p.k_mean ? params : nullptr, bh, k0, lane);
       } else {
         const uint32_t* words = reinterpret_cast<const uint32_t*>(rows);
-        encode_v(p, [&](int k, int c) { return words[k * (D / 2) + c]; }, bh, k0, lane, p.v_scale + bh * D);
+        encode_v(p, [&](int k, int c) { return words[k * (D / 2) + c]; }, bh, k0, lane, params, params + D);
       }
       __syncwarp();  // every lane is done with the stage (it is loaded again next) and has written
+      if (n % kUnit != kUnit - 1) continue;
       int last = 0;
       if (lane == 0) {
         __threadfence();
-        last = atomicAdd(p.done + bh, 1) == per_head - 1;
+        last = atomicAdd(p.done + bh, 1) == per_head / kUnit - 1;
       }
       if (__shfl_sync(0xffffffffu, last, 0)) {
-        __threadfence();  // every chunk's writes (their atomics: v_overflow) before the head's are read
+        __threadfence();  // every unit's writes (their atomics: v_overflow) before the head's are read
         finish_head(p, bh, lane);
       }
     }
