@@ -3,8 +3,10 @@
 // Why: the fp8 path's K and V passes read 16-bit K and V once each at DRAM bandwidth, and the
 // attention kernel waits for them, compute-bound, leaving the memory idle. On H100 at B=4 H=32
 // hd64 4k causal they are 69 of about 630 us (bench/results/h100-3a100bc-call-gaps.txt). The
-// attention kernel's CTA (384 threads at 168 registers) leaves 1024 registers of an SM free: one
-// warp at 32. This kernel is that warp on every SM: launched first, it lets the attention kernel
+// persistent e4m3 hd64 CTA, launched at 160 registers a thread (Sm90Kernel::kLaunchRegs), leaves
+// 1024 registers in each of an SM's four scheduler quarters: one warp at 32 (a warp's registers
+// come from its quarter's file; at 168 a quarter kept 256, and the two kernels ran one after the
+// other). This kernel is that warp on every SM: launched first, it lets the attention kernel
 // launch at once (griddepcontrol.launch_dependents right after its own wait) and publishes each
 // KV head once its K and V are written; the attention kernel's producer waits for a head before
 // it loads the head's first block (sm90/attn_sm90.cuh, kv_ready).
@@ -21,7 +23,9 @@
 // SM the warp is bound by memory round trips, and beside the attention kernel those took 3-4x
 // longer (h100-1159570-kv-stream-160-registers-ab.txt: 7 us a chunk, 900 us in all at hd64 4k,
 // where a global load and a fence + atomic each chunk made four round trips). A unit ends with
-// one fence and one atomic for its kUnit chunks.
+// one fence and one atomic for its kUnit chunks. With both, a chunk takes ~4.6 us beside the
+// kernel, ~2 us alone, and at hd64 4k causal the stream (573 us) still lasts about as long as
+// the kernel, which waits for heads: the call gains 1-3% (h100-b57ebec-kv-stream-units-ab.txt).
 // - K: the rule of quant_int8 with a smoothing vector (the sample mean, rounded to K's type:
 //   any vector cancels in softmax, and the caller's LSE term uses the same), one scale per
 //   64-key group or per key residue mod 8 inside it (the attention kernel's two granularities).
@@ -394,8 +398,8 @@ struct KvStream {
   }
 };
 
-// One warp an SM, at most 32 registers: what the attention kernel's CTA leaves of the register
-// file (384 threads at 168).
+// One warp an SM, at most 32 registers: what the attention kernel's CTA leaves in a scheduler
+// quarter's register file (384 threads at 160).
 template <typename T, int D, bool kPerThread>
 __global__ void __maxnreg__(32) kv_stream_kernel(const __grid_constant__ KvStreamParams p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
