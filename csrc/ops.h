@@ -18,6 +18,9 @@ std::tuple<at::Tensor, at::Tensor> quant_int8(const at::Tensor& x, const std::op
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quant_int8_smooth(const at::Tensor& x, int64_t tensor_layout,
                                                                  int64_t group_block, int64_t group_stride);
 
+// x's fp32 mean over its token sample [B, H, D] (quant_int8_smooth's mean; not an op).
+at::Tensor sample_mean(const at::Tensor& x, int64_t tensor_layout);
+
 // -> (v_fp8 [B, H, D, N_pad], v_scale [B, H, D]); see quant/quant_v_fp8.cuh.
 std::tuple<at::Tensor, at::Tensor> quant_v_fp8(const at::Tensor& v, int64_t tensor_layout);
 
@@ -40,5 +43,14 @@ std::tuple<at::Tensor, at::Tensor> attn_sm90(const at::Tensor& q, const at::Tens
                                              const at::Tensor& k_scale, const std::optional<at::Tensor>& v_scale,
                                              int64_t tensor_layout, int64_t q_group_block, int64_t q_group_stride,
                                              double q_scale_mult, bool is_causal, bool return_lse);
+
+// The Hopper e4m3 path from 16-bit q, k and v (tensor_layout): K to INT8 (K's groups of 64 keys,
+// group stride 1 or 8; smoothed by its sample mean if smooth_k), V to e4m3, attention -> (out,
+// lse, k_mean [B, Hkv, D] fp32, or [0] without smooth_k); see sm90/attn_sm90.cu.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_sm90_fp8(const at::Tensor& q, const at::Tensor& k,
+                                                             const at::Tensor& v, int64_t tensor_layout,
+                                                             int64_t k_group_stride, bool smooth_k,
+                                                             int64_t q_group_block, int64_t q_group_stride,
+                                                             double q_scale_mult, bool is_causal, bool return_lse);
 
 }  // namespace sage

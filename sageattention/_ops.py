@@ -36,6 +36,14 @@ is_causal, return_lse)``
     k_scale must be constant over each class of keys (64-key group, key mod 8): the kernel
     reads one scale per class, which holds for quant_int8's K groups (group_block 64,
     group_stride dividing 8). Out in q's dtype.
+``attn_sm90_fp8(q, k, v, tensor_layout, k_group_stride, smooth_k, q_group_block, q_group_stride,
+q_scale_mult, is_causal, return_lse) -> (out, lse, k_mean)``
+    the Hopper e4m3 path from 16-bit q, k and v in ``tensor_layout``: k_mean = the mean of K
+    over ``reference.sample_tokens``, rounded to K's dtype ([B, Hkv, D] fp32; [0] without
+    smooth_k); K quantized as ``quant_int8(k, k_mean, tensor_layout, 64, k_group_stride, 1.0)``
+    (k_group_stride 1 or 8; on large grids K - k_mean is rounded to K's dtype first); V as
+    ``quant_v_fp8``; then ``attn_sm90``. Large grids quantize K and V while the attention
+    kernel runs (``csrc/quant/kv_stream.cuh``).
 """
 
 from __future__ import annotations
@@ -59,6 +67,9 @@ SCHEMAS = {
     "attn_sm90": "(Tensor q, Tensor k, Tensor v, Tensor k_scale, Tensor? v_scale, int tensor_layout, "
                  "int q_group_block, int q_group_stride, float q_scale_mult, bool is_causal, bool return_lse) "
                  "-> (Tensor, Tensor)",
+    "attn_sm90_fp8": "(Tensor q, Tensor k, Tensor v, int tensor_layout, int k_group_stride, bool smooth_k, "
+                     "int q_group_block, int q_group_stride, float q_scale_mult, bool is_causal, bool return_lse) "
+                     "-> (Tensor, Tensor, Tensor)",
 }
 
 _lib = torch.library.Library(NAMESPACE, "DEF")
@@ -118,6 +129,14 @@ def _attn_fp8pv_fake(q, k, v, q_scale, k_scale, v_scale, tensor_layout, out_dtyp
 def _attn_sm90_fake(q, k, v, k_scale, v_scale, tensor_layout, q_group_block, q_group_stride, q_scale_mult,
                     is_causal, return_lse):
     return _attn_outputs(q, tensor_layout, q.dtype, return_lse, q_layout=tensor_layout)
+
+
+@torch.library.register_fake(f"{NAMESPACE}::attn_sm90_fp8")
+def _attn_sm90_fp8_fake(q, k, v, tensor_layout, k_group_stride, smooth_k, q_group_block, q_group_stride,
+                        q_scale_mult, is_causal, return_lse):
+    out, lse = _attn_outputs(q, tensor_layout, q.dtype, return_lse, q_layout=tensor_layout)
+    b, h, _, d = _bhnd(k, tensor_layout)
+    return out, lse, k.new_empty((b, h, d) if smooth_k else (0,), dtype=torch.float32)
 
 
 # ------------------------------------------------------------------------------ autograd

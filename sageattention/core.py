@@ -233,8 +233,13 @@ def _attention(q, k, v, tensor_layout: str, is_causal: bool, sm_scale, return_ls
 
     d = _kernel_head_dim(head_dim)
     qp, kp, vp = (_prepare(t, d) for t in (q, k, v))
-    k_int8, k_scale, km = quant.quant_k(ops, kp, layout, gran, smooth_k)
-    out, lse = _run_kernel(ops, kernel, qp, k_int8, k_scale, vp, layout, gran, sm_scale, is_causal, return_lse)
+    if kernel is SM90_FP8 and d == 64:  # one op: on large grids K and V are quantized beside the kernel
+        out, lse, km = ops.attn_sm90_fp8(qp, kp, vp, layout, gran.k.stride, smooth_k, gran.q.block, gran.q.stride,
+                                         sm_scale * quant.LOG2E, is_causal, return_lse)
+        km = km if smooth_k else None
+    else:
+        k_int8, k_scale, km = quant.quant_k(ops, kp, layout, gran, smooth_k)
+        out, lse = _run_kernel(ops, kernel, qp, k_int8, k_scale, vp, layout, gran, sm_scale, is_causal, return_lse)
     if d != head_dim:
         out = out[..., :head_dim]
     if not return_lse:

@@ -300,6 +300,25 @@ def attn_sm90(q, k, v, k_scale, v_scale, tensor_layout: int, q_group_block: int,
     return attn_fp16pv(q_int8, k, v, q_scale, k_scale, tensor_layout, is_causal, return_lse)
 
 
+def attn_sm90_fp8(q, k, v, tensor_layout: int, k_group_stride: int, smooth_k: bool, q_group_block: int,
+                  q_group_stride: int, q_scale_mult: float, is_causal: bool, return_lse: bool):
+    """The Hopper e4m3 path from 16-bit q, k and v -> (out, lse, k_mean): K smoothed by its sample
+    mean rounded to K's dtype (``[0]`` without smooth_k), quantized with K's groups of 64 keys
+    (group stride 1 or 8); V by quant_v_fp8; then attn_sm90."""
+    if k_group_stride not in (1, 8):
+        raise ValueError(f"k_group_stride must be 1 (per_warp) or 8 (per_thread), got {k_group_stride}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError("q, k and v must have one dtype")
+    mean = None
+    if smooth_k:
+        mean = quant_int8_smooth(k, tensor_layout, SM90_K_GROUP, k_group_stride)[2].to(k.dtype).float()
+    k_int8, k_scale = quant_int8(k, mean, tensor_layout, SM90_K_GROUP, k_group_stride, 1.0)
+    v_fp8, v_scale = quant_v_fp8(v, tensor_layout)
+    out, lse = attn_sm90(q, k_int8, v_fp8, k_scale, v_scale, tensor_layout, q_group_block, q_group_stride,
+                         q_scale_mult, is_causal, return_lse)
+    return out, lse, mean if mean is not None else q.new_empty(0, dtype=torch.float32)
+
+
 def _check_v_transposed(v, q, k):
     if v.dim() != 4 or v.shape[0] != q.shape[0] or v.shape[1] != k.shape[1] or v.shape[2] != q.shape[3]:
         raise ValueError(f"v must be [B, Hkv, D, Npad], got {list(v.shape)}")

@@ -138,4 +138,13 @@ __device__ __forceinline__ void wait_prior_grids() {
 #endif
 }
 
+// Lets the next kernel launch without waiting for the previous one: only for a kernel whose
+// predecessor let it launch once the kernels before had completed, and which waits for that
+// predecessor's results by other means (sm90/attn_sm90.cuh's kv_ready).
+__device__ __forceinline__ void launch_next_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
 }  // namespace sage::ptx

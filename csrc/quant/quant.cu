@@ -106,6 +106,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quant_int8_smooth(const at::Tenso
   return {out, scale, mean};
 }
 
+at::Tensor sample_mean(const at::Tensor& x_in, int64_t tensor_layout) {
+  check_half(x_in, "x");
+  const at::Tensor x = aligned16(x_in, tensor_layout, "x");
+  const Bhnd s = bhnd(x, tensor_layout, "x");
+  TORCH_CHECK(s.n > 0, "x must hold at least one token (its mean over tokens is taken)");
+  const c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor mean = at::empty({s.b, s.h, s.d}, x.options().dtype(at::kFloat));
+  if (s.b == 0 || s.h == 0) return mean;
+  QuantInt8Params p{};  // what sample_mean_kernel reads: x, its strides, the head count
+  p.x = x.data_ptr();
+  p.x_stride_b = s.stride_b;
+  p.x_stride_h = s.stride_h;
+  p.x_stride_n = s.stride_n;
+  p.heads = int(s.h);
+  dispatch_half_hd(x.scalar_type(), s.d, [&](auto elem, auto head_dim) {
+    using T = typename decltype(elem)::type;
+    launch_after(sample_mean_kernel<T, head_dim()>, dim3(s.h, s.b), token_sample::SampleTile<T, head_dim()>::kThreads,
+                 0, c10::cuda::getCurrentCUDAStream(), p, token_sample::draw(int(s.n)), mean.data_ptr<float>());
+  });
+  return mean;
+}
+
 std::tuple<at::Tensor, at::Tensor> quant_v_fp8(const at::Tensor& v_in, int64_t tensor_layout) {
   check_half(v_in, "v");
   const at::Tensor v = aligned16(v_in, tensor_layout, "v");

@@ -32,6 +32,13 @@ __device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap* map
       : "memory");
 }
 
+// `bytes` (a multiple of 16; both addresses 16-aligned) from global to shared memory by the
+// TMA unit, counted on mbarrier `bar` (mbar_arrive_expect_tx).
+__device__ __forceinline__ void bulk_load(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+               "l"(src), "r"(bytes), "r"(bar)
+               : "memory");
+}
 // TMA: shared memory at `src` -> the box of `map` at the given coordinates (innermost
 // first), in the map's swizzle; what falls outside the tensor is not written. Joins the
 // thread's current bulk group (bulk_commit closes it).

@@ -5,9 +5,12 @@
 
 #include <algorithm>
 #include <array>
+#include <functional>
 
 #include "attention/attn_launch.cuh"
+#include "common/launch.cuh"
 #include "ops.h"
+#include "quant/kv_stream.cuh"
 #include "sm90/attn_sm90.cuh"
 
 namespace sage {
@@ -78,10 +81,15 @@ inline TailSplit tail_split(int64_t tiles, int sms, int64_t key_blocks, bool cau
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> attn_sm90(const at::Tensor& q_in, const at::Tensor& k, const at::Tensor& v_in,
-                                             const at::Tensor& k_scale, const std::optional<at::Tensor>& v_scale,
-                                             int64_t tensor_layout, int64_t q_group_block, int64_t q_group_stride,
-                                             double q_scale_mult, bool is_causal, bool return_lse) {
+// Launches kv_stats_kernel and kv_stream_kernel before a persistent e4m3 grid (attn_sm90_fp8):
+// given the attention kernel's counters to clear, returns its kv_ready.
+using BeforePersistent = std::function<const int*(int* clear, int clear_count)>;
+
+std::tuple<at::Tensor, at::Tensor> run_attn_sm90(const at::Tensor& q_in, const at::Tensor& k, const at::Tensor& v_in,
+                                                 const at::Tensor& k_scale, const std::optional<at::Tensor>& v_scale,
+                                                 int64_t tensor_layout, int64_t q_group_block, int64_t q_group_stride,
+                                                 double q_scale_mult, bool is_causal, bool return_lse,
+                                                 const BeforePersistent& before_persistent) {
   check_half(q_in, "q");
   const at::ScalarType dtype = q_in.scalar_type();
   const bool fp8 = v_in.scalar_type() == at::kFloat8_e4m3fn;
@@ -167,7 +175,9 @@ std::tuple<at::Tensor, at::Tensor> attn_sm90(const at::Tensor& q_in, const at::T
         return;
       }
       // Scratch: the tile counter and the tail tiles' chunk counts (zeros), the parts.
-      const at::Tensor counts = at::zeros({1 + tail_tiles * Tr::kConsumerThreads / 32}, q.options().dtype(at::kInt));
+      const int64_t count_words = 1 + tail_tiles * Tr::kConsumerThreads / 32;
+      const at::Tensor counts = before_persistent ? at::empty({count_words}, q.options().dtype(at::kInt))
+                                                  : at::zeros({count_words}, q.options().dtype(at::kInt));
       p.tile_counter = counts.data_ptr<int>();
       p.part_done = p.tile_counter + 1;
       at::Tensor part_buf;
@@ -178,6 +188,7 @@ std::tuple<at::Tensor, at::Tensor> attn_sm90(const at::Tensor& q_in, const at::T
       }
       p.q_map = tensor_map<4>(q.data_ptr(), 2, {D, qs.n, qs.h, qs.b},
                               {qs.stride_n * 2, qs.stride_h * 2, qs.stride_b * 2}, {int(D), Tr::kCtaQ, 1, 1}, 0);
+      if (before_persistent) p.kv_ready = before_persistent(p.tile_counter, int(count_words));
       launch_kernel<Tr>(sm90::attn_sm90_kernel<Tr, true>, p, dim3(sms), stream);
     };
     if (fp8)
@@ -188,6 +199,120 @@ std::tuple<at::Tensor, at::Tensor> attn_sm90(const at::Tensor& q_in, const at::T
   return result;
 }
 
+std::tuple<at::Tensor, at::Tensor> attn_sm90(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                             const at::Tensor& k_scale, const std::optional<at::Tensor>& v_scale,
+                                             int64_t tensor_layout, int64_t q_group_block, int64_t q_group_stride,
+                                             double q_scale_mult, bool is_causal, bool return_lse) {
+  return run_attn_sm90(q, k, v, k_scale, v_scale, tensor_layout, q_group_block, q_group_stride, q_scale_mult,
+                       is_causal, return_lse, nullptr);
+}
+
+// The whole e4m3 path from 16-bit Q, K and V. Persistent grids get K and V from
+// kv_stream_kernel, beside the attention kernel (quant/kv_stream.cuh); smaller ones from the
+// quantization passes before it, as the ops would run them one by one.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_sm90_fp8(const at::Tensor& q, const at::Tensor& k_in,
+                                                             const at::Tensor& v_in, int64_t tensor_layout,
+                                                             int64_t k_group_stride, bool smooth_k,
+                                                             int64_t q_group_block, int64_t q_group_stride,
+                                                             double q_scale_mult, bool is_causal, bool return_lse) {
+  check_half(q, "q");
+  check_half(k_in, "k");
+  check_half(v_in, "v");
+  TORCH_CHECK(k_in.scalar_type() == q.scalar_type() && v_in.scalar_type() == q.scalar_type(),
+              "q, k and v must have one dtype");
+  TORCH_CHECK(k_group_stride == 1 || k_group_stride == 8, "k_group_stride must be 1 (per_warp) or 8 (per_thread), got ",
+              k_group_stride);
+  constexpr int64_t kKeyBlock = 64;  // sageattention.quant.CTA_K: K's group block
+  const at::Tensor k = aligned16(k_in, tensor_layout, "k"), v = aligned16(v_in, tensor_layout, "v");
+  const Bhnd qs = bhnd(q, tensor_layout, "q"), ks = bhnd(k, tensor_layout, "k"), vs = bhnd(v, tensor_layout, "v");
+  TORCH_CHECK(vs.b == ks.b && vs.h == ks.h && vs.n == ks.n && vs.d == ks.d, "v must have k's shape");
+  const c10::cuda::CUDAGuard guard(q.device());
+  // Streamed where the attention kernel runs persistent and leaves an SM room for the stream's
+  // warp: e4m3 at hd64 (Sm90Kernel::kBesideKvStream). At hd128 its CTA leaves no warp's
+  // registers, and the stream would run before it, one warp an SM: slower than the passes.
+  constexpr int kStreamHd = 64;
+  static_assert(sm90::Sm90Kernel<sm90::Sm90Traits<kStreamHd, PV::kFp8, __half>, true>::kBesideKvStream,
+                "room for the stream's warp");
+  const bool streamed = qs.b * qs.h * ((qs.n + 127) / 128) >= 2 * sm_count(q.get_device()) && ks.n > 0 && ks.h > 0 &&
+                        ks.b > 0 && qs.d == kStreamHd && ks.d == kStreamHd;
+  if (!streamed) {
+    // The mean rounded to K's type, as kv_stats_kernel gives it.
+    const at::Tensor k_mean = smooth_k ? sample_mean(k, tensor_layout).to(k.scalar_type()).to(at::kFloat)
+                                       : at::empty({0}, q.options().dtype(at::kFloat));
+    const auto [k_int8, k_scale] = quant_int8(k, smooth_k ? std::optional<at::Tensor>(k_mean) : std::nullopt,
+                                              tensor_layout, kKeyBlock, k_group_stride, 1.0);
+    const auto [v_fp8, v_scale] = quant_v_fp8(v, tensor_layout);
+    const auto [out, lse] = attn_sm90(q, k_int8, v_fp8, k_scale, v_scale, tensor_layout, q_group_block,
+                                      q_group_stride, q_scale_mult, is_causal, return_lse);
+    return {out, lse, k_mean};
+  }
+  const auto f32 = q.options().dtype(at::kFloat);
+  const int64_t D = ks.d, heads = ks.b * ks.h, padded = (ks.n + 127) / 128 * 128;
+  const at::Tensor k_int8 = at::empty({ks.b, ks.h, ks.n, D}, q.options().dtype(at::kChar));
+  const at::Tensor k_scale = at::empty({ks.b, ks.h, ks.n}, f32);
+  const at::Tensor k_mean = smooth_k ? at::empty({ks.b, ks.h, D}, f32) : at::empty({0}, f32);
+  const at::Tensor v_fp8 = at::empty({ks.b, ks.h, D, padded}, q.options().dtype(at::kFloat8_e4m3fn));
+  const at::Tensor v_scale = at::empty({ks.b, ks.h, D}, f32);
+  const at::Tensor v_state = at::empty({2, heads, D}, f32);                      // limit, overflow
+  const at::Tensor flags = at::empty({2, heads}, q.options().dtype(at::kInt));  // done, ready
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const BeforePersistent before = [&](int* clear, int clear_count) -> const int* {
+    KvStreamParams s{};
+    s.k_map = tensor_map<4>(k.data_ptr(), 2, {D, ks.n, ks.h, ks.b}, {ks.stride_n * 2, ks.stride_h * 2, ks.stride_b * 2},
+                            {int(D), KvStream<__half, 64, true>::kKeys, 1, 1}, 0);
+    s.v_map = tensor_map<4>(v.data_ptr(), 2, {D, vs.n, vs.h, vs.b}, {vs.stride_n * 2, vs.stride_h * 2, vs.stride_b * 2},
+                            {int(D), KvStream<__half, 64, true>::kKeys, 1, 1}, 0);
+    s.k = k.data_ptr();
+    s.k_stride_b = ks.stride_b;
+    s.k_stride_h = ks.stride_h;
+    s.k_stride_n = ks.stride_n;
+    s.k_mean = smooth_k ? k_mean.data_ptr<float>() : nullptr;
+    s.v_limit = v_state[0].data_ptr<float>();
+    s.v_overflow = v_state[1].data_ptr<float>();
+    s.v_scale = v_scale.data_ptr<float>();
+    s.k_out = k_int8.data_ptr<int8_t>();
+    s.k_scale = k_scale.data_ptr<float>();
+    s.v_out = static_cast<uint8_t*>(v_fp8.data_ptr());
+    s.done = flags[0].data_ptr<int>();
+    s.ready = flags[1].data_ptr<int>();
+    s.v = v.data_ptr();
+    s.v_stride_b = vs.stride_b;
+    s.v_stride_h = vs.stride_h;
+    s.v_stride_n = vs.stride_n;
+    s.batch = int(ks.b);
+    s.heads = int(ks.h);
+    s.len = int(ks.n);
+    s.padded_len = int(padded);
+    s.clear = clear;
+    s.clear_count = clear_count;
+    dispatch_half(q.scalar_type(), [&](auto elem) {
+      using T = typename decltype(elem)::type;
+      constexpr int HD = kStreamHd;
+      launch_after(kv_stats_kernel<T, HD>, dim3(ks.h, ks.b), token_sample::SampleTile<T, HD>::kThreads, 0, stream, s,
+                   token_sample::draw(int(ks.n)));
+      auto go = [&](auto kernel, int smem) {
+        C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        // An SM changes its L1 / shared memory split only while idle: set up for this warp's
+        // 32-64 KB alone, it would leave no room for the attention CTA beside it.
+        C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                            cudaSharedmemCarveoutMaxShared));
+        launch_after(kernel, dim3(sm_count(q.get_device())), 32, smem, stream, s);
+      };
+      if (k_group_stride == 8)
+        go(kv_stream_kernel<T, HD, true>, KvStream<T, HD, true>::kSmemBytes);
+      else
+        go(kv_stream_kernel<T, HD, false>, KvStream<T, HD, false>::kSmemBytes);
+    });
+    return s.ready;
+  };
+  const auto [out, lse] = run_attn_sm90(q, k_int8, v_fp8, k_scale, v_scale, tensor_layout, q_group_block,
+                                        q_group_stride, q_scale_mult, is_causal, return_lse, before);
+  return {out, lse, k_mean};
+}
+
 }  // namespace sage
 
-TORCH_LIBRARY_IMPL(sageattention, CUDA, m) { m.impl("attn_sm90", &sage::attn_sm90); }
+TORCH_LIBRARY_IMPL(sageattention, CUDA, m) {
+  m.impl("attn_sm90", &sage::attn_sm90);
+  m.impl("attn_sm90_fp8", &sage::attn_sm90_fp8);
+}

@@ -63,6 +63,10 @@ struct Sm90Params : AttnParams {
   float* part_o;    // [parts][kCtaQ][D]
   float* part_lse;  // [parts][kCtaQ], base 2
   int* part_done;   // [tail tiles][consumer warps]: chunks done (zero at launch)
+  // Persistent e4m3 grids whose K and V kv_stream_kernel writes while this kernel runs
+  // (quant/kv_stream.cuh): kv_ready[bkv] turns 1 once head bkv's K, V and scales are written.
+  // nullptr: they were written before the launch.
+  const int* kv_ready;
 };
 
 template <int kHeadDim_, PV kPV_, typename Elem_>
@@ -95,13 +99,9 @@ struct Sm90Traits {
   // plus ping-pong 8-11%, and a per-block warpgroup vote (bar.red) to defer the fold
   // 9-22% (bench/results/h200-1378cda-fp8-schedule-ab.txt).
   static constexpr bool kPingPong = !kFp8;
-  // The split of the 64K registers (setmaxnreg, multiples of 8): the producer keeps 24.
-  // setmaxnreg only moves the registers the CTA launched with (65536 / kThreads, rounded
-  // down to 8: 168 a thread at head dim 128): a warpgroup's increase beyond what the others
-  // released waits forever (a producer at 32 and consumers at 240 hung the kernel).
+  // The producer's registers once it has given the rest to the consumers (setmaxnreg,
+  // Sm90Kernel::kConsumerRegs).
   static constexpr int kProducerRegs = 24;
-  static constexpr int kConsumerRegs = (65536 - 128 * kProducerRegs) / kConsumerThreads / 8 * 8;
-  static_assert(kConsumerRegs <= 256 && 128 * kProducerRegs + kConsumerThreads * kConsumerRegs <= 65536, "registers");
   static constexpr int kSTiles = kCtaK / 8;
   static constexpr int kOTiles = kHeadDim / 8;
   // e4m3 P·V also yields the row sums of P: V^T's block carries 8 more rows ("channels")
@@ -216,6 +216,21 @@ struct Sm90Kernel {
   using Softmax = OnlineSoftmax<1, Tr::kSTiles, Tr::kPV, Elem>;
   static constexpr int kPVSteps = Softmax::kPVSteps;
   using Coord = CtaCoord;
+
+  // Registers a thread at launch: the register file / kThreads, rounded down to 8 (168), but
+  // 160 for the persistent e4m3 hd64 grid. A scheduler quarter's file (16K registers) holds
+  // its own warps' registers: at 168 the CTA leaves 256 in each, at 160 1024, room for
+  // kv_stream_kernel's warp of 32 registers (quant/kv_stream.cuh), which runs beside it there.
+  // (hd128's consumers need their 240; at 224, hd64's spill 40 values a tile, outside the
+  // key loop, and the one-CTA-a-tile kernel's would spill inside it.)
+  static constexpr bool kBesideKvStream = kPersistent && kFp8 && D == 64;
+  static constexpr int kLaunchRegs = kBesideKvStream ? 160 : 65536 / Tr::kThreads / 8 * 8;
+  // The consumers take what the producer gives back. setmaxnreg only moves the registers the
+  // CTA launched with: a warpgroup's increase beyond what the others released waits forever
+  // (a producer at 32 and consumers at 240 hung the kernel).
+  static constexpr int kConsumerRegs =
+      (Tr::kThreads * kLaunchRegs - 128 * Tr::kProducerRegs) / Tr::kConsumerThreads / 8 * 8;
+  static_assert(kConsumerRegs <= 256, "registers");
   static constexpr float kLog2PScale = kFp8 ? 8.8073549220576041f : 0.0f;  // log2(Softmax::kPScale)
 
   static constexpr int kTurnBarrier = 1;                            // + wg: consumer wg's turn to issue MMAs (ping-pong)
@@ -322,7 +337,8 @@ struct Sm90Kernel {
     // finite positive scale (those keys are masked to -inf).
     auto key_scale = [&](int j) {
       const int key = (kb.begin + j) * Tr::kCtaK + lane / 8 * Tr::kKeyGroup + lane % 8;
-      return lane < Tr::kScaleBytes / 4 && key < p.kv_len ? __ldg(k_scale + key) : 1.0f;
+      // (__ldcg, not __ldg: with kv_ready the scales are written while this kernel runs.)
+      return lane < Tr::kScaleBytes / 4 && key < p.kv_len ? __ldcg(k_scale + key) : 1.0f;
     };
     float scale = key_scale(0);
     for (int j = 0; j < kb.n_blocks - kb.begin; ++j) {
@@ -374,12 +390,25 @@ struct Sm90Kernel {
       if (lane == 0) asm volatile("st.shared.s32 [%0], %1;\n" ::"r"(sm.slot(n)), "r"(valid ? item : -1) : "memory");
       ptx::mbar_arrive(sm.tile_full_bar(n));
       if (!valid) return;
+      if (p.kv_ready != nullptr) wait_kv_ready(p.kv_ready + c.bkv);
       load_blocks(p, c, x.kb, sm, first + 1);
       first += 1 + x.kb.n_blocks - x.kb.begin;
       int next = 0;
       if (lane == 0) next = gridDim.x + atomicAdd(p.tile_counter, 1);
       item = __shfl_sync(0xffffffffu, next, 0);
     }
+  }
+
+  // Until kv_stream_kernel has published the head (a release of everything it wrote), then
+  // orders this warp's TMA loads (the async proxy) after what the acquire made visible.
+  __device__ static void wait_kv_ready(const int* ready) {
+    int done = 0;
+    for (;;) {
+      asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(done) : "l"(ready) : "memory");
+      if (done) break;
+      __nanosleep(256);
+    }
+    asm volatile("fence.proxy.async.global;\n" ::: "memory");
   }
 
   // ------------------------------------------------------------------ consumers
@@ -831,7 +860,7 @@ struct Sm90Kernel {
 #pragma unroll
     for (int nt = 0; nt < Tr::kOTiles; ++nt)
 #pragma unroll
-      for (int i = 0; i < 2; ++i) v_scale[nt][i] = kFp8 ? __ldg(p.v_scale + x.c.bkv * D + nt * 8 + 2 * t + i) : 1.0f;
+      for (int i = 0; i < 2; ++i) v_scale[nt][i] = kFp8 ? __ldcg(p.v_scale + x.c.bkv * D + nt * 8 + 2 * t + i) : 1.0f;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int row = 16 * warp + h * 8 + g;  // in the tile
@@ -1042,7 +1071,7 @@ struct Sm90Kernel {
       setmaxnreg_dec<Tr::kProducerRegs>();
       if (threadIdx.x < 32) produce();
     } else {
-      setmaxnreg_inc<Tr::kConsumerRegs>();
+      setmaxnreg_inc<kConsumerRegs>();
       consume();
     }
   }
@@ -1063,7 +1092,12 @@ struct Sm90Kernel {
   __device__ static void run(const Sm90Params& p) {
     if constexpr (kPersistent) {
       const Smem sm = setup_smem();
-      ptx::wait_prior_grids();
+      // With kv_ready the previous kernel is kv_stream_kernel, which let this one launch once
+      // the kernels before it had completed: K and V are waited for head by head instead.
+      if (p.kv_ready != nullptr)
+        ptx::launch_next_grid();
+      else
+        ptx::wait_prior_grids();
       specialize([&] { produce(p, sm); }, [&] { consume_tiles(p, sm); });
     } else if constexpr (Tr::kEarlyQ) {
       QRegs q_raw;
@@ -1082,7 +1116,7 @@ struct Sm90Kernel {
 };
 
 template <class Tr, bool kPersistent>
-__global__ void __launch_bounds__(Tr::kThreads, 1) attn_sm90_kernel(const __grid_constant__ Sm90Params p) {
+__global__ void __maxnreg__((Sm90Kernel<Tr, kPersistent>::kLaunchRegs)) attn_sm90_kernel(const __grid_constant__ Sm90Params p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   Sm90Kernel<Tr, kPersistent>::run(p);
 #endif

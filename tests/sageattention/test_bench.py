@@ -1,5 +1,5 @@
 """bench/ scripts without a GPU: bench_attention.py (arguments, FLOP counting, ratios, table),
-report.py, error_budget.py, bench_quant.py, compare.py, sm90_phases.py, and wheel_ab.sh and
+call_timeline.py, report.py, error_budget.py, bench_quant.py, compare.py, sm90_phases.py, and wheel_ab.sh and
 wheel_check.sh up to their first GPU step (on a stub wheel)."""
 
 from __future__ import annotations
@@ -163,6 +163,28 @@ def test_bench_quant_without_gpu_exits_2(tmp_path):
     assert not args.sample_missed and bq.parse_args(["--sample-missed"]).sample_missed
     assert bq.main(["--out", str(tmp_path / "q.json")]) == 2
     assert not (tmp_path / "q.json").exists()
+
+
+def test_call_timeline_reports_the_last_call_from_its_first_kernel(tmp_path, capsys):
+    timeline = load_script(ROOT / "bench" / "call_timeline.py")
+    calls = [("stats", 0.0, 14.0), ("stream", 9.0, 580.0), ("attn", 15.0, 632.0),
+             ("stats", 640.0, 650.0), ("stream", 645.0, 1200.0), ("attn", 651.0, 1270.0)]
+    last = timeline.last_call(list(reversed(calls)), 2)  # any order: sorted by start
+    assert last == [{"name": "stats", "start_us": 0.0, "end_us": 10.0},
+                    {"name": "stream", "start_us": 5.0, "end_us": 560.0},
+                    {"name": "attn", "start_us": 11.0, "end_us": 630.0}]
+    with pytest.raises(ValueError, match="5 kernels do not split into 2 calls"):
+        timeline.last_call(calls[:5], 2)
+    with pytest.raises(ValueError, match="launched different kernels"):
+        timeline.last_call(calls[:3] + [("other", 640.0, 650.0)] + calls[4:], 2)
+    args = timeline.parse_args(["--n", "4096", "--hd", "64", "--causal", "true"])
+    assert args.paths == ["sm90_fp8"] and args.calls == 3 and args.n == [4096]
+    with pytest.raises(SystemExit):
+        timeline.parse_args(["--paths", "no_such_path"])
+    assert "invalid choice" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert timeline.main(["--out", str(tmp_path / "t.json")]) == 2
+        assert not (tmp_path / "t.json").exists()
 
 
 def test_duration_options_refuse_negative_values(bench, capsys):

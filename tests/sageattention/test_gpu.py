@@ -315,6 +315,93 @@ def test_sm90_persistent_grid_matches_one_cta_per_tile(name, causal, d, layout, 
         assert torch.equal(out[i:i + 1], one[0]) and torch.equal(lse[i:i + 1], one[1]), i
 
 
+def kernels_named(fn, part):
+    """The names of the CUDA kernels fn() launches that contain `part` (profiler)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return [e.name for e in prof.events() if part in e.name]
+
+
+def sm90_fp8_op(q, k, v, layout, causal, gran="per_thread", smooth=True):
+    """attn_sm90_fp8 as core._attention calls it -> (out, lse, k_mean)."""
+    g = core.quant.granularity(gran)
+    return ops.attn_sm90_fp8(q, k, v, layout, g.k.stride, smooth, g.q.block, g.q.stride,
+                             q.shape[-1] ** -0.5 * core.quant.LOG2E, causal, True)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("layout", [0, 1])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("gran", ["per_thread", "per_warp"])
+def test_sm90_fp8_streamed_kv_matches_reference_op(causal, layout, dtype, gran):
+    """Persistent e4m3 hd64 grids take K and V from kv_stream_kernel while the attention kernel
+    runs (csrc/quant/kv_stream.cuh): the op against its reference, GQA, a length off the 64-key
+    chunks. Its K mean is the reference's exactly (the sample mean rounded to K's dtype); its
+    output differs from the reference only where K - mean rounded in fp16 moves an INT8 step."""
+    if "sm90_fp8" not in kernels():
+        pytest.skip("sm90_fp8 does not run on this GPU/build")
+    d = 64
+    q, k, v = make_qkv(b=4, hq=16, hkv=4, nq=1000, nk=1000 if causal else 1100, d=d, dtype=dtype,
+                       layout=["HND", "NHD"][layout], device=DEV)
+    assert 4 * 16 * -(-1000 // 128) >= 2 * torch.cuda.get_device_properties(0).multi_processor_count
+    assert len(kernels_named(lambda: sm90_fp8_op(q, k, v, layout, causal, gran), "kv_stream_kernel")) == 1
+    out, lse, mean = sm90_fp8_op(q, k, v, layout, causal, gran)
+    g = core.quant.granularity(gran)
+    want = R.attn_sm90_fp8(q, k, v, layout, g.k.stride, True, g.q.block, g.q.stride,
+                           d ** -0.5 * core.quant.LOG2E, causal, True)
+    assert torch.equal(mean, want[2])
+    assert_out_matches_reference(core.KERNELS["sm90_fp8"], out, want[0])
+    assert_lse_of_e4m3_row_sums(lse, want[1])
+    assert_accurate(out, ref32(q, k, v, ["HND", "NHD"][layout], causal=causal), L1_FP8_PV)
+
+
+@pytest.mark.parametrize("d, b, hq", [(64, 1, 2), (128, 1, 2), (128, 4, 16)])
+def test_sm90_fp8_quantizes_before_where_no_stream_fits(d, b, hq):
+    """Grids below two tiles an SM, and hd128 (whose CTA leaves no room for the stream's warp),
+    quantize K and V before the kernel (no kv_stream_kernel): the same contract, so the same
+    K mean."""
+    if "sm90_fp8" not in kernels():
+        pytest.skip("sm90_fp8 does not run on this GPU/build")
+    q, k, v = make_qkv(b=b, hq=hq, nq=1000 if b > 1 else 300, d=d, device=DEV)
+    assert kernels_named(lambda: sm90_fp8_op(q, k, v, 0, False), "kv_stream_kernel") == []
+    out, lse, mean = sm90_fp8_op(q, k, v, 0, False)
+    want = R.attn_sm90_fp8(q, k, v, 0, 8, True, 32, 8, d ** -0.5 * core.quant.LOG2E, False, True)
+    assert torch.equal(mean, want[2])
+    assert_out_matches_reference(core.KERNELS["sm90_fp8"], out, want[0])
+
+
+def test_sm90_fp8_streamed_v_repairs_channels_the_sample_missed():
+    """V outliers above 16x their channel's sample maximum, at unsampled tokens, on a persistent
+    grid: the head's last chunk encodes the channel again with its maximum before it publishes
+    the head (kv_stream.cuh), so the output stays accurate."""
+    if "sm90_fp8" not in kernels():
+        pytest.skip("sm90_fp8 does not run on this GPU/build")
+    n, d = 1000, 64
+    q, k, v = make_qkv(b=4, hq=16, hkv=4, nq=n, d=d, device=DEV)
+    missed = [t for t in range(n) if t not in set(R.sample_tokens(n))]
+    v[0, 1, missed[0], 5] = 80.0
+    v[0, 1, missed[-1], 5] = -100.0
+    v[3, 2, :, d - 1] = 0
+    v[3, 2, missed[len(missed) // 2], d - 1] = 0.25
+    out = sm90_fp8_op(q, k, v, 0, False)[0]
+    assert_accurate(out, ref32(q, k, v), L1_FP8_PV)
+    want = R.attn_sm90_fp8(q, k, v, 0, 8, True, 32, 8, d ** -0.5 * core.quant.LOG2E, False, True)
+    assert_out_matches_reference(core.KERNELS["sm90_fp8"], out, want[0])
+
+
+def test_sm90_fp8_streamed_calls_back_to_back():
+    """Calls one after another on one stream: each call's kv_stats_kernel waits for the previous
+    attention kernel, whose inputs kv_stream_kernel of that call wrote (launch_after)."""
+    if "sm90_fp8" not in kernels():
+        pytest.skip("sm90_fp8 does not run on this GPU/build")
+    inputs = [make_qkv(b=4, hq=16, hkv=4, nq=1000, d=64, device=DEV, seed=s) for s in range(3)]
+    outs = [sm90_fp8_op(q, k, v, 0, True)[0] for q, k, v in inputs * 2]
+    for i, (q, k, v) in enumerate(inputs):
+        assert torch.equal(outs[i], outs[i + 3])
+        assert_accurate(outs[i], ref32(q, k, v, causal=True), L1_FP8_PV)
+
+
 def sm90_tail_split(tiles, sms, key_blocks, causal):
     """attn_sm90.cu's tail_split of a persistent grid: (the first split tile, chunks a split tile)."""
     rest = tiles % sms

@@ -43,7 +43,7 @@ def kernels(root: Path) -> dict[str, bool]:
     result = {}
     for path in sources(root):
         text = path.read_text()
-        for m in re.finditer(r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s*)?(\w+)\s*\(", text):
+        for m in re.finditer(r"__global__\s+void\s+(?:(?:__launch_bounds__|__maxnreg__)\([^)]*\)\s*)?(\w+)\s*\(", text):
             body = block_at(text, m.end())
             call = re.search(r"(\w+)<[^;]*>::run\(\w+\);", body)
             if "wait_prior_grids()" not in body and call and f"struct {call.group(1)}" in text:
@@ -60,7 +60,8 @@ def test_every_launch_goes_through_launch_after():
 @pytest.mark.skipif(not CSRC.is_dir(), reason="no csrc/ in this tree")
 def test_every_kernel_waits_for_the_previous_one():
     found = kernels(CSRC)
-    assert len(found) == 7, sorted(found)  # the quantization passes (5) and the attention kernels (2)
+    # the quantization passes (5), kv_stream.cuh's two and the attention kernels (2)
+    assert len(found) == 9, sorted(found)
     assert [name for name, waits in found.items() if not waits] == []
 
 
@@ -70,6 +71,8 @@ def test_the_checks_catch_a_raw_launch_and_a_kernel_that_does_not_wait(tmp_path)
         "__global__ void __launch_bounds__(256) plain(int* p) { *p = 1; }\n"
         "__global__ void through_run(int* p) { K<int>::run(p); }\n"
         "__global__ void waits(int* p) { ptx::wait_prior_grids(); *p = 1; }\n"
+        "__global__ void __maxnreg__(32) capped(int* p) { *p = 1; }\n"
         "void go(int* p) {\n  // plain<<<1, 1>>>(p) in a comment\n  plain<<<1, 1>>>(p);\n}\n")
-    assert raw_launches(tmp_path) == ["k.cu:7"]
-    assert kernels(tmp_path) == {"k.cu: plain": False, "k.cu: through_run": False, "k.cu: waits": True}
+    assert raw_launches(tmp_path) == ["k.cu:8"]
+    assert kernels(tmp_path) == {"k.cu: plain": False, "k.cu: through_run": False, "k.cu: waits": True,
+                                 "k.cu: capped": False}

@@ -73,6 +73,9 @@ def test_opcheck_attention(causal, lse):
     torch.library.opcheck(ops.attn_sm90, (q, ki, v8, ks, vs, 0, 32, 8, 0.18, causal, lse), test_utils=FP8_UTILS)
     torch.library.opcheck(ops.attn_sm90, (q.transpose(1, 2), ki, v.transpose(1, 2), ks, None, 1, 64, 1, 0.18,
                                           causal, lse))
+    torch.library.opcheck(ops.attn_sm90_fp8, (q, k, v, 0, 8, True, 32, 8, 0.18, causal, lse), test_utils=FP8_UTILS)
+    torch.library.opcheck(ops.attn_sm90_fp8, (q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), 1, 1, False,
+                                              64, 1, 0.18, causal, lse), test_utils=FP8_UTILS)
 
 
 def test_fake_shapes():

@@ -282,6 +282,33 @@ def test_attn_sm90_rejects_bad_arguments():
         R.attn_sm90(q, ki, v, ks, None, R.HND, 48, 8, 0.18, False, False)
 
 
+@pytest.mark.parametrize("layout", [R.HND, R.NHD])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_attn_sm90_fp8_smooths_k_by_its_sample_mean_in_its_dtype(layout, dtype):
+    q, k, v = make_qkv(b=1, hq=4, hkv=2, nq=30, nk=150, d=64, dtype=dtype, k_outlier=3.0,
+                       layout="HND" if layout == R.HND else "NHD")
+    out, lse, mean = R.attn_sm90_fp8(q, k, v, layout, 8, True, 32, 8, 0.18, True, True)
+    sample_mean = R.quant_int8_smooth(k, layout, 64, 8)[2]
+    assert mean.dtype == torch.float32 and torch.equal(mean, sample_mean.to(dtype).float())
+    assert not torch.equal(mean, sample_mean)  # rounded: fp16/bf16 hold fewer bits than the fp32 mean
+    ki, ks = R.quant_int8(k, mean, layout, 64, 8, 1.0)
+    v8, vs = R.quant_v_fp8(v, layout)
+    want = R.attn_sm90(q, ki, v8, ks, vs, layout, 32, 8, 0.18, True, True)
+    assert torch.equal(out, want[0]) and torch.equal(lse, want[1])
+    out, _, mean = R.attn_sm90_fp8(q, k, v, layout, 1, False, 32, 8, 0.18, False, False)
+    assert mean.shape == (0,)
+    ki, ks = R.quant_int8(k, None, layout, 64, 1, 1.0)
+    assert torch.equal(out, R.attn_sm90(q, ki, v8, ks, vs, layout, 32, 8, 0.18, False, False)[0])
+
+
+def test_attn_sm90_fp8_rejects_bad_arguments():
+    q, k, v = make_qkv(b=1, hq=2, nq=30, d=64)
+    with pytest.raises(ValueError, match="k_group_stride must be 1"):
+        R.attn_sm90_fp8(q, k, v, R.HND, 4, True, 32, 8, 0.18, False, False)
+    with pytest.raises(ValueError, match="one dtype"):
+        R.attn_sm90_fp8(q, k.bfloat16(), v, R.HND, 8, True, 32, 8, 0.18, False, False)
+
+
 @pytest.mark.parametrize("group_block,group_stride,ok", [(64, 1, True), (64, 8, True), (64, 4, True),
                                                          (32, 1, False), (64, 16, False)])
 def test_attn_sm90_needs_k_scale_per_key_class(group_block, group_stride, ok):
