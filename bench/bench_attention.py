@@ -214,9 +214,14 @@ def accuracy(out, q, k, v, causal, heads):
 
 
 # ---------------------------------------------------------------------------------- main
-def run_shape(args, b, h, n, d, causal, dtype):
+def random_qkv(b, h, n, d, dtype):
+    """Q, K and V [b, h, n, d] of standard normal values, the same in every run."""
     gen = torch.Generator(device=DEVICE).manual_seed(0)
-    q, k, v = (torch.randn(b, h, n, d, device=DEVICE, dtype=dtype, generator=gen) for _ in range(3))
+    return tuple(torch.randn(b, h, n, d, device=DEVICE, dtype=dtype, generator=gen) for _ in range(3))
+
+
+def run_shape(args, b, h, n, d, causal, dtype):
+    q, k, v = random_qkv(b, h, n, d, dtype)
     auto_kernel, auto_gran = core._auto_kernel(q.device)
     row = {"B": b, "H": h, "N": n, "D": d, "causal": causal, "auto_kernel": auto_kernel.name, "results": {}}
     kernels = [name for name in available_kernels() if not args.paths or name in args.paths]
@@ -338,16 +343,27 @@ def print_row(row):
             print(f"{'':>36} {ratios}", flush=True)
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_shape_arguments(p, n=(1024, 4096, 16384), hd=(64, 128)) -> None:
+    """The options every attention script here takes for its shapes (``shapes``), the inputs'
+    dtype and the explicit paths' granularity."""
     p.add_argument("--batch", type=bench_cli.positive_int, default=4)
     p.add_argument("--heads", type=bench_cli.positive_int, default=32)
-    p.add_argument("--n", type=bench_cli.positive_int, nargs="+", default=[1024, 4096, 16384])
-    p.add_argument("--hd", type=int, nargs="+", default=[64, 128], choices=[64, 128])
+    p.add_argument("--n", type=bench_cli.positive_int, nargs="+", default=list(n))
+    p.add_argument("--hd", type=int, nargs="+", default=list(hd), choices=[64, 128])
     p.add_argument("--causal", choices=list(CAUSAL), default="both")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp16")
     p.add_argument("--gran", choices=["per_warp", "per_thread"], default="per_thread",
                    help="qk_quant_gran of the explicit paths (sm12x always per_warp)")
+
+
+def shapes(args) -> list[tuple[int, int, bool]]:
+    """(head dim, N, causal) of every shape add_shape_arguments' options pick, in table order."""
+    return [(d, n, causal) for d in args.hd for n in args.n for causal in CAUSAL[args.causal]]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_shape_arguments(p)
     p.add_argument("--paths", nargs="*", default=None, choices=KERNELS, metavar="PATH",
                    help="explicit kernel paths to time, of: %(choices)s (default: all this GPU and build run)")
     p.add_argument("--no-sdpa", action="store_true")
@@ -382,13 +398,11 @@ def main(argv=None) -> int:
     env = environment(args.dtype, timing_in_turns(args.reps, args.warmup, args.settle_ms), qk_quant_gran=args.gran)
     print(json.dumps(env), flush=True)
     rows = []
-    for d in args.hd:
-        for n in args.n:
-            for causal in CAUSAL[args.causal]:
-                row = run_shape(args, args.batch, args.heads, n, d, causal, DTYPES[args.dtype])
-                rows.append(row)
-                print_row(row)
-                bench_cli.write_json(args.out, {"env": env, "rows": rows})  # after every row
+    for d, n, causal in shapes(args):
+        row = run_shape(args, args.batch, args.heads, n, d, causal, DTYPES[args.dtype])
+        rows.append(row)
+        print_row(row)
+        bench_cli.write_json(args.out, {"env": env, "rows": rows})  # after every row
     print(f"wrote {args.out}")
     return 0
 

@@ -100,18 +100,15 @@ def paths_for(labels, causal: bool, gran: str) -> dict:
 def measure(args) -> list:
     """One row a (shape, path): the path alone, after args.idle seconds idle, in windows."""
     rows = []
-    for d in args.hd:
-        for n in args.n:
-            for causal in ba.CAUSAL[args.causal]:
-                q, k, v = (torch.randn(args.batch, args.heads, n, d, device=ba.DEVICE, dtype=ba.DTYPES[args.dtype])
-                           for _ in range(3))
-                for label, fn in paths_for(args.paths, causal, args.gran).items():
-                    call = lambda fn=fn: fn(q, k, v)  # noqa: E731
-                    calls = ba.calls_per_sample(call, 3, args.window_ms)  # (warmed up before the idle)
-                    time.sleep(args.idle)
-                    windows = run_alone(call, args.seconds, calls)
-                    rows.append({"B": args.batch, "H": args.heads, "N": n, "D": d, "causal": causal,
-                                 "path": label, "windows": windows})
+    for d, n, causal in ba.shapes(args):
+        q, k, v = ba.random_qkv(args.batch, args.heads, n, d, ba.DTYPES[args.dtype])
+        for label, fn in paths_for(args.paths, causal, args.gran).items():
+            call = lambda fn=fn: fn(q, k, v)  # noqa: E731
+            calls = ba.calls_per_sample(call, 3, args.window_ms)  # (warmed up before the idle)
+            time.sleep(args.idle)
+            windows = run_alone(call, args.seconds, calls)
+            rows.append({"B": args.batch, "H": args.heads, "N": n, "D": d, "causal": causal,
+                         "path": label, "windows": windows})
     return rows
 
 
@@ -135,13 +132,7 @@ def traced(measure_rows, trace_file: Path, period_ms: int):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=bench_cli.positive_int, default=4)
-    p.add_argument("--heads", type=bench_cli.positive_int, default=32)
-    p.add_argument("--n", type=bench_cli.positive_int, nargs="+", default=[4096])
-    p.add_argument("--hd", type=int, nargs="+", default=[128, 64], choices=[64, 128])
-    p.add_argument("--causal", choices=list(ba.CAUSAL), default="both")
-    p.add_argument("--dtype", choices=sorted(ba.DTYPES), default="fp16")
-    p.add_argument("--gran", choices=["per_warp", "per_thread"], default="per_thread")
+    ba.add_shape_arguments(p, n=[4096], hd=[128, 64])
     p.add_argument("--paths", nargs="+", default=["sageattn", "sage_sm90_fp8", "sdpa_cudnn"], choices=PATH_LABELS,
                    metavar="PATH", help="the paths to time, of: %(choices)s (default: %(default)s)")
     p.add_argument("--seconds", type=bench_cli.positive_duration, default=3.0,

@@ -61,13 +61,7 @@ def print_timeline(row: dict) -> None:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=bench_cli.positive_int, default=4)
-    p.add_argument("--heads", type=bench_cli.positive_int, default=32)
-    p.add_argument("--n", type=bench_cli.positive_int, nargs="+", default=[4096])
-    p.add_argument("--hd", type=int, nargs="+", default=[64, 128], choices=[64, 128])
-    p.add_argument("--causal", choices=list(bench.CAUSAL), default="both")
-    p.add_argument("--dtype", choices=sorted(bench.DTYPES), default="fp16")
-    p.add_argument("--gran", choices=["per_warp", "per_thread"], default="per_thread")
+    bench.add_shape_arguments(p, n=[4096])
     p.add_argument("--paths", nargs="+", default=["sm90_fp8"], choices=bench.KERNELS, metavar="PATH",
                    help=f"kernel paths, end to end (of {', '.join(bench.KERNELS)}; default sm90_fp8)")
     p.add_argument("--warmup", type=bench_cli.nonnegative_int, default=3)
@@ -89,22 +83,19 @@ def main(argv=None) -> int:
     env = bench.environment(args.dtype, timing, qk_quant_gran=args.gran)
     print(json.dumps(env), flush=True)
     rows = []
-    for d in args.hd:
-        for n in args.n:
-            for causal in bench.CAUSAL[args.causal]:
-                q, k, v = (torch.randn(args.batch, args.heads, n, d, device=bench.DEVICE, dtype=bench.DTYPES[args.dtype])
-                           for _ in range(3))
-                for path in args.paths:
-                    fn = bench.sage_path(path, bench.kernel_gran(args.gran), causal)
-                    call = lambda: fn(q, k, v)  # noqa: E731
-                    for _ in range(args.warmup):
-                        call()
-                    torch.cuda.synchronize()
-                    row = {"path": path, "B": args.batch, "H": args.heads, "N": n, "D": d, "causal": causal,
-                           "kernels": last_call(profile_kernels(call, args.calls), args.calls)}
-                    rows.append(row)
-                    print_timeline(row)
-                    bench_cli.write_json(args.out, {"env": env, "rows": rows})  # after every row
+    for d, n, causal in bench.shapes(args):
+        q, k, v = bench.random_qkv(args.batch, args.heads, n, d, bench.DTYPES[args.dtype])
+        for path in args.paths:
+            fn = bench.sage_path(path, bench.kernel_gran(args.gran), causal)
+            call = lambda: fn(q, k, v)  # noqa: E731
+            for _ in range(args.warmup):
+                call()
+            torch.cuda.synchronize()
+            row = {"path": path, "B": args.batch, "H": args.heads, "N": n, "D": d, "causal": causal,
+                   "kernels": last_call(profile_kernels(call, args.calls), args.calls)}
+            rows.append(row)
+            print_timeline(row)
+            bench_cli.write_json(args.out, {"env": env, "rows": rows})  # after every row
     print(f"wrote {args.out}")
     return 0
 
