@@ -45,9 +45,9 @@ stage() {
   local name=$1 log=$2
   shift 2
   on wheel "$@" > "$OUT/$log" 2>&1
-  local src=$?
-  echo "$name: $(status $src), $(tail -1 "$OUT/$log")"
-  [ $src -ne 0 ] && rc=$src
+  local step_rc=$?
+  echo "$name: $(status $step_rc), $(tail -1 "$OUT/$log")"
+  [ $step_rc -ne 0 ] && rc=$step_rc
 }
 if [[ " $STAGES " == *" test "* ]]; then
   stage "gpu tests" gpu-tests.txt "$PY" -m pytest tests/sageattention -m gpu -q -rfE -p no:cacheprovider

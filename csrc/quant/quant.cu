@@ -27,16 +27,22 @@ void check_groups(int64_t group_block, int64_t group_stride) {
               "group_stride must be a power of two <= group_block, got ", group_stride);
 }
 
-QuantInt8Params int8_params(const at::Tensor& x, const Bhnd& s, const at::Tensor& out, const at::Tensor& scale,
-                            int64_t group_block, int64_t group_stride, double scale_mult) {
+// What every kernel of quant_int8.cuh reads of its input: x, its strides, the head count.
+QuantInt8Params input_params(const at::Tensor& x, const Bhnd& s) {
   QuantInt8Params p{};
   p.x = x.data_ptr();
   p.x_stride_b = s.stride_b;
   p.x_stride_h = s.stride_h;
   p.x_stride_n = s.stride_n;
+  p.heads = int(s.h);
+  return p;
+}
+
+QuantInt8Params int8_params(const at::Tensor& x, const Bhnd& s, const at::Tensor& out, const at::Tensor& scale,
+                            int64_t group_block, int64_t group_stride, double scale_mult) {
+  QuantInt8Params p = input_params(x, s);
   p.out = out.data_ptr<int8_t>();
   p.scale = scale.data_ptr<float>();
-  p.heads = int(s.h);
   p.len = int(s.n);
   p.group_block = int(group_block);
   p.group_stride = int(group_stride);
@@ -49,6 +55,16 @@ void launch_quant_int8(const QuantInt8Params& p, at::ScalarType dtype, const Bhn
   dispatch_half_hd(dtype, s.d, [&](auto elem, auto head_dim) {
     using T = typename decltype(elem)::type;
     launch_after(quant_int8_kernel<T, head_dim()>, grid, QuantInt8Shape::kThreads, 0, stream, p);
+  });
+}
+
+// sample_mean_kernel: x's fp32 mean over its token sample into mean [B, H, D].
+void launch_sample_mean(const at::Tensor& x, const Bhnd& s, float* mean, cudaStream_t stream) {
+  const QuantInt8Params p = input_params(x, s);
+  dispatch_half_hd(x.scalar_type(), s.d, [&](auto elem, auto head_dim) {
+    using T = typename decltype(elem)::type;
+    launch_after(sample_mean_kernel<T, head_dim()>, dim3(s.h, s.b), token_sample::SampleTile<T, head_dim()>::kThreads,
+                 0, stream, p, token_sample::draw(int(s.n)), mean);
   });
 }
 
@@ -96,11 +112,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quant_int8_smooth(const at::Tenso
   if (s.b == 0 || s.h == 0) return {out, scale, mean};
   QuantInt8Params p = int8_params(x, s, out, scale, group_block, group_stride, 1.0);
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  dispatch_half_hd(x.scalar_type(), s.d, [&](auto elem, auto head_dim) {
-    using T = typename decltype(elem)::type;
-    launch_after(sample_mean_kernel<T, head_dim()>, dim3(s.h, s.b), token_sample::SampleTile<T, head_dim()>::kThreads,
-                 0, stream, p, token_sample::draw(int(s.n)), mean.data_ptr<float>());
-  });
+  launch_sample_mean(x, s, mean.data_ptr<float>(), stream);
   p.mean = mean.data_ptr<float>();
   launch_quant_int8(p, x.scalar_type(), s, stream);
   return {out, scale, mean};
@@ -114,17 +126,7 @@ at::Tensor sample_mean(const at::Tensor& x_in, int64_t tensor_layout) {
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor mean = at::empty({s.b, s.h, s.d}, x.options().dtype(at::kFloat));
   if (s.b == 0 || s.h == 0) return mean;
-  QuantInt8Params p{};  // what sample_mean_kernel reads: x, its strides, the head count
-  p.x = x.data_ptr();
-  p.x_stride_b = s.stride_b;
-  p.x_stride_h = s.stride_h;
-  p.x_stride_n = s.stride_n;
-  p.heads = int(s.h);
-  dispatch_half_hd(x.scalar_type(), s.d, [&](auto elem, auto head_dim) {
-    using T = typename decltype(elem)::type;
-    launch_after(sample_mean_kernel<T, head_dim()>, dim3(s.h, s.b), token_sample::SampleTile<T, head_dim()>::kThreads,
-                 0, c10::cuda::getCurrentCUDAStream(), p, token_sample::draw(int(s.n)), mean.data_ptr<float>());
-  });
+  launch_sample_mean(x, s, mean.data_ptr<float>(), c10::cuda::getCurrentCUDAStream());
   return mean;
 }
 

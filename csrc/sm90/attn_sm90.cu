@@ -67,6 +67,16 @@ CUtensorMap tensor_map(const void* base, int elem_bytes, std::array<int64_t, R> 
 // hd64 kernel ran 3.4% faster at 4k (2816 tiles: 21 waves and 44 tiles); at hd128 4k
 // (31 waves and 4 tiles) nothing measurable: CTAs claiming tiles drift apart over 31
 // tiles, so 4 tiles never cost a whole tile-time (bench/results/h100-6baa061-tail-split-ab.txt).
+// Query tiles of q (Bhnd) for traits Tr, and whether their grid runs persistent: one CTA an
+// SM at a time either way (registers, shared memory), persistent once every SM has at least
+// two tiles; on smaller grids it has nothing to overlap (Sm90Kernel). attn_sm90_fp8 asks too:
+// only persistent grids take the stream.
+template <class Tr>
+int64_t query_tiles(const Bhnd& q) {
+  return q.b * q.h * ((q.n + Tr::kCtaQ - 1) / Tr::kCtaQ);
+}
+inline bool runs_persistent(int64_t tiles, int sms) { return tiles >= 2 * sms; }
+
 struct TailSplit {
   int64_t first;  // the first split tile (= tiles: none)
   int chunks;
@@ -155,16 +165,14 @@ std::tuple<at::Tensor, at::Tensor> run_attn_sm90(const at::Tensor& q_in, const a
     using T = typename decltype(elem)::type;
     auto go = [&](auto traits) {
       using Tr = decltype(traits);
-      const int64_t tiles = qs.b * qs.h * ((qs.n + Tr::kCtaQ - 1) / Tr::kCtaQ);
+      const int64_t tiles = query_tiles<Tr>(qs);
       if constexpr (Tr::kOBySmem)
         p.o_map = tensor_map<4>(p.out, 2, {D, qs.n, qs.h, qs.b}, {p.o_stride_n * 2, p.o_stride_h * 2, p.o_stride_b * 2},
                                 {64, Tr::kWgQ, 1, 1}, 128);
       TORCH_CHECK(tiles < (int64_t(1) << 30), "too many query tiles: ", tiles);
-      // One CTA an SM at a time either way (registers, shared memory). Persistent once
-      // every SM has at least two tiles; on smaller grids it has nothing to overlap
-      // (Sm90Kernel). Only persistent grids split their tail (Sm90Kernel::work).
+      // Only persistent grids split their tail (Sm90Kernel::work).
       const int sms = sm_count(q.get_device());
-      const bool persistent = tiles >= 2 * sms;
+      const bool persistent = runs_persistent(tiles, sms);
       const TailSplit split = persistent ? tail_split(tiles, sms, (keys + Tile::kCtaK - 1) / Tile::kCtaK, is_causal)
                                          : TailSplit{tiles, 1};
       const int64_t tail_tiles = tiles - split.first, parts = tail_tiles * split.chunks;
@@ -231,10 +239,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_sm90_fp8(const at::Tensor& q
   // warp: e4m3 at hd64 (Sm90Kernel::kBesideKvStream). At hd128 its CTA leaves no warp's
   // registers, and the stream would run before it, one warp an SM: slower than the passes.
   constexpr int kStreamHd = 64;
-  static_assert(sm90::Sm90Kernel<sm90::Sm90Traits<kStreamHd, PV::kFp8, __half>, true>::kBesideKvStream,
-                "room for the stream's warp");
-  const bool streamed = qs.b * qs.h * ((qs.n + 127) / 128) >= 2 * sm_count(q.get_device()) && ks.n > 0 && ks.h > 0 &&
-                        ks.b > 0 && qs.d == kStreamHd && ks.d == kStreamHd;
+  using StreamTraits = sm90::Sm90Traits<kStreamHd, PV::kFp8, __half>;
+  static_assert(sm90::Sm90Kernel<StreamTraits, true>::kBesideKvStream, "room for the stream's warp");
+  const bool streamed = runs_persistent(query_tiles<StreamTraits>(qs), sm_count(q.get_device())) && ks.n > 0 &&
+                        ks.h > 0 && ks.b > 0 && qs.d == kStreamHd && ks.d == kStreamHd;
   if (!streamed) {
     // The mean rounded to K's type, as kv_stats_kernel gives it.
     const at::Tensor k_mean = smooth_k ? sample_mean(k, tensor_layout).to(k.scalar_type()).to(at::kFloat)
