@@ -1,4 +1,5 @@
-// K to INT8 and V to e4m3 by one warp an SM, running beside the Hopper e4m3 kernel.
+// K to INT8 and V to e4m3 by one warp in each scheduler quarter of every SM, running beside the
+// Hopper e4m3 kernel.
 //
 // Why: the fp8 path's K and V passes read 16-bit K and V once each at DRAM bandwidth, and the
 // attention kernel waits for them, compute-bound, leaving the memory idle. On H100 at B=4 H=32
@@ -6,10 +7,11 @@
 // persistent e4m3 hd64 CTA, launched at 160 registers a thread (Sm90Kernel::kLaunchRegs), leaves
 // 1024 registers in each of an SM's four scheduler quarters: one warp at 32 (a warp's registers
 // come from its quarter's file; at 168 a quarter kept 256, and the two kernels ran one after the
-// other). This kernel is that warp on every SM: launched first, it lets the attention kernel
-// launch at once (griddepcontrol.launch_dependents right after its own wait) and publishes each
-// KV head once its K and V are written; the attention kernel's producer waits for a head before
-// it loads the head's first block (sm90/attn_sm90.cuh, kv_ready).
+// other). This kernel's CTA is those four warps on every SM, each a worker of its own (its own
+// stage ring, its own units): launched first, it lets the attention kernel launch at once
+// (griddepcontrol.launch_dependents right after its own wait) and publishes each KV head once its
+// K and V are written; the attention kernel's producer waits for a head before it loads the
+// head's first block (sm90/attn_sm90.cuh, kv_ready).
 //
 // No deadlock: the attention kernel launches only once every CTA of this kernel has started,
 // and this kernel waits for nothing the attention kernel does. If the two cannot share an SM
@@ -17,15 +19,16 @@
 //
 // Work: chunks of kKeys keys of one KV head, of K or of V, in units of kUnit chunks of one head,
 // the units in head order (the attention kernel's tiles run in runs of heads, so the first heads
-// are ready first); CTA i takes units i, i + G, i + 2G, ... Each chunk arrives by TMA (rows past
-// the sequence as zeros) into a ring of stages, with its head's parameters (K's mean, V's scales
-// and limits) by bulk copy beside it, so that the warp never waits on a global load: alone on an
-// SM the warp is bound by memory round trips, and beside the attention kernel those took 3-4x
-// longer (h100-1159570-kv-stream-160-registers-ab.txt: 7 us a chunk, 900 us in all at hd64 4k,
-// where a global load and a fence + atomic each chunk made four round trips). A unit ends with
-// one fence and one atomic for its kUnit chunks. With both, a chunk takes ~4.6 us beside the
-// kernel, ~2 us alone, and at hd64 4k causal the stream (573 us) still lasts about as long as
-// the kernel, which waits for heads: the call gains 1-3% (h100-b57ebec-kv-stream-units-ab.txt).
+// are ready first); worker i (of W, kWarps an SM) takes units i, i + W, i + 2W, ... Each chunk
+// arrives by TMA (rows past the sequence as zeros) into the worker's ring of stages, with its
+// head's parameters (K's mean, V's scales and limits) by bulk copy beside it, so that the warp
+// never waits on a global load: alone on an SM a warp is bound by memory round trips, and beside
+// the attention kernel those took 3-4x longer (h100-1159570-kv-stream-160-registers-ab.txt: 7 us
+// a chunk, 900 us in all at hd64 4k, where a global load and a fence + atomic each chunk made
+// four round trips). A unit ends with one fence and one atomic for its kUnit chunks. With both
+// and one warp an SM, a chunk took ~4.6 us beside the kernel, ~2 us alone, and at hd64 4k causal
+// the stream (573 us) lasted about as long as the kernel, which waited for heads: the call
+// gained 1-3% (h100-b57ebec-kv-stream-units-ab.txt). Hence a warp in every quarter.
 // - K: the rule of quant_int8 with a smoothing vector (the sample mean, rounded to K's type:
 //   any vector cancels in softmax, and the caller's LSE term uses the same), one scale per
 //   64-key group or per key residue mod 8 inside it (the attention kernel's two granularities).
@@ -108,12 +111,17 @@ struct KvStream {
   static constexpr int kChunkBytes = kKeys * D * 2;
   static constexpr int kUnit = 4;  // chunks a unit: K, V, K, V of 128 keys (padded_len's multiple)
   static constexpr int kStages = 4;
-  // Shared memory: the stages' chunks, their parameters ([2][D] floats: K's mean, or V's scales
-  // then limits), their mbarriers.
+  // Workers a CTA: one warp in each scheduler quarter (the 1024 registers the attention CTA
+  // leaves there).
+  static constexpr int kWarps = 4;
+  static constexpr int kThreads = 32 * kWarps;
+  // A worker's shared memory: its stages' chunks, their parameters ([2][D] floats: K's mean, or
+  // V's scales then limits), their mbarriers.
   static constexpr int kParamBytes = 2 * D * 4;
   static constexpr int kParamsAt = kStages * kChunkBytes;
   static constexpr int kBarriersAt = kParamsAt + kStages * kParamBytes;
-  static constexpr int kSmemBytes = kBarriersAt + kStages * 8;
+  static constexpr int kWorkerSmemBytes = (kBarriersAt + kStages * 8 + 127) / 128 * 128;
+  static constexpr int kSmemBytes = kWarps * kWorkerSmemBytes;
   static constexpr int kSlices = D / 8;             // 16-byte slices of a row
   static constexpr int kRowsPerPass = 32 / kSlices;  // rows a warp covers with one slice a lane
   // K's groups inside a chunk: rows congruent mod 8 (per_thread) or all 64 (per_warp). A lane's
@@ -122,8 +130,10 @@ struct KvStream {
   using H2 = typename Half2<T>::type;
 
   __device__ static int chunks_per_head(const KvStreamParams& p) { return 2 * (p.padded_len / kKeys); }
-  // This CTA's n-th chunk.
-  __device__ static int chunk_of(int n) { return (blockIdx.x + n / kUnit * gridDim.x) * kUnit + n % kUnit; }
+  // Worker `worker`'s n-th chunk, of `workers`.
+  __device__ static int chunk_of(int worker, int workers, int n) {
+    return (worker + n / kUnit * workers) * kUnit + n % kUnit;
+  }
 
   // ---------------------------------------------------------------- K
   // Chunk rows [kKeys][D] of 16-bit K at `rows` (shared), keys k0 .. of head bh. A lane holds
@@ -341,18 +351,20 @@ struct KvStream {
     return v;
   }
 
-  // ---------------------------------------------------------------- the warp
+  // ---------------------------------------------------------------- a worker
   __device__ static void run(const KvStreamParams& p) {
-    extern __shared__ __align__(128) uint8_t smem[];
-    const int lane = threadIdx.x;
+    extern __shared__ __align__(128) uint8_t cta_smem[];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int worker = blockIdx.x * kWarps + warp, workers = gridDim.x * kWarps;
+    uint8_t* const smem = cta_smem + warp * kWorkerSmemBytes;
     const uint32_t stages = ptx::smem_addr(smem), full = stages + kBarriersAt;
     if (lane < kStages) ptx::mbar_init(full + 8 * lane, 1);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     __syncwarp();
     ptx::wait_prior_grids();  // (launch_after) and lets the attention kernel launch now
     const int per_head = chunks_per_head(p), total = per_head * p.heads * p.batch;
-    auto issue = [&](int n) {  // this CTA's n-th chunk and its parameters into stage n % kStages
-      const int chunk = chunk_of(n);
+    auto issue = [&](int n) {  // this worker's n-th chunk and its parameters into stage n % kStages
+      const int chunk = chunk_of(worker, workers, n);
       if (lane != 0 || chunk >= total) return;
       const int bh = chunk / per_head, j = chunk % per_head, s = n % kStages;
       const uint32_t bar = full + 8 * s, params = stages + kParamsAt + s * kParamBytes;
@@ -369,7 +381,7 @@ struct KvStream {
     };
     for (int n = 0; n < kStages - 1; ++n) issue(n);
     for (int n = 0;; ++n) {
-      const int chunk = chunk_of(n);
+      const int chunk = chunk_of(worker, workers, n);
       if (chunk >= total) break;
       issue(n + kStages - 1);
       const int s = n % kStages;
@@ -398,8 +410,8 @@ struct KvStream {
   }
 };
 
-// One warp an SM, at most 32 registers: what the attention kernel's CTA leaves in a scheduler
-// quarter's register file (384 threads at 160).
+// kWarps warps an SM, at most 32 registers each: what the attention kernel's CTA leaves in each
+// scheduler quarter's register file (384 threads at 160).
 template <typename T, int D, bool kPerThread>
 __global__ void __maxnreg__(32) kv_stream_kernel(const __grid_constant__ KvStreamParams p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
