@@ -202,7 +202,7 @@ struct KvStream {
       scale[g] = 1.0f / __low2float(mult[g]);
     }
     int8_t* out = p.k_out + (int64_t(bh) * p.len + k0) * D + 8 * slice;
-    float* scale_out = p.k_scale + int64_t(bh) * p.len + k0;
+    store_scales(p.k_scale + int64_t(bh) * p.len + k0, scale, rows_here, lane);
     const __half2 bias = __float2half2_rn(1536.0f);
 #pragma unroll 4
     for (int i = 0; i < kKeys / kRowsPerPass; ++i) {
@@ -215,9 +215,27 @@ struct KvStream {
         q[j] = *reinterpret_cast<const uint32_t*>(&t);
       }
       *reinterpret_cast<uint2*>(out + r * D) = make_uint2(__byte_perm(q[0], q[1], 0x6420), __byte_perm(q[2], q[3], 0x6420));
-      if (slice == 0) scale_out[r] = scale[i % kLaneGroups];
     }
     return true;
+  }
+
+  // The chunk's key scales, `scale` holding this lane's groups' (group_maxima's order): lane L
+  // writes keys L and L + 32, which share their group, so that each store covers whole
+  // 32-byte sectors (one key a store from the lanes of slice 0 wrote each sector in parts).
+  __device__ static void store_scales(float* out, const float (&scale)[kLaneGroups], int rows, int lane) {
+    // Key k's group is this lane array's k % 8 / kRowsPerPass (per_thread), held by the lanes
+    // of r0 = k % kRowsPerPass.
+    float mine = scale[0];
+    if constexpr (kPerThread) {
+      const int m = lane % 8;
+#pragma unroll
+      for (int g = 0; g < kLaneGroups; ++g) {
+        const float s = __shfl_sync(0xffffffffu, scale[g], m % kRowsPerPass * kSlices);
+        if (g == m / kRowsPerPass) mine = s;
+      }
+    }
+    if (lane < rows) out[lane] = mine;
+    if (lane + 32 < rows) out[lane + 32] = mine;
   }
 
   // quant_int8's arithmetic: k - mean and the scaling in fp32 (bf16 K, and fp16 K out of
@@ -239,51 +257,61 @@ struct KvStream {
       centered(r, v);
       return int8::lane_amax(v);
     }, r0, rows_here);
+    float scale[kLaneGroups];
+#pragma unroll
+    for (int g = 0; g < kLaneGroups; ++g) scale[g] = int8::scale_of(amax[g]);
+    store_scales(p.k_scale + int64_t(bh) * p.len + k0, scale, rows_here, lane);
     int8_t* out = p.k_out + (int64_t(bh) * p.len + k0) * D + 8 * slice;
 #pragma unroll 4
     for (int i = 0; i < kKeys / kRowsPerPass; ++i) {
       const int r = r0 + kRowsPerPass * i;
       if (r >= rows_here) break;
-      const float scale = int8::scale_of(amax[i % kLaneGroups]);
       float v[8];
       centered(r, v);
-      *reinterpret_cast<uint2*>(out + r * D) = int8::quantize(v, scale);
-      if (slice == 0) p.k_scale[int64_t(bh) * p.len + k0 + r] = scale;
+      *reinterpret_cast<uint2*>(out + r * D) = int8::quantize(v, scale[i % kLaneGroups]);
     }
   }
 
   // ---------------------------------------------------------------- V
   // Keys [k0, k0 + kKeys) of V (rows of D 16-bit channels; row(k, c): the channel pair c of
   // key k0 + k as a word) as permuted e4m3 bytes of V^T: word w of a 32-key group holds keys
-  // b, b + 1, b + 8, b + 9 (b = 16 (w / 4) + 2 (w % 4)), quant_v_fp8.cuh's permutation. Lane c
-  // takes channels 2c, 2c + 1 (and 2c + 64, 2c + 65 at head dim 128); `only` (the repair):
-  // just the pairs whose bit (c / 32) it sets. `scale`, `limit`: the head's channel scales and
-  // limits. Each channel's |v| maximum above its limit goes to v_overflow.
+  // b, b + 1, b + 8, b + 9 (b = 16 (w / 4) + 2 (w % 4)), quant_v_fp8.cuh's permutation. Lanes
+  // 2j and 2j + 1 take channels 2c, 2c + 1 for c = j, j + 16, ..., lane 2j the first 16 keys of
+  // each 32-key group and lane 2j + 1 the other 16, so that the two store whole 32-byte sectors
+  // of V^T's rows. (A lane with all the keys of its channels wrote each sector in two halves;
+  // beside the attention kernel, the stream's stores slowed it more than its loads and
+  // arithmetic together: bench/results/h100-6d7c9c4-kv-stream-interference.txt.) `only` (the
+  // repair): just the pairs whose bit (c / 32) it sets. `scale`, `limit`: the head's channel
+  // scales and limits. Each channel's |v| maximum above its limit goes to v_overflow.
   template <typename Row>
   __device__ static void encode_v(const KvStreamParams& p, Row row, int bh, int k0, int lane, const float* scale,
                                   const float* limit, uint32_t only = ~0u) {
     uint8_t* out = p.v_out + int64_t(bh) * D * p.padded_len + k0;
+    const int half = lane % 2;
 #pragma unroll 1
-    for (int c = lane; c < D / 2; c += 32) {
-      if (!(only >> (c / 32) & 1)) continue;
+    for (int c = lane / 2; c < D / 2; c += 16) {
+      if (!(only >> (c / 32) & 1)) continue;  // (the same for every lane: c / 32 = c0 / 32)
       const float inv0 = 1.0f / scale[2 * c], inv1 = 1.0f / scale[2 * c + 1];
       // fp16 V times the inverse scale in f16x2, then e4m3 from f16x2: half the instructions of
       // fp32, where the inverse fits (the product's double rounding is far below e4m3's step).
-      const float2 a = !Half2<T>::kBf16 && fmaxf(inv0, inv1) <= 32768.0f
-                           ? encode_pair<true>(row, c, inv0, inv1, out + 2 * c * int64_t(p.padded_len), p.padded_len)
-                           : encode_pair<false>(row, c, inv0, inv1, out + 2 * c * int64_t(p.padded_len), p.padded_len);
-      if (a.x > limit[2 * c]) int8::atomic_amax(&p.v_overflow[bh * D + 2 * c], a.x);
-      if (a.y > limit[2 * c + 1]) int8::atomic_amax(&p.v_overflow[bh * D + 2 * c + 1], a.y);
+      uint8_t* rows = out + 2 * c * int64_t(p.padded_len);
+      float2 a = !Half2<T>::kBf16 && fmaxf(inv0, inv1) <= 32768.0f
+                     ? encode_pair<true>(row, c, half, inv0, inv1, rows, p.padded_len)
+                     : encode_pair<false>(row, c, half, inv0, inv1, rows, p.padded_len);
+      a.x = fmaxf(a.x, __shfl_xor_sync(0xffffffffu, a.x, 1));
+      a.y = fmaxf(a.y, __shfl_xor_sync(0xffffffffu, a.y, 1));
+      if (half == 0 && a.x > limit[2 * c]) int8::atomic_amax(&p.v_overflow[bh * D + 2 * c], a.x);
+      if (half == 0 && a.y > limit[2 * c + 1]) int8::atomic_amax(&p.v_overflow[bh * D + 2 * c + 1], a.y);
     }
   }
-  // Channels 2c, 2c + 1 of the chunk's keys to rows `out` and `out + stride` of V^T; returns
-  // their |v| maxima.
+  // Channels 2c, 2c + 1 of half `half` of each 32-key group of the chunk to rows `out` and
+  // `out + stride` of V^T; returns their |v| maxima over those keys.
   template <bool kF16, typename Row>
-  __device__ static float2 encode_pair(Row row, int c, float inv0, float inv1, uint8_t* out, int stride) {
+  __device__ static float2 encode_pair(Row row, int c, int half, float inv0, float inv1, uint8_t* out, int stride) {
     const __half2 inv = __floats2half2_rn(inv0, inv1);
     H2 amax = Half2<T>::from_floats(0.0f, 0.0f);  // channel 2c in the low half
 #pragma unroll 1
-    for (int q = 0; q < kKeys / 16; ++q) {  // 16 keys: words 4 (q % 2) .. + 3 of 32-key group q / 2
+    for (int q = half; q < kKeys / 16; q += 2) {  // 16 keys: words 4 (q % 2) .. + 3 of 32-key group q / 2
       uint32_t w0[4], w1[4];
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
