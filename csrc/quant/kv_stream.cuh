@@ -127,6 +127,7 @@ struct KvStream {
   // K's groups inside a chunk: rows congruent mod 8 (per_thread) or all 64 (per_warp). A lane's
   // rows are r0 + kRowsPerPass i: kLaneGroups of them distinct mod 8 (per_thread).
   static constexpr int kLaneGroups = kPerThread ? 8 / kRowsPerPass : 1;
+  static_assert(D / 2 <= 64, "a bit for each channel pair in encode_v's `only`");
   using H2 = typename Half2<T>::type;
 
   __device__ static int chunks_per_head(const KvStreamParams& p) { return 2 * (p.padded_len / kKeys); }
@@ -281,16 +282,17 @@ struct KvStream {
   // of V^T's rows. (A lane with all the keys of its channels wrote each sector in two halves;
   // beside the attention kernel, the stream's stores slowed it more than its loads and
   // arithmetic together: bench/results/h100-6d7c9c4-kv-stream-interference.txt.) `only` (the
-  // repair): just the pairs whose bit (c / 32) it sets. `scale`, `limit`: the head's channel
-  // scales and limits. Each channel's |v| maximum above its limit goes to v_overflow.
+  // repair): just the pairs c whose bit it sets. `scale`, `limit`: the head's channel scales and
+  // limits. Each channel's |v| maximum above its limit goes to v_overflow.
   template <typename Row>
   __device__ static void encode_v(const KvStreamParams& p, Row row, int bh, int k0, int lane, const float* scale,
-                                  const float* limit, uint32_t only = ~0u) {
+                                  const float* limit, uint64_t only = ~0ull) {
     uint8_t* out = p.v_out + int64_t(bh) * D * p.padded_len + k0;
     const int half = lane % 2;
+    const unsigned pair = 3u << (lane - half);  // the two lanes of this lane's channels
 #pragma unroll 1
     for (int c = lane / 2; c < D / 2; c += 16) {
-      if (!(only >> (c / 32) & 1)) continue;  // (the same for every lane: c / 32 = c0 / 32)
+      if (!(only >> c & 1)) continue;
       const float inv0 = 1.0f / scale[2 * c], inv1 = 1.0f / scale[2 * c + 1];
       // fp16 V times the inverse scale in f16x2, then e4m3 from f16x2: half the instructions of
       // fp32, where the inverse fits (the product's double rounding is far below e4m3's step).
@@ -298,8 +300,8 @@ struct KvStream {
       float2 a = !Half2<T>::kBf16 && fmaxf(inv0, inv1) <= 32768.0f
                      ? encode_pair<true>(row, c, half, inv0, inv1, rows, p.padded_len)
                      : encode_pair<false>(row, c, half, inv0, inv1, rows, p.padded_len);
-      a.x = fmaxf(a.x, __shfl_xor_sync(0xffffffffu, a.x, 1));
-      a.y = fmaxf(a.y, __shfl_xor_sync(0xffffffffu, a.y, 1));
+      a.x = fmaxf(a.x, __shfl_xor_sync(pair, a.x, 1));
+      a.y = fmaxf(a.y, __shfl_xor_sync(pair, a.y, 1));
       if (half == 0 && a.x > limit[2 * c]) int8::atomic_amax(&p.v_overflow[bh * D + 2 * c], a.x);
       if (half == 0 && a.y > limit[2 * c + 1]) int8::atomic_amax(&p.v_overflow[bh * D + 2 * c + 1], a.y);
     }
@@ -350,15 +352,16 @@ struct KvStream {
   // The head's last chunk: channels that overflowed are encoded again with their maximum (from
   // V in global memory: rare), then every scale is final and the head is published.
   __device__ static void finish_head(const KvStreamParams& p, int bh, int lane) {
-    uint32_t redo = 0;
+    uint64_t redo = 0;  // bit c: channel pair c overflowed (the same in every lane)
     for (int c = lane; c < D / 2; c += 32) {
       const int i = bh * D + 2 * c;
       const float o0 = ld_relaxed(p.v_overflow + i), o1 = ld_relaxed(p.v_overflow + i + 1);
-      if (o0 > 0.0f || o1 > 0.0f) redo |= 1u << (c / 32);
+      redo |= uint64_t(__ballot_sync(0xffffffffu, o0 > 0.0f || o1 > 0.0f)) << (c - lane);
       p.v_scale[i] = e4m3_scale(fmaxf(p.v_limit[i], o0));
       p.v_scale[i + 1] = e4m3_scale(fmaxf(p.v_limit[i + 1], o1));
     }
-    if (__any_sync(0xffffffffu, redo != 0)) {
+    if (redo != 0) {
+      __syncwarp();  // the scales just written, to the lanes that encode with them
       const T* v = static_cast<const T*>(p.v) + (bh / p.heads) * p.v_stride_b + (bh % p.heads) * p.v_stride_h;
       for (int k0 = 0; k0 < p.padded_len; k0 += kKeys) {
         auto row = [&](int k, int c) -> uint32_t {
