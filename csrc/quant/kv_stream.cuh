@@ -26,9 +26,13 @@
 // the attention kernel those took 3-4x longer (h100-1159570-kv-stream-160-registers-ab.txt: 7 us
 // a chunk, 900 us in all at hd64 4k, where a global load and a fence + atomic each chunk made
 // four round trips). A unit ends with one fence and one atomic for its kUnit chunks. With both
-// and one warp an SM, a chunk took ~4.6 us beside the kernel, ~2 us alone, and at hd64 4k causal
-// the stream (573 us) lasted about as long as the kernel, which waited for heads: the call
-// gained 1-3% (h100-b57ebec-kv-stream-units-ab.txt). Hence a warp in every quarter.
+// and one warp an SM, a chunk took ~4.6 us beside the kernel, and at hd64 4k causal the stream
+// (573 us) lasted about as long as the kernel: the call gained 1-3% over the passes
+// (h100-b57ebec-kv-stream-units-ab.txt). Four workers end the stream at ~180 us, so the kernel
+// never waits for heads after its first ones, but the call is no faster: what slows the kernel
+// is the stream's memory traffic, whenever it runs. At 1980 MHz the stream adds ~64 us to a
+// ~555 us kernel: ~31 its stores, ~29 its loads, ~6 its arithmetic, ~6 its signals; the passes
+// add ~72 (h100-6d7c9c4-kv-stream-interference.txt).
 // - K: the rule of quant_int8 with a smoothing vector (the sample mean, rounded to K's type:
 //   any vector cancels in softmax, and the caller's LSE term uses the same), one scale per
 //   64-key group or per key residue mod 8 inside it (the attention kernel's two granularities).
