@@ -283,9 +283,10 @@ struct KvStream {
   // b, b + 1, b + 8, b + 9 (b = 16 (w / 4) + 2 (w % 4)), quant_v_fp8.cuh's permutation. Lanes
   // 2j and 2j + 1 take channels 2c, 2c + 1 for c = j, j + 16, ..., lane 2j the first 16 keys of
   // each 32-key group and lane 2j + 1 the other 16, so that the two store whole 32-byte sectors
-  // of V^T's rows. (A lane with all the keys of its channels wrote each sector in two halves;
-  // beside the attention kernel, the stream's stores slowed it more than its loads and
-  // arithmetic together: bench/results/h100-6d7c9c4-kv-stream-interference.txt.) `only` (the
+  // of V^T's rows. (A lane with all the keys of its channels wrote each sector in two halves.
+  // Beside the attention kernel the stream's stores cost it about as much as the stream's loads
+  // and arithmetic together; whole sectors ran the call 0.3-1% faster:
+  // bench/results/h100-6d7c9c4-kv-stream-interference.txt.) `only` (the
   // repair): just the pairs c whose bit it sets. `scale`, `limit`: the head's channel scales and
   // limits. Each channel's |v| maximum above its limit goes to v_overflow.
   template <typename Row>
