@@ -1,4 +1,5 @@
-// K to INT8 and V to e4m3 by one warp an SM, running beside the Hopper e4m3 kernel.
+// K to INT8 and V to e4m3 by one warp in each scheduler quarter of every SM, running beside the
+// Hopper e4m3 kernel.
 //
 // Why: the fp8 path's K and V passes read 16-bit K and V once each at DRAM bandwidth, and the
 // attention kernel waits for them, compute-bound, leaving the memory idle. On H100 at B=4 H=32
@@ -6,10 +7,11 @@
 // persistent e4m3 hd64 CTA, launched at 160 registers a thread (Sm90Kernel::kLaunchRegs), leaves
 // 1024 registers in each of an SM's four scheduler quarters: one warp at 32 (a warp's registers
 // come from its quarter's file; at 168 a quarter kept 256, and the two kernels ran one after the
-// other). This kernel is that warp on every SM: launched first, it lets the attention kernel
-// launch at once (griddepcontrol.launch_dependents right after its own wait) and publishes each
-// KV head once its K and V are written; the attention kernel's producer waits for a head before
-// it loads the head's first block (sm90/attn_sm90.cuh, kv_ready).
+// other). This kernel's CTA is those four warps on every SM, each a worker of its own (its own
+// stage ring, its own units): launched first, it lets the attention kernel launch at once
+// (griddepcontrol.launch_dependents right after its own wait) and publishes each KV head once its
+// K and V are written; the attention kernel's producer waits for a head before it loads the
+// head's first block (sm90/attn_sm90.cuh, kv_ready).
 //
 // No deadlock: the attention kernel launches only once every CTA of this kernel has started,
 // and this kernel waits for nothing the attention kernel does. If the two cannot share an SM
@@ -17,15 +19,20 @@
 //
 // Work: chunks of kKeys keys of one KV head, of K or of V, in units of kUnit chunks of one head,
 // the units in head order (the attention kernel's tiles run in runs of heads, so the first heads
-// are ready first); CTA i takes units i, i + G, i + 2G, ... Each chunk arrives by TMA (rows past
-// the sequence as zeros) into a ring of stages, with its head's parameters (K's mean, V's scales
-// and limits) by bulk copy beside it, so that the warp never waits on a global load: alone on an
-// SM the warp is bound by memory round trips, and beside the attention kernel those took 3-4x
-// longer (h100-1159570-kv-stream-160-registers-ab.txt: 7 us a chunk, 900 us in all at hd64 4k,
-// where a global load and a fence + atomic each chunk made four round trips). A unit ends with
-// one fence and one atomic for its kUnit chunks. With both, a chunk takes ~4.6 us beside the
-// kernel, ~2 us alone, and at hd64 4k causal the stream (573 us) still lasts about as long as
-// the kernel, which waits for heads: the call gains 1-3% (h100-b57ebec-kv-stream-units-ab.txt).
+// are ready first); worker i (of W, kWarps an SM) takes units i, i + W, i + 2W, ... Each chunk
+// arrives by TMA (rows past the sequence as zeros) into the worker's ring of stages, with its
+// head's parameters (K's mean, V's scales and limits) by bulk copy beside it, so that the warp
+// never waits on a global load: alone on an SM a warp is bound by memory round trips, and beside
+// the attention kernel those took 3-4x longer (h100-1159570-kv-stream-160-registers-ab.txt: 7 us
+// a chunk, 900 us in all at hd64 4k, where a global load and a fence + atomic each chunk made
+// four round trips). A unit ends with one fence and one atomic for its kUnit chunks. With both
+// and one warp an SM, a chunk took ~4.6 us beside the kernel, and at hd64 4k causal the stream
+// (573 us) lasted about as long as the kernel: the call gained 1-3% over the passes
+// (h100-b57ebec-kv-stream-units-ab.txt). Four workers end the stream at ~180 us, so the kernel
+// never waits for heads after its first ones, but the call is no faster: what slows the kernel
+// is the stream's memory traffic, whenever it runs. At 1980 MHz the stream adds ~64 us to a
+// ~555 us kernel: ~31 its stores, ~29 its loads, ~6 its arithmetic, ~6 its signals; the passes
+// add ~72 (h100-6d7c9c4-kv-stream-interference.txt).
 // - K: the rule of quant_int8 with a smoothing vector (the sample mean, rounded to K's type:
 //   any vector cancels in softmax, and the caller's LSE term uses the same), one scale per
 //   64-key group or per key residue mod 8 inside it (the attention kernel's two granularities).
@@ -108,22 +115,30 @@ struct KvStream {
   static constexpr int kChunkBytes = kKeys * D * 2;
   static constexpr int kUnit = 4;  // chunks a unit: K, V, K, V of 128 keys (padded_len's multiple)
   static constexpr int kStages = 4;
-  // Shared memory: the stages' chunks, their parameters ([2][D] floats: K's mean, or V's scales
-  // then limits), their mbarriers.
+  // Workers a CTA: one warp in each scheduler quarter (the 1024 registers the attention CTA
+  // leaves there).
+  static constexpr int kWarps = 4;
+  static constexpr int kThreads = 32 * kWarps;
+  // A worker's shared memory: its stages' chunks, their parameters ([2][D] floats: K's mean, or
+  // V's scales then limits), their mbarriers.
   static constexpr int kParamBytes = 2 * D * 4;
   static constexpr int kParamsAt = kStages * kChunkBytes;
   static constexpr int kBarriersAt = kParamsAt + kStages * kParamBytes;
-  static constexpr int kSmemBytes = kBarriersAt + kStages * 8;
+  static constexpr int kWorkerSmemBytes = (kBarriersAt + kStages * 8 + 127) / 128 * 128;
+  static constexpr int kSmemBytes = kWarps * kWorkerSmemBytes;
   static constexpr int kSlices = D / 8;             // 16-byte slices of a row
   static constexpr int kRowsPerPass = 32 / kSlices;  // rows a warp covers with one slice a lane
   // K's groups inside a chunk: rows congruent mod 8 (per_thread) or all 64 (per_warp). A lane's
   // rows are r0 + kRowsPerPass i: kLaneGroups of them distinct mod 8 (per_thread).
   static constexpr int kLaneGroups = kPerThread ? 8 / kRowsPerPass : 1;
+  static_assert(D / 2 <= 64, "a bit for each channel pair in encode_v's `only`");
   using H2 = typename Half2<T>::type;
 
   __device__ static int chunks_per_head(const KvStreamParams& p) { return 2 * (p.padded_len / kKeys); }
-  // This CTA's n-th chunk.
-  __device__ static int chunk_of(int n) { return (blockIdx.x + n / kUnit * gridDim.x) * kUnit + n % kUnit; }
+  // Worker `worker`'s n-th chunk, of `workers`.
+  __device__ static int chunk_of(int worker, int workers, int n) {
+    return (worker + n / kUnit * workers) * kUnit + n % kUnit;
+  }
 
   // ---------------------------------------------------------------- K
   // Chunk rows [kKeys][D] of 16-bit K at `rows` (shared), keys k0 .. of head bh. A lane holds
@@ -192,7 +207,7 @@ struct KvStream {
       scale[g] = 1.0f / __low2float(mult[g]);
     }
     int8_t* out = p.k_out + (int64_t(bh) * p.len + k0) * D + 8 * slice;
-    float* scale_out = p.k_scale + int64_t(bh) * p.len + k0;
+    store_scales(p.k_scale + int64_t(bh) * p.len + k0, scale, rows_here, lane);
     const __half2 bias = __float2half2_rn(1536.0f);
 #pragma unroll 4
     for (int i = 0; i < kKeys / kRowsPerPass; ++i) {
@@ -205,9 +220,27 @@ struct KvStream {
         q[j] = *reinterpret_cast<const uint32_t*>(&t);
       }
       *reinterpret_cast<uint2*>(out + r * D) = make_uint2(__byte_perm(q[0], q[1], 0x6420), __byte_perm(q[2], q[3], 0x6420));
-      if (slice == 0) scale_out[r] = scale[i % kLaneGroups];
     }
     return true;
+  }
+
+  // The chunk's key scales, `scale` holding this lane's groups' (group_maxima's order): lane L
+  // writes keys L and L + 32, which share their group, so that each store covers whole
+  // 32-byte sectors (one key a store from the lanes of slice 0 wrote each sector in parts).
+  __device__ static void store_scales(float* out, const float (&scale)[kLaneGroups], int rows, int lane) {
+    // Key k's group is this lane array's k % 8 / kRowsPerPass (per_thread), held by the lanes
+    // of r0 = k % kRowsPerPass.
+    float mine = scale[0];
+    if constexpr (kPerThread) {
+      const int m = lane % 8;
+#pragma unroll
+      for (int g = 0; g < kLaneGroups; ++g) {
+        const float s = __shfl_sync(0xffffffffu, scale[g], m % kRowsPerPass * kSlices);
+        if (g == m / kRowsPerPass) mine = s;
+      }
+    }
+    if (lane < rows) out[lane] = mine;
+    if (lane + 32 < rows) out[lane + 32] = mine;
   }
 
   // quant_int8's arithmetic: k - mean and the scaling in fp32 (bf16 K, and fp16 K out of
@@ -229,51 +262,63 @@ struct KvStream {
       centered(r, v);
       return int8::lane_amax(v);
     }, r0, rows_here);
+    float scale[kLaneGroups];
+#pragma unroll
+    for (int g = 0; g < kLaneGroups; ++g) scale[g] = int8::scale_of(amax[g]);
+    store_scales(p.k_scale + int64_t(bh) * p.len + k0, scale, rows_here, lane);
     int8_t* out = p.k_out + (int64_t(bh) * p.len + k0) * D + 8 * slice;
 #pragma unroll 4
     for (int i = 0; i < kKeys / kRowsPerPass; ++i) {
       const int r = r0 + kRowsPerPass * i;
       if (r >= rows_here) break;
-      const float scale = int8::scale_of(amax[i % kLaneGroups]);
       float v[8];
       centered(r, v);
-      *reinterpret_cast<uint2*>(out + r * D) = int8::quantize(v, scale);
-      if (slice == 0) p.k_scale[int64_t(bh) * p.len + k0 + r] = scale;
+      *reinterpret_cast<uint2*>(out + r * D) = int8::quantize(v, scale[i % kLaneGroups]);
     }
   }
 
   // ---------------------------------------------------------------- V
   // Keys [k0, k0 + kKeys) of V (rows of D 16-bit channels; row(k, c): the channel pair c of
   // key k0 + k as a word) as permuted e4m3 bytes of V^T: word w of a 32-key group holds keys
-  // b, b + 1, b + 8, b + 9 (b = 16 (w / 4) + 2 (w % 4)), quant_v_fp8.cuh's permutation. Lane c
-  // takes channels 2c, 2c + 1 (and 2c + 64, 2c + 65 at head dim 128); `only` (the repair):
-  // just the pairs whose bit (c / 32) it sets. `scale`, `limit`: the head's channel scales and
+  // b, b + 1, b + 8, b + 9 (b = 16 (w / 4) + 2 (w % 4)), quant_v_fp8.cuh's permutation. Lanes
+  // 2j and 2j + 1 take channels 2c, 2c + 1 for c = j, j + 16, ..., lane 2j the first 16 keys of
+  // each 32-key group and lane 2j + 1 the other 16, so that the two store whole 32-byte sectors
+  // of V^T's rows. (A lane with all the keys of its channels wrote each sector in two halves.
+  // Beside the attention kernel the stream's stores cost it about as much as the stream's loads
+  // and arithmetic together; whole sectors ran the call 0.3-1% faster:
+  // bench/results/h100-6d7c9c4-kv-stream-interference.txt.) `only` (the
+  // repair): just the pairs c whose bit it sets. `scale`, `limit`: the head's channel scales and
   // limits. Each channel's |v| maximum above its limit goes to v_overflow.
   template <typename Row>
   __device__ static void encode_v(const KvStreamParams& p, Row row, int bh, int k0, int lane, const float* scale,
-                                  const float* limit, uint32_t only = ~0u) {
+                                  const float* limit, uint64_t only = ~0ull) {
     uint8_t* out = p.v_out + int64_t(bh) * D * p.padded_len + k0;
+    const int half = lane % 2;
+    const unsigned pair = 3u << (lane - half);  // the two lanes of this lane's channels
 #pragma unroll 1
-    for (int c = lane; c < D / 2; c += 32) {
-      if (!(only >> (c / 32) & 1)) continue;
+    for (int c = lane / 2; c < D / 2; c += 16) {
+      if (!(only >> c & 1)) continue;
       const float inv0 = 1.0f / scale[2 * c], inv1 = 1.0f / scale[2 * c + 1];
       // fp16 V times the inverse scale in f16x2, then e4m3 from f16x2: half the instructions of
       // fp32, where the inverse fits (the product's double rounding is far below e4m3's step).
-      const float2 a = !Half2<T>::kBf16 && fmaxf(inv0, inv1) <= 32768.0f
-                           ? encode_pair<true>(row, c, inv0, inv1, out + 2 * c * int64_t(p.padded_len), p.padded_len)
-                           : encode_pair<false>(row, c, inv0, inv1, out + 2 * c * int64_t(p.padded_len), p.padded_len);
-      if (a.x > limit[2 * c]) int8::atomic_amax(&p.v_overflow[bh * D + 2 * c], a.x);
-      if (a.y > limit[2 * c + 1]) int8::atomic_amax(&p.v_overflow[bh * D + 2 * c + 1], a.y);
+      uint8_t* rows = out + 2 * c * int64_t(p.padded_len);
+      float2 a = !Half2<T>::kBf16 && fmaxf(inv0, inv1) <= 32768.0f
+                     ? encode_pair<true>(row, c, half, inv0, inv1, rows, p.padded_len)
+                     : encode_pair<false>(row, c, half, inv0, inv1, rows, p.padded_len);
+      a.x = fmaxf(a.x, __shfl_xor_sync(pair, a.x, 1));
+      a.y = fmaxf(a.y, __shfl_xor_sync(pair, a.y, 1));
+      if (half == 0 && a.x > limit[2 * c]) int8::atomic_amax(&p.v_overflow[bh * D + 2 * c], a.x);
+      if (half == 0 && a.y > limit[2 * c + 1]) int8::atomic_amax(&p.v_overflow[bh * D + 2 * c + 1], a.y);
     }
   }
-  // Channels 2c, 2c + 1 of the chunk's keys to rows `out` and `out + stride` of V^T; returns
-  // their |v| maxima.
+  // Channels 2c, 2c + 1 of half `half` of each 32-key group of the chunk to rows `out` and
+  // `out + stride` of V^T; returns their |v| maxima over those keys.
   template <bool kF16, typename Row>
-  __device__ static float2 encode_pair(Row row, int c, float inv0, float inv1, uint8_t* out, int stride) {
+  __device__ static float2 encode_pair(Row row, int c, int half, float inv0, float inv1, uint8_t* out, int stride) {
     const __half2 inv = __floats2half2_rn(inv0, inv1);
     H2 amax = Half2<T>::from_floats(0.0f, 0.0f);  // channel 2c in the low half
 #pragma unroll 1
-    for (int q = 0; q < kKeys / 16; ++q) {  // 16 keys: words 4 (q % 2) .. + 3 of 32-key group q / 2
+    for (int q = half; q < kKeys / 16; q += 2) {  // 16 keys: words 4 (q % 2) .. + 3 of 32-key group q / 2
       uint32_t w0[4], w1[4];
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
@@ -312,15 +357,16 @@ struct KvStream {
   // The head's last chunk: channels that overflowed are encoded again with their maximum (from
   // V in global memory: rare), then every scale is final and the head is published.
   __device__ static void finish_head(const KvStreamParams& p, int bh, int lane) {
-    uint32_t redo = 0;
+    uint64_t redo = 0;  // bit c: channel pair c overflowed (the same in every lane)
     for (int c = lane; c < D / 2; c += 32) {
       const int i = bh * D + 2 * c;
       const float o0 = ld_relaxed(p.v_overflow + i), o1 = ld_relaxed(p.v_overflow + i + 1);
-      if (o0 > 0.0f || o1 > 0.0f) redo |= 1u << (c / 32);
+      redo |= uint64_t(__ballot_sync(0xffffffffu, o0 > 0.0f || o1 > 0.0f)) << (c - lane);
       p.v_scale[i] = e4m3_scale(fmaxf(p.v_limit[i], o0));
       p.v_scale[i + 1] = e4m3_scale(fmaxf(p.v_limit[i + 1], o1));
     }
-    if (__any_sync(0xffffffffu, redo != 0)) {
+    if (redo != 0) {
+      __syncwarp();  // the scales just written, to the lanes that encode with them
       const T* v = static_cast<const T*>(p.v) + (bh / p.heads) * p.v_stride_b + (bh % p.heads) * p.v_stride_h;
       for (int k0 = 0; k0 < p.padded_len; k0 += kKeys) {
         auto row = [&](int k, int c) -> uint32_t {
@@ -341,18 +387,20 @@ struct KvStream {
     return v;
   }
 
-  // ---------------------------------------------------------------- the warp
+  // ---------------------------------------------------------------- a worker
   __device__ static void run(const KvStreamParams& p) {
-    extern __shared__ __align__(128) uint8_t smem[];
-    const int lane = threadIdx.x;
+    extern __shared__ __align__(128) uint8_t cta_smem[];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int worker = blockIdx.x * kWarps + warp, workers = gridDim.x * kWarps;
+    uint8_t* const smem = cta_smem + warp * kWorkerSmemBytes;
     const uint32_t stages = ptx::smem_addr(smem), full = stages + kBarriersAt;
     if (lane < kStages) ptx::mbar_init(full + 8 * lane, 1);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     __syncwarp();
     ptx::wait_prior_grids();  // (launch_after) and lets the attention kernel launch now
     const int per_head = chunks_per_head(p), total = per_head * p.heads * p.batch;
-    auto issue = [&](int n) {  // this CTA's n-th chunk and its parameters into stage n % kStages
-      const int chunk = chunk_of(n);
+    auto issue = [&](int n) {  // this worker's n-th chunk and its parameters into stage n % kStages
+      const int chunk = chunk_of(worker, workers, n);
       if (lane != 0 || chunk >= total) return;
       const int bh = chunk / per_head, j = chunk % per_head, s = n % kStages;
       const uint32_t bar = full + 8 * s, params = stages + kParamsAt + s * kParamBytes;
@@ -369,7 +417,7 @@ struct KvStream {
     };
     for (int n = 0; n < kStages - 1; ++n) issue(n);
     for (int n = 0;; ++n) {
-      const int chunk = chunk_of(n);
+      const int chunk = chunk_of(worker, workers, n);
       if (chunk >= total) break;
       issue(n + kStages - 1);
       const int s = n % kStages;
@@ -398,8 +446,8 @@ struct KvStream {
   }
 };
 
-// One warp an SM, at most 32 registers: what the attention kernel's CTA leaves in a scheduler
-// quarter's register file (384 threads at 160).
+// kWarps warps an SM, at most 32 registers each: what the attention kernel's CTA leaves in each
+// scheduler quarter's register file (384 threads at 160).
 template <typename T, int D, bool kPerThread>
 __global__ void __maxnreg__(32) kv_stream_kernel(const __grid_constant__ KvStreamParams p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900

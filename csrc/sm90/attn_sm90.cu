@@ -240,7 +240,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_sm90_fp8(const at::Tensor& q
   // registers, and the stream would run before it, one warp an SM: slower than the passes.
   constexpr int kStreamHd = 64;
   using StreamTraits = sm90::Sm90Traits<kStreamHd, PV::kFp8, __half>;
-  static_assert(sm90::Sm90Kernel<StreamTraits, true>::kBesideKvStream, "room for the stream's warp");
+  static_assert(sm90::Sm90Kernel<StreamTraits, true>::kBesideKvStream, "room for the stream's warps");
+  using Stream = KvStream<__half, kStreamHd, true>;
+  static_assert(StreamTraits::kSmemBytes + Stream::kSmemBytes + 2 * 1024 <= 228 * 1024,
+                "the stream's CTA fits an SM's shared memory beside the attention CTA (1 KB reserved each)");
   const bool streamed = runs_persistent(query_tiles<StreamTraits>(qs), sm_count(q.get_device())) && ks.n > 0 &&
                         ks.h > 0 && ks.b > 0 && qs.d == kStreamHd && ks.d == kStreamHd;
   if (!streamed) {
@@ -267,9 +270,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_sm90_fp8(const at::Tensor& q
   const BeforePersistent before = [&](int* clear, int clear_count) -> const int* {
     KvStreamParams s{};
     s.k_map = tensor_map<4>(k.data_ptr(), 2, {D, ks.n, ks.h, ks.b}, {ks.stride_n * 2, ks.stride_h * 2, ks.stride_b * 2},
-                            {int(D), KvStream<__half, 64, true>::kKeys, 1, 1}, 0);
+                            {int(D), Stream::kKeys, 1, 1}, 0);
     s.v_map = tensor_map<4>(v.data_ptr(), 2, {D, vs.n, vs.h, vs.b}, {vs.stride_n * 2, vs.stride_h * 2, vs.stride_b * 2},
-                            {int(D), KvStream<__half, 64, true>::kKeys, 1, 1}, 0);
+                            {int(D), Stream::kKeys, 1, 1}, 0);
     s.k = k.data_ptr();
     s.k_stride_b = ks.stride_b;
     s.k_stride_h = ks.stride_h;
@@ -300,11 +303,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_sm90_fp8(const at::Tensor& q
                    token_sample::draw(int(ks.n)));
       auto go = [&](auto kernel, int smem) {
         C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-        // An SM changes its L1 / shared memory split only while idle: set up for this warp's
-        // 32-64 KB alone, it would leave no room for the attention CTA beside it.
+        // An SM changes its L1 / shared memory split only while idle: set up for this CTA's
+        // 137 KB alone, it would leave no room for the attention CTA beside it.
         C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
                                             cudaSharedmemCarveoutMaxShared));
-        launch_after(kernel, dim3(sm_count(q.get_device())), 32, smem, stream, s);
+        launch_after(kernel, dim3(sm_count(q.get_device())), Stream::kThreads, smem, stream, s);
       };
       if (k_group_stride == 8)
         go(kv_stream_kernel<T, HD, true>, KvStream<T, HD, true>::kSmemBytes);
