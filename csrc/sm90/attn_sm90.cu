@@ -236,8 +236,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_sm90_fp8(const at::Tensor& q
   TORCH_CHECK(vs.b == ks.b && vs.h == ks.h && vs.n == ks.n && vs.d == ks.d, "v must have k's shape");
   const c10::cuda::CUDAGuard guard(q.device());
   // Streamed where the attention kernel runs persistent and leaves an SM room for the stream's
-  // warp: e4m3 at hd64 (Sm90Kernel::kBesideKvStream). At hd128 its CTA leaves no warp's
-  // registers, and the stream would run before it, one warp an SM: slower than the passes.
+  // warps: e4m3 at hd64 (Sm90Kernel::kBesideKvStream). At hd128 its CTA leaves no warp's
+  // registers, and the stream would run before it, four warps an SM: slower than the passes.
   constexpr int kStreamHd = 64;
   using StreamTraits = sm90::Sm90Traits<kStreamHd, PV::kFp8, __half>;
   static_assert(sm90::Sm90Kernel<StreamTraits, true>::kBesideKvStream, "room for the stream's warps");

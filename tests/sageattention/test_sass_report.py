@@ -108,9 +108,9 @@ def test_hopper_key_loops(sass_report):
     streams = {name: row for name, row in rows.items() if "kv_stream_kernel" in name}
     rows = {name: row for name, row in rows.items() if name.startswith("sm90 ")}
     assert len(rows) == 16, sorted(rows)  # hd 64/128 x fp16/fp8 P·V x one CTA a tile/persistent x fp16/bf16
-    # kv_stream.cuh's warp (32 registers a thread) shares each SM with the persistent e4m3 hd64
-    # CTA, launched at 160 so that each scheduler quarter's file keeps 1024 registers free for
-    # it (hd 64 x fp16/bf16 x K group stride 1/8).
+    # kv_stream.cuh's warps (32 registers a thread, one in each scheduler quarter) share each SM
+    # with the persistent e4m3 hd64 CTA, launched at 160 so that each quarter's file keeps 1024
+    # registers free for one (hd 64 x fp16/bf16 x K group stride 1/8).
     assert len(streams) == 4 and all(row["registers"]["registers"] <= 32 for row in streams.values()), streams
     beside = [row["registers"]["registers"] for name, row in rows.items() if name.startswith("sm90 hd64 fp8 persistent")]
     assert beside and all(registers <= 160 for registers in beside), beside
