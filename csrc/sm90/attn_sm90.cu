@@ -57,16 +57,6 @@ CUtensorMap tensor_map(const void* base, int elem_bytes, std::array<int64_t, R> 
   return map;
 }
 
-// The tail split of a persistent grid (Sm90Kernel::work). Without a causal mask every
-// tile takes as long, so the last wave's tiles % sms tiles would run while the other SMs
-// idle. Each is split into as many key ranges as keep the last wave within one CTA an SM,
-// of at least kMinChunkBlocks key blocks each: a chunk also pays for its Q's
-// quantization, its first block, its part's store and (the last one) the merge, together
-// a few blocks' time on H100 (bench/results/h100-9952d4d-phases.txt). Under a causal mask
-// the tiles run longest first and the short ones already fill the tail. On H100 the 16-bit
-// hd64 kernel ran 3.4% faster at 4k (2816 tiles: 21 waves and 44 tiles); at hd128 4k
-// (31 waves and 4 tiles) nothing measurable: CTAs claiming tiles drift apart over 31
-// tiles, so 4 tiles never cost a whole tile-time (bench/results/h100-6baa061-tail-split-ab.txt).
 // Query tiles of q (Bhnd) for traits Tr, and whether their grid runs persistent: one CTA an
 // SM at a time either way (registers, shared memory), persistent once every SM has at least
 // two tiles; on smaller grids it has nothing to overlap (Sm90Kernel). attn_sm90_fp8 asks too:
@@ -77,6 +67,23 @@ int64_t query_tiles(const Bhnd& q) {
 }
 inline bool runs_persistent(int64_t tiles, int sms) { return tiles >= 2 * sms; }
 
+// A 16-bit [B, H, N, D] tensor (its Bhnd strides) as TMA's (D, N, H, B), boxes of `rows` whole
+// rows, no swizzle: Q tiles for the kernel, K and V chunks for kv_stream_kernel.
+CUtensorMap rows_map(const at::Tensor& x, const Bhnd& s, int rows) {
+  return tensor_map<4>(x.data_ptr(), 2, {s.d, s.n, s.h, s.b}, {s.stride_n * 2, s.stride_h * 2, s.stride_b * 2},
+                       {int(s.d), rows, 1, 1}, 0);
+}
+
+// The tail split of a persistent grid (Sm90Kernel::work). Without a causal mask every
+// tile takes as long, so the last wave's tiles % sms tiles would run while the other SMs
+// idle. Each is split into as many key ranges as keep the last wave within one CTA an SM,
+// of at least kMinChunkBlocks key blocks each: a chunk also pays for its Q's
+// quantization, its first block, its part's store and (the last one) the merge, together
+// a few blocks' time on H100 (bench/results/h100-9952d4d-phases.txt). Under a causal mask
+// the tiles run longest first and the short ones already fill the tail. On H100 the 16-bit
+// hd64 kernel ran 3.4% faster at 4k (2816 tiles: 21 waves and 44 tiles); at hd128 4k
+// (31 waves and 4 tiles) nothing measurable: CTAs claiming tiles drift apart over 31
+// tiles, so 4 tiles never cost a whole tile-time (bench/results/h100-6baa061-tail-split-ab.txt).
 struct TailSplit {
   int64_t first;  // the first split tile (= tiles: none)
   int chunks;
@@ -194,8 +201,7 @@ std::tuple<at::Tensor, at::Tensor> run_attn_sm90(const at::Tensor& q_in, const a
         p.part_o = part_buf.data_ptr<float>();
         p.part_lse = p.part_o + parts * Tr::kCtaQ * D;
       }
-      p.q_map = tensor_map<4>(q.data_ptr(), 2, {D, qs.n, qs.h, qs.b},
-                              {qs.stride_n * 2, qs.stride_h * 2, qs.stride_b * 2}, {int(D), Tr::kCtaQ, 1, 1}, 0);
+      p.q_map = rows_map(q, qs, Tr::kCtaQ);
       if (before_persistent) p.kv_ready = before_persistent(p.tile_counter, int(count_words));
       launch_kernel<Tr>(sm90::attn_sm90_kernel<Tr, true>, p, dim3(sms), stream);
     };
@@ -269,10 +275,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_sm90_fp8(const at::Tensor& q
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const BeforePersistent before = [&](int* clear, int clear_count) -> const int* {
     KvStreamParams s{};
-    s.k_map = tensor_map<4>(k.data_ptr(), 2, {D, ks.n, ks.h, ks.b}, {ks.stride_n * 2, ks.stride_h * 2, ks.stride_b * 2},
-                            {int(D), Stream::kKeys, 1, 1}, 0);
-    s.v_map = tensor_map<4>(v.data_ptr(), 2, {D, vs.n, vs.h, vs.b}, {vs.stride_n * 2, vs.stride_h * 2, vs.stride_b * 2},
-                            {int(D), Stream::kKeys, 1, 1}, 0);
+    s.k_map = rows_map(k, ks, Stream::kKeys);
+    s.v_map = rows_map(v, vs, Stream::kKeys);
     s.k = k.data_ptr();
     s.k_stride_b = ks.stride_b;
     s.k_stride_h = ks.stride_h;
