@@ -8,7 +8,9 @@ CUDA events time a call as a whole; they cannot show whether two of its kernels 
 (kv_stream_kernel beside the Hopper e4m3 kernel), which one waits for the other, or the gaps
 between launches. For each shape and path this runs ``--warmup`` calls, then ``--calls`` calls back
 to back under the profiler, and reports the last of those: the calls before it fill the
-pipeline, so that its first kernel meets the previous call's end as it does in a loop. Paths are
+pipeline, so that its first kernel meets the previous call's end as it does in a loop. The call
+before it is shown too (negative times), for the gap between one call's last kernel and the
+next call's. Paths are
 bench_attention.py's end-to-end ones (``sage_<path>``: the public pipeline with that kernel).
 Prints the timelines and writes JSON (``--out``) with the GPU, shapes, dtype and commit.
 """
@@ -26,18 +28,22 @@ import bench_cli  # noqa: E402
 import torch  # noqa: E402
 
 
-def last_call(kernels: list[tuple[str, float, float]], calls: int) -> list[dict]:
+def last_call(kernels: list[tuple[str, float, float]], calls: int) -> tuple[list[dict], list[dict]]:
     """The last of ``calls`` calls that launched the same kernels each, from (name, start, end)
-    in µs in any order: its kernels by start, times from its first kernel's start."""
+    in µs in any order: its kernels by start, times from its first kernel's start; and the call
+    before it on the same clock (negative times; empty for one call), where the last call's
+    first kernels meet the previous call's end."""
     kernels = sorted(kernels, key=lambda k: k[1])
     if calls < 1 or not kernels or len(kernels) % calls:
         raise ValueError(f"{len(kernels)} kernels do not split into {calls} calls of the same kernels")
-    last = kernels[-len(kernels) // calls:]
+    per_call = len(kernels) // calls
+    last, previous = kernels[-per_call:], kernels[-2 * per_call:-per_call] if calls > 1 else []
     names = [name for name, _, _ in last]
-    if [name for name, _, _ in kernels[:len(last)]] != names:
+    if [name for name, _, _ in kernels[:per_call]] != names:
         raise ValueError("the calls launched different kernels: " + ", ".join(names))
     t0 = last[0][1]
-    return [{"name": name, "start_us": start - t0, "end_us": end - t0} for name, start, end in last]
+    return tuple([{"name": name, "start_us": start - t0, "end_us": end - t0} for name, start, end in call]
+                 for call in (last, previous))
 
 
 def profile_kernels(fn, calls: int) -> list[tuple[str, float, float]]:
@@ -54,6 +60,8 @@ def profile_kernels(fn, calls: int) -> list[tuple[str, float, float]]:
 def print_timeline(row: dict) -> None:
     mask = "causal" if row["causal"] else "full"
     print(f"== {row['path']}  B={row['B']} H={row['H']} N={row['N']} D={row['D']} {mask}")
+    for k in row["previous_call"]:
+        print(f"  {k['start_us']:9.1f} .. {k['end_us']:9.1f}  ({k['end_us'] - k['start_us']:8.1f} us)  (previous call) {k['name'][:85]}")
     for k in row["kernels"]:
         print(f"  {k['start_us']:9.1f} .. {k['end_us']:9.1f}  ({k['end_us'] - k['start_us']:8.1f} us)  {k['name'][:100]}")
 
@@ -91,8 +99,9 @@ def main(argv=None) -> int:
             for _ in range(args.warmup):
                 call()
             torch.cuda.synchronize()
+            kernels, previous = last_call(profile_kernels(call, args.calls), args.calls)
             row = {"path": path, "B": args.batch, "H": args.heads, "N": n, "D": d, "causal": causal,
-                   "kernels": last_call(profile_kernels(call, args.calls), args.calls)}
+                   "kernels": kernels, "previous_call": previous}
             rows.append(row)
             print_timeline(row)
             bench_cli.write_json(args.out, {"env": env, "rows": rows})  # after every row

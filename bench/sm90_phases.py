@@ -21,7 +21,8 @@ warpgroup's first warp adds up, over its tiles, the cycles from one mark to the 
     store       O and the LSE to global memory
 
 and printf's them when the CTA runs out of tiles. `run` launches kernel-only calls
-(pre-quantized K and V, as bench_attention.py's kernel rows) and prints a marker before
+(pre-quantized K and V, as bench_attention.py's kernel rows), and at e4m3 hd64 also the
+end-to-end call, where the kernel runs beside kv_stream_kernel; it prints a marker before
 each, so that `summary` can attribute the lines; it reports the second launch of each shape.
 The patch anchors on the kernel's source text and fails loudly where that has changed.
 """
@@ -108,15 +109,19 @@ def run(build: pathlib.Path) -> None:
     for path, d, n, causal in SHAPES:
         torch.manual_seed(0)
         q, k, v = (torch.randn(4, 32, n, d, device="cuda", dtype=torch.float16) for _ in range(3))
-        fn = ba.kernel_only(path, "per_thread", causal, q, k, v)
         tag = f"{path} hd{d} N={n} {'causal' if causal else 'full'}"
-        for launch in range(2):
-            fn()  # unmarked: its lines print at this synchronize
-            torch.cuda.synchronize()
-            print(f"SHAPE {tag} launch{launch}", flush=True)
-            fn()
-            torch.cuda.synchronize()
-            print("END", flush=True)
+        calls = {tag: ba.kernel_only(path, "per_thread", causal, q, k, v)}
+        if path == "sm90_fp8" and d == 64:  # the kernel beside kv_stream_kernel, as the public path runs it
+            call = ba.sage_path(path, "per_thread", causal)
+            calls[f"{tag} end-to-end"] = lambda: call(q, k, v)
+        for label, fn in calls.items():
+            for launch in range(2):
+                fn()  # unmarked: its lines print at this synchronize
+                torch.cuda.synchronize()
+                print(f"SHAPE {label} launch{launch}", flush=True)
+                fn()
+                torch.cuda.synchronize()
+                print("END", flush=True)
 
 
 def ph_counts(line: str) -> list[int]:

@@ -169,10 +169,14 @@ def test_call_timeline_reports_the_last_call_from_its_first_kernel(tmp_path, cap
     timeline = load_script(ROOT / "bench" / "call_timeline.py")
     calls = [("stats", 0.0, 14.0), ("stream", 9.0, 580.0), ("attn", 15.0, 632.0),
              ("stats", 640.0, 650.0), ("stream", 645.0, 1200.0), ("attn", 651.0, 1270.0)]
-    last = timeline.last_call(list(reversed(calls)), 2)  # any order: sorted by start
+    last, previous = timeline.last_call(list(reversed(calls)), 2)  # any order: sorted by start
     assert last == [{"name": "stats", "start_us": 0.0, "end_us": 10.0},
                     {"name": "stream", "start_us": 5.0, "end_us": 560.0},
                     {"name": "attn", "start_us": 11.0, "end_us": 630.0}]
+    assert previous == [{"name": "stats", "start_us": -640.0, "end_us": -626.0},
+                        {"name": "stream", "start_us": -631.0, "end_us": -60.0},
+                        {"name": "attn", "start_us": -625.0, "end_us": -8.0}]
+    assert timeline.last_call(calls[3:], 1)[1] == []
     with pytest.raises(ValueError, match="5 kernels do not split into 2 calls"):
         timeline.last_call(calls[:5], 2)
     with pytest.raises(ValueError, match="launched different kernels"):
