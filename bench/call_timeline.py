@@ -60,10 +60,10 @@ def profile_kernels(fn, calls: int) -> list[tuple[str, float, float]]:
 def print_timeline(row: dict) -> None:
     mask = "causal" if row["causal"] else "full"
     print(f"== {row['path']}  B={row['B']} H={row['H']} N={row['N']} D={row['D']} {mask}")
-    for k in row["previous_call"]:
-        print(f"  {k['start_us']:9.1f} .. {k['end_us']:9.1f}  ({k['end_us'] - k['start_us']:8.1f} us)  (previous call) {k['name'][:85]}")
-    for k in row["kernels"]:
-        print(f"  {k['start_us']:9.1f} .. {k['end_us']:9.1f}  ({k['end_us'] - k['start_us']:8.1f} us)  {k['name'][:100]}")
+    for tag, kernels in (("(previous call) ", row["previous_call"]), ("", row["kernels"])):
+        for k in kernels:
+            name = tag + k["name"]
+            print(f"  {k['start_us']:9.1f} .. {k['end_us']:9.1f}  ({k['end_us'] - k['start_us']:8.1f} us)  {name[:100]}")
 
 
 def parse_args(argv=None):

@@ -107,8 +107,7 @@ def run(build: pathlib.Path) -> None:
     import bench_attention as ba
 
     for path, d, n, causal in SHAPES:
-        torch.manual_seed(0)
-        q, k, v = (torch.randn(4, 32, n, d, device="cuda", dtype=torch.float16) for _ in range(3))
+        q, k, v = ba.random_qkv(4, 32, n, d, torch.float16)
         tag = f"{path} hd{d} N={n} {'causal' if causal else 'full'}"
         calls = {tag: ba.kernel_only(path, "per_thread", causal, q, k, v)}
         if path == "sm90_fp8" and d == 64:  # the kernel beside kv_stream_kernel, as the public path runs it
