@@ -7,7 +7,11 @@ compiled extension. Run: python -m pytest tests/sageattention -m gpu -q
 from __future__ import annotations
 
 import math
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -400,6 +404,47 @@ def test_sm90_fp8_streamed_calls_back_to_back():
     for i, (q, k, v) in enumerate(inputs):
         assert torch.equal(outs[i], outs[i + 3])
         assert_accurate(outs[i], ref32(q, k, v, causal=True), L1_FP8_PV)
+
+
+def test_sm90_fp8_streamed_kv_with_tail_split():
+    """A streamed grid whose last wave splits into key ranges (attn_sm90.cu's tail_split): each
+    range waits for its head from kv_stream_kernel as a whole tile does, and the merged output
+    and LSE match the reference op."""
+    if "sm90_fp8" not in kernels():
+        pytest.skip("sm90_fp8 does not run on this GPU/build")
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    hq, nq, nk = 8, 1000, 1100
+    per_seq, key_blocks = hq * -(-nq // 128), -(-nk // 128)
+    b = next(b for b in range(1, 64)
+             if b * per_seq >= 2 * sms and sm90_tail_split(b * per_seq, sms, key_blocks, False)[1] >= 2)
+    q, k, v = make_qkv(b=b, hq=hq, hkv=2, nq=nq, nk=nk, d=64, device=DEV)
+    assert len(kernels_named(lambda: sm90_fp8_op(q, k, v, 0, False), "kv_stream_kernel")) == 1
+    out, lse, _ = sm90_fp8_op(q, k, v, 0, False)
+    want = R.attn_sm90_fp8(q, k, v, 0, 8, True, 32, 8, 64 ** -0.5 * core.quant.LOG2E, False, True)
+    assert_out_matches_reference(core.KERNELS["sm90_fp8"], out, want[0])
+    assert_lse_of_e4m3_row_sums(lse, want[1])
+
+
+def test_sm90_fp8_streamed_kv_without_the_kernel_beside(tmp_path):
+    """With CUDA_LAUNCH_BLOCKING=1 kv_stream_kernel runs alone and the attention kernel starts
+    after it ends, as where the two cannot share an SM (kv_stream.cuh: the stream waits for
+    nothing of the kernel, so the order cannot deadlock); the output is still the reference's."""
+    if "sm90_fp8" not in kernels():
+        pytest.skip("sm90_fp8 does not run on this GPU/build")
+    script = tmp_path / "alone.py"
+    script.write_text(
+        "import sys, torch\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "import test_gpu as t\n"
+        "q, k, v = t.make_qkv(b=4, hq=32, nq=2048, d=64, device='cuda')\n"
+        "out = t.sm90_fp8_op(q, k, v, 0, True)[0]\n"
+        "want = t.R.attn_sm90_fp8(q, k, v, 0, 8, True, 32, 8, 64 ** -0.5 * t.core.quant.LOG2E, True, True)\n"
+        "t.assert_out_matches_reference(t.core.KERNELS['sm90_fp8'], out, want[0])\n"
+        "print('ok')\n")
+    env = dict(os.environ, CUDA_LAUNCH_BLOCKING="1")
+    run = subprocess.run([sys.executable, str(script), str(Path(__file__).parent)], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stdout[-2000:] + run.stderr[-4000:]
 
 
 def sm90_tail_split(tiles, sms, key_blocks, causal):
