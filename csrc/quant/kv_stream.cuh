@@ -30,9 +30,11 @@
 // (573 us) lasted about as long as the kernel: the call gained 1-3% over the passes
 // (h100-b57ebec-kv-stream-units-ab.txt). Four workers end the stream at ~180 us, so the kernel
 // never waits for heads after its first ones, but the call is no faster: what slows the kernel
-// is the stream's memory traffic, whenever it runs. At 1980 MHz the stream adds ~64 us to a
-// ~555 us kernel: ~31 its stores, ~29 its loads, ~6 its arithmetic, ~6 its signals; the passes
-// add ~72 (h100-6d7c9c4-kv-stream-interference.txt).
+// is the stream's work, whenever it runs. At 1980 MHz the stream adds ~64 us to a ~555 us
+// kernel: ~31 its stores, ~29 its loads, ~6 its arithmetic, ~6 its signals; the passes add ~72
+// (h100-6d7c9c4-kv-stream-interference.txt). Paced over the whole kernel, with the kernel
+// dropping each head's output from L2 after its last read (never written back to DRAM), it
+// cost the kernel the same (h100-8b28177-kv-stream-paced-l2-discard-ab.txt).
 // - K: the rule of quant_int8 with a smoothing vector (the sample mean, rounded to K's type:
 //   any vector cancels in softmax, and the caller's LSE term uses the same), one scale per
 //   64-key group or per key residue mod 8 inside it (the attention kernel's two granularities).

@@ -414,7 +414,7 @@ def test_sm90_fp8_streamed_kv_with_tail_split():
         pytest.skip("sm90_fp8 does not run on this GPU/build")
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     hq, nq, nk = 8, 1000, 1100
-    per_seq, key_blocks = hq * -(-nq // 128), -(-nk // 128)
+    per_seq, key_blocks = hq * -(-nq // sm90_cta_q("sm90_fp8", 64)), -(-nk // 128)
     b = next(b for b in range(1, 64)
              if b * per_seq >= 2 * sms and sm90_tail_split(b * per_seq, sms, key_blocks, False)[1] >= 2)
     q, k, v = make_qkv(b=b, hq=hq, hkv=2, nq=nq, nk=nk, d=64, device=DEV)
@@ -433,7 +433,7 @@ def test_sm90_fp8_streamed_kv_without_the_kernel_beside(tmp_path):
         pytest.skip("sm90_fp8 does not run on this GPU/build")
     script = tmp_path / "alone.py"
     script.write_text(
-        "import sys, torch\n"
+        "import sys\n"
         "sys.path.insert(0, sys.argv[1])\n"
         "import test_gpu as t\n"
         "q, k, v = t.make_qkv(b=4, hq=32, nq=2048, d=64, device='cuda')\n"
