@@ -983,10 +983,23 @@ struct Sm90Kernel {
     }
   }
 
+  // The thread's index among the consumers. Beside kv_stream_kernel (the e4m3 hd64 persistent
+  // kernel, at 160 registers) ptxas is told it is not negative: without the sign fix-ups of its
+  // divisions it no longer spills the warp index (main's SASS reloaded it from local memory at
+  // three places of the consumers' code; spills 40/48 -> 28/28 bytes), and on H100 the call ran
+  // ~1% faster at hd64 4k causal (bench/results/h100-88e4abd-consumer-tid-ab.txt). The other
+  // kernels keep the plain index: with the assumption their key loops changed by 1-3
+  // instructions and the e4m3 hd128 persistent kernel took a spill it does not have now.
+  __device__ static int consumer_tid() {
+    const int tid = threadIdx.x - 128;
+    if constexpr (kBesideKvStream) __builtin_assume(tid >= 0);
+    return tid;
+  }
+
   // The CTA's n-th work item, whose key blocks are stage loads first, first + 1, ...
   __device__ static void run_tile(const Sm90Params& p, const Work& x, const Smem& sm, int n, int first,
                                   const QRegs& q_raw) {
-    const int tid = threadIdx.x - 128;
+    const int tid = consumer_tid();
     RowState st;
     quantize_q(p, sm, n, tid, q_raw, st);
 #pragma unroll
@@ -1004,7 +1017,7 @@ struct Sm90Kernel {
   // one's Q and first key blocks stream in while this one finishes). A consumer warp gives
   // an item's slot back once it has read the number.
   __device__ static void consume_tiles(const Sm90Params& p, const Smem& sm) {
-    const int tid = threadIdx.x - 128;
+    const int tid = consumer_tid();
     for (int n = 0, first = 0;; ++n) {
       ptx::mbar_wait(sm.tile_full_bar(n), (n / Tr::kTileSlots) & 1);
       int item;
