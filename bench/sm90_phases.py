@@ -76,8 +76,8 @@ EDITS = [
     ("    quantize_q(p, sm, n, tid, q_raw, st);\n", "    quantize_q(p, sm, n, tid, q_raw, st);\n    ph.mark(1);\n"),
     ("    key_loop(p, x.c, sm, tid, x.kb, first, st);\n    store(p, sm, x, tid, st);\n",
      "    key_loop(p, x.c, sm, tid, x.kb, first, st, ph);\n    store(p, sm, x, tid, st);\n    ph.mark(5);\n    ph.acc[8] += 1;\n"),
-    ("    const int tid = threadIdx.x - 128;\n    for (int n = 0, first = 0;; ++n) {",
-     "    const int tid = threadIdx.x - 128;\n    Phases ph;\n    ph.start();\n    for (int n = 0, first = 0;; ++n) {"),
+    ("    const int tid = consumer_tid();\n    for (int n = 0, first = 0;; ++n) {",
+     "    const int tid = consumer_tid();\n    Phases ph;\n    ph.start();\n    for (int n = 0, first = 0;; ++n) {"),
     ("      if (item < 0) return finish_o_stores(tid);",
      "      if (item < 0) {\n        finish_o_stores(tid);\n        if (tid % 128 == 0)\n"
      '          printf("PH %d %d %lld %lld %lld %lld %lld %lld %lld %lld %lld\\n", int(blockIdx.x), tid / 128,\n'
