@@ -986,11 +986,10 @@ struct Sm90Kernel {
   // The thread's index among the consumers. Beside kv_stream_kernel (the e4m3 hd64 persistent
   // kernel, at 160 registers) ptxas is told it is not negative: without the sign fix-ups of its
   // divisions it no longer spills the warp index (main's SASS reloaded it from local memory at
-  // three places of the consumers' code; spills 40/48 -> 28/28 bytes). NOT MEASURED YET: a kernel
-  // whose other changes removed the same spill ran the call 1.3% faster at hd64 4k causal on H100
-  // (bench/results/h100-88e4abd-kv-stream-parts-ab.txt). The other kernels keep the plain index:
-  // with the assumption their key loops changed by 1-3 instructions and the e4m3 hd128
-  // persistent kernel took a spill it does not have now.
+  // three places of the consumers' code; spills 40/48 -> 28/28 bytes), and on H100 the call ran
+  // 0.9-1.4% faster at hd64 4k causal (bench/results/h100-5d100bf-consumer-tid-ab.txt). The other
+  // kernels keep the plain index: with the assumption their key loops changed by 1-3
+  // instructions and the e4m3 hd128 persistent kernel took a spill it does not have now.
   __device__ static int consumer_tid() {
     const int tid = threadIdx.x - 128;
     if constexpr (kBesideKvStream) __builtin_assume(tid >= 0);
