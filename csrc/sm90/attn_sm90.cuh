@@ -985,7 +985,7 @@ struct Sm90Kernel {
 
   // The thread's index among the consumers. Beside kv_stream_kernel (the e4m3 hd64 persistent
   // kernel, at 160 registers) ptxas is told it is not negative: without the sign fix-ups of its
-  // divisions it no longer spills the warp index (main's SASS reloaded it from local memory at
+  // divisions it no longer spills the warp index (the SASS reloaded it from local memory at
   // three places of the consumers' code; spills 40/48 -> 28/28 bytes), and on H100 the call ran
   // 0.9-1.4% faster at hd64 4k causal (bench/results/h100-5d100bf-consumer-tid-ab.txt). The other
   // kernels keep the plain index: with the assumption their key loops changed by 1-3
