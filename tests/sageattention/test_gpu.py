@@ -334,6 +334,13 @@ def sm90_fp8_op(q, k, v, layout, causal, gran="per_thread", smooth=True):
                              q.shape[-1] ** -0.5 * core.quant.LOG2E, causal, True)
 
 
+def sm90_fp8_reference(q, k, v, layout, causal, gran="per_thread", smooth=True):
+    """The reference of :func:`sm90_fp8_op`, with the same arguments -> (out, lse, k_mean)."""
+    g = core.quant.granularity(gran)
+    return R.attn_sm90_fp8(q, k, v, layout, g.k.stride, smooth, g.q.block, g.q.stride,
+                           q.shape[-1] ** -0.5 * core.quant.LOG2E, causal, True)
+
+
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("layout", [0, 1])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -351,9 +358,7 @@ def test_sm90_fp8_streamed_kv_matches_reference_op(causal, layout, dtype, gran):
     assert 4 * 16 * -(-1000 // 128) >= 2 * torch.cuda.get_device_properties(0).multi_processor_count
     assert len(kernels_named(lambda: sm90_fp8_op(q, k, v, layout, causal, gran), "kv_stream_kernel")) == 1
     out, lse, mean = sm90_fp8_op(q, k, v, layout, causal, gran)
-    g = core.quant.granularity(gran)
-    want = R.attn_sm90_fp8(q, k, v, layout, g.k.stride, True, g.q.block, g.q.stride,
-                           d ** -0.5 * core.quant.LOG2E, causal, True)
+    want = sm90_fp8_reference(q, k, v, layout, causal, gran)
     assert torch.equal(mean, want[2])
     assert_out_matches_reference(core.KERNELS["sm90_fp8"], out, want[0])
     assert_lse_of_e4m3_row_sums(lse, want[1])
@@ -370,7 +375,7 @@ def test_sm90_fp8_quantizes_before_where_no_stream_fits(d, b, hq):
     q, k, v = make_qkv(b=b, hq=hq, nq=1000 if b > 1 else 300, d=d, device=DEV)
     assert kernels_named(lambda: sm90_fp8_op(q, k, v, 0, False), "kv_stream_kernel") == []
     out, lse, mean = sm90_fp8_op(q, k, v, 0, False)
-    want = R.attn_sm90_fp8(q, k, v, 0, 8, True, 32, 8, d ** -0.5 * core.quant.LOG2E, False, True)
+    want = sm90_fp8_reference(q, k, v, 0, False)
     assert torch.equal(mean, want[2])
     assert_out_matches_reference(core.KERNELS["sm90_fp8"], out, want[0])
 
@@ -390,7 +395,7 @@ def test_sm90_fp8_streamed_v_repairs_channels_the_sample_missed():
     v[3, 2, missed[len(missed) // 2], d - 1] = 0.25
     out = sm90_fp8_op(q, k, v, 0, False)[0]
     assert_accurate(out, ref32(q, k, v), L1_FP8_PV)
-    want = R.attn_sm90_fp8(q, k, v, 0, 8, True, 32, 8, d ** -0.5 * core.quant.LOG2E, False, True)
+    want = sm90_fp8_reference(q, k, v, 0, False)
     assert_out_matches_reference(core.KERNELS["sm90_fp8"], out, want[0])
 
 
@@ -420,7 +425,7 @@ def test_sm90_fp8_streamed_kv_with_tail_split():
     q, k, v = make_qkv(b=b, hq=hq, hkv=2, nq=nq, nk=nk, d=64, device=DEV)
     assert len(kernels_named(lambda: sm90_fp8_op(q, k, v, 0, False), "kv_stream_kernel")) == 1
     out, lse, _ = sm90_fp8_op(q, k, v, 0, False)
-    want = R.attn_sm90_fp8(q, k, v, 0, 8, True, 32, 8, 64 ** -0.5 * core.quant.LOG2E, False, True)
+    want = sm90_fp8_reference(q, k, v, 0, False)
     assert_out_matches_reference(core.KERNELS["sm90_fp8"], out, want[0])
     assert_lse_of_e4m3_row_sums(lse, want[1])
 
@@ -438,7 +443,7 @@ def test_sm90_fp8_streamed_kv_without_the_kernel_beside(tmp_path):
         "import test_gpu as t\n"
         "q, k, v = t.make_qkv(b=4, hq=32, nq=2048, d=64, device='cuda')\n"
         "out = t.sm90_fp8_op(q, k, v, 0, True)[0]\n"
-        "want = t.R.attn_sm90_fp8(q, k, v, 0, 8, True, 32, 8, 64 ** -0.5 * t.core.quant.LOG2E, True, True)\n"
+        "want = t.sm90_fp8_reference(q, k, v, 0, True)\n"
         "t.assert_out_matches_reference(t.core.KERNELS['sm90_fp8'], out, want[0])\n"
         "print('ok')\n")
     env = dict(os.environ, CUDA_LAUNCH_BLOCKING="1")
