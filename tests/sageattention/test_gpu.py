@@ -411,6 +411,23 @@ def test_sm90_fp8_streamed_calls_back_to_back():
         assert_accurate(outs[i], ref32(q, k, v, causal=True), L1_FP8_PV)
 
 
+def test_sm90_fp8_streamed_kv_over_many_rounds():
+    """More KV heads than the stream's first round covers, and 1100 keys: 18 chunks of K and 18 of
+    V a head, so that the stream's later units (4 chunks) run across head boundaries; the output
+    and LSE still match the reference op (each head published once all its chunks are written)."""
+    if "sm90_fp8" not in kernels():
+        pytest.skip("sm90_fp8 does not run on this GPU/build")
+    q, k, v = make_qkv(b=4, hq=16, nq=1000, nk=1100, d=64, device=DEV)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    assert 4 * 16 * 18 > 2 * 4 * sms  # each kind's chunks: more than two for each of the stream's workers
+    assert len(kernels_named(lambda: sm90_fp8_op(q, k, v, 0, False), "kv_stream_kernel")) == 1
+    out, lse, mean = sm90_fp8_op(q, k, v, 0, False)
+    want = sm90_fp8_reference(q, k, v, 0, False)
+    assert torch.equal(mean, want[2])
+    assert_out_matches_reference(core.KERNELS["sm90_fp8"], out, want[0])
+    assert_lse_of_e4m3_row_sums(lse, want[1])
+
+
 def test_sm90_fp8_streamed_kv_with_tail_split():
     """A streamed grid whose last wave splits into key ranges (attn_sm90.cu's tail_split): each
     range waits for its head from kv_stream_kernel as a whole tile does, and the merged output
