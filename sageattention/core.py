@@ -366,9 +366,11 @@ def sageattn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_
     """Attention over packed sequences, as FlashAttention's varlen API.
 
     q: ``[total_q, Hq, D]``, k/v: ``[total_k, Hkv, D]``; ``cu_seqlens_q/k``: int32 ``[batch + 1]``
-    cumulative offsets (first 0, last the total). Runs :func:`sageattn` (NHD) once per
-    sequence, so it reads the offsets on the host (one synchronisation per call); K
-    smoothing (``smooth_k``) uses each sequence's own mean. ``max_seqlen_*`` are checked, not needed.
+    cumulative offsets (first 0, last the total). Sequences of the same query and key lengths
+    run together, as the batch of one :func:`sageattn` call (NHD): one call for a batch of
+    equal lengths, one per length otherwise. It reads the offsets on the host (one
+    synchronisation per call); K smoothing (``smooth_k``) uses each sequence's own mean.
+    ``max_seqlen_*`` are checked, not needed.
     """
     _validate_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k)
     starts_q, starts_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
@@ -376,17 +378,27 @@ def sageattn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_
     lens_k = [b - a for a, b in zip(starts_k, starts_k[1:])]
     if max(lens_q, default=0) > max_seqlen_q or max(lens_k, default=0) > max_seqlen_k:
         raise ValueError(f"a sequence is longer than max_seqlen_q/k ({max_seqlen_q}/{max_seqlen_k})")
-    pieces, auto = [], _auto(q)  # (kernel, qk_quant_gran), as sageattn picks them
     for i, (nq, nk) in enumerate(zip(lens_q, lens_k)):
-        qi = q[starts_q[i]: starts_q[i + 1]].unsqueeze(0)
-        if nq == 0:
-            pieces.append(q.new_empty((0,) + tuple(q.shape[1:])))
-            continue
-        if nk == 0:
+        if nq > 0 and nk == 0:
             raise ValueError(f"sequence {i} has queries but no keys")
-        ki, vi = (t[starts_k[i]: starts_k[i + 1]].unsqueeze(0) for t in (k, v))
-        pieces.append(_attention(qi, ki, vi, "NHD", is_causal, sm_scale, False, *auto, smooth_k)[0])
-    return torch.cat(pieces, dim=0) if pieces else q.new_empty(q.shape)
+    out, auto = q.new_empty(q.shape), _auto(q)  # (kernel, qk_quant_gran), as sageattn picks them
+    for (nq, nk), seqs in _by_lengths(lens_q, lens_k).items():
+        if nq == 0:
+            continue
+        qg, kg, vg = (torch.stack([t[starts[i]: starts[i] + n] for i in seqs])
+                      for t, starts, n in ((q, starts_q, nq), (k, starts_k, nk), (v, starts_k, nk)))
+        og = _attention(qg, kg, vg, "NHD", is_causal, sm_scale, False, *auto, smooth_k)
+        for i, o in zip(seqs, og):
+            out[starts_q[i]: starts_q[i] + nq] = o
+    return out
+
+
+def _by_lengths(lens_q: list[int], lens_k: list[int]) -> dict[tuple[int, int], list[int]]:
+    """The sequences' indices by their (query, key) lengths, in order."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, lengths in enumerate(zip(lens_q, lens_k)):
+        groups.setdefault(lengths, []).append(i)
+    return groups
 
 
 def _validate_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k) -> None:

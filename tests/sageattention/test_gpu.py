@@ -681,15 +681,15 @@ def test_backward_raises_on_gpu(name):
 def test_varlen_on_gpu():
     from sageattention import sageattn_varlen
 
-    lens = [100, 1, 257]
+    lens = [100, 1, 257, 100]  # the two of 100 tokens run as one call's batch
     g = torch.Generator().manual_seed(0)
     q = torch.randn(sum(lens), 8, 128, generator=g).half().to(DEV)
     k = torch.randn(sum(lens), 2, 128, generator=g).half().to(DEV)
     v = torch.randn(sum(lens), 2, 128, generator=g).half().to(DEV)
-    cu = torch.tensor([0, 100, 101, 358], dtype=torch.int32, device=DEV)
+    cu = torch.tensor([0, 100, 101, 358, 458], dtype=torch.int32, device=DEV)
     out = sageattn_varlen(q, k, v, cu, cu, 257, 257, is_causal=True)
     assert out.shape == q.shape
-    for a, b in ((0, 100), (100, 101), (101, 358)):
+    for a, b in ((0, 100), (100, 101), (101, 358), (358, 458)):
         ref = R.attention(q[a:b][None], k[a:b][None], v[a:b][None], "NHD", is_causal=True, dtype=torch.float32)[0]
         _, bar = entry_point("sageattn")
         assert_accurate(out[a:b], ref, bar)
