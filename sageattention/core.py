@@ -385,12 +385,22 @@ def sageattn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_
     for (nq, nk), seqs in _by_lengths(lens_q, lens_k).items():
         if nq == 0:
             continue
-        qg, kg, vg = (torch.stack([t[starts[i]: starts[i] + n] for i in seqs])
-                      for t, starts, n in ((q, starts_q, nq), (k, starts_k, nk), (v, starts_k, nk)))
+        qg, kg, vg = (_batch(t, starts, seqs, n) for t, starts, n in ((q, starts_q, nq), (k, starts_k, nk),
+                                                                         (v, starts_k, nk)))
         og = _attention(qg, kg, vg, "NHD", is_causal, sm_scale, False, *auto, smooth_k)
         for i, o in zip(seqs, og):
             out[starts_q[i]: starts_q[i] + nq] = o
     return out
+
+
+def _batch(t: torch.Tensor, starts: list[int], seqs: list[int], n: int) -> torch.Tensor:
+    """Sequences ``seqs`` of ``t``, ``n`` tokens each, as a ``[len(seqs), n, ...]`` batch: a view
+    where they lie one after the other in the packing (one sequence, or a batch packed in order),
+    else a copy."""
+    first = starts[seqs[0]]
+    if seqs == list(range(seqs[0], seqs[0] + len(seqs))):
+        return t[first: first + len(seqs) * n].view(len(seqs), n, *t.shape[1:])
+    return torch.stack([t[starts[i]: starts[i] + n] for i in seqs])
 
 
 def _by_lengths(lens_q: list[int], lens_k: list[int]) -> dict[tuple[int, int], list[int]]:

@@ -333,10 +333,11 @@ def test_varlen_matches_per_sequence():
             assert_accurate(out[qs], ref, L1_FP16_PV)
 
 
-def test_varlen_runs_sequences_of_equal_lengths_together(monkeypatch):
-    """Sequences with the same query and key lengths are one call's batch (wherever they lie in the
-    packing); each still gets exactly what it gets alone."""
-    lens_q, lens_k = [16, 9, 16, 0, 16], [20, 9, 20, 3, 20]
+@pytest.mark.parametrize("lens_q, lens_k", [([16, 9, 16, 0, 16], [20, 9, 20, 3, 20]),  # apart: copied
+                                            ([9, 16, 16, 16, 0], [9, 20, 20, 20, 3])])  # in a row: a view
+def test_varlen_runs_sequences_of_equal_lengths_together(monkeypatch, lens_q, lens_k):
+    """Sequences with the same query and key lengths are one call's batch, wherever they lie in the
+    packing; each still gets exactly what it gets alone."""
     g = torch.Generator().manual_seed(1)
     q = torch.randn(sum(lens_q), 4, 64, generator=g).half()
     k, v = (torch.randn(sum(lens_k), 2, 64, generator=g).half() for _ in range(2))
@@ -346,7 +347,7 @@ def test_varlen_runs_sequences_of_equal_lengths_together(monkeypatch):
     monkeypatch.setattr(core, "_attention", lambda q, *a: batches.append(q.shape[0]) or attention(q, *a))
     out = sageattn_varlen(q, k, v, cu_q, cu_k, 16, 20, is_causal=True)
     assert sorted(batches) == [1, 3]
-    for i in (0, 1, 2, 4):
+    for i in [seq for seq, n in enumerate(lens_q) if n > 0]:
         qs, ks = slice(cu_q[i], cu_q[i + 1]), slice(cu_k[i], cu_k[i + 1])
         alone = sageattn(q[qs][None], k[ks][None], v[ks][None], "NHD", is_causal=True)[0]
         assert torch.equal(out[qs], alone)
