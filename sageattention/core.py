@@ -385,22 +385,21 @@ def sageattn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_
     for (nq, nk), seqs in _by_lengths(lens_q, lens_k).items():
         if nq == 0:
             continue
-        qg, kg, vg = (_batch(t, starts, seqs, n) for t, starts, n in ((q, starts_q, nq), (k, starts_k, nk),
-                                                                         (v, starts_k, nk)))
-        og = _attention(qg, kg, vg, "NHD", is_causal, sm_scale, False, *auto, smooth_k)
-        for i, o in zip(seqs, og):
-            out[starts_q[i]: starts_q[i] + nq] = o
+        rows_q, rows_k = _rows(starts_q, seqs, nq, q.device), _rows(starts_k, seqs, nk, k.device)
+        qg, kg, vg = (t[rows].view(len(seqs), n, *t.shape[1:]) for t, rows, n in ((q, rows_q, nq), (k, rows_k, nk),
+                                                                                   (v, rows_k, nk)))
+        out[rows_q] = _attention(qg, kg, vg, "NHD", is_causal, sm_scale, False, *auto, smooth_k).flatten(0, 1)
     return out
 
 
-def _batch(t: torch.Tensor, starts: list[int], seqs: list[int], n: int) -> torch.Tensor:
-    """Sequences ``seqs`` of ``t``, ``n`` tokens each, as a ``[len(seqs), n, ...]`` batch: a view
-    where they lie one after the other in the packing (one sequence, or a batch packed in order),
-    else a copy."""
-    first = starts[seqs[0]]
+def _rows(starts: list[int], seqs: list[int], n: int, device: torch.device):
+    """The packed tokens of sequences ``seqs`` (``n`` each), in order: a slice where the sequences
+    lie one after the other (one sequence, or a batch packed in order: its inputs are views), else
+    an index (one gather, one scatter)."""
     if seqs == list(range(seqs[0], seqs[0] + len(seqs))):
-        return t[first: first + len(seqs) * n].view(len(seqs), n, *t.shape[1:])
-    return torch.stack([t[starts[i]: starts[i] + n] for i in seqs])
+        return slice(starts[seqs[0]], starts[seqs[0]] + len(seqs) * n)
+    first = torch.tensor([starts[i] for i in seqs], device=device)
+    return (first[:, None] + torch.arange(n, device=device)).flatten()
 
 
 def _by_lengths(lens_q: list[int], lens_k: list[int]) -> dict[tuple[int, int], list[int]]:
