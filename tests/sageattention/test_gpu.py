@@ -341,6 +341,19 @@ def sm90_fp8_reference(q, k, v, layout, causal, gran="per_thread", smooth=True):
                            q.shape[-1] ** -0.5 * core.quant.LOG2E, causal, True)
 
 
+def assert_streamed_op_matches_reference(q, k, v, layout=0, causal=False, gran="per_thread"):
+    """One kv_stream_kernel in the op's call, and the op against its reference: its K mean exactly
+    (the sample mean rounded to K's dtype), its output up to where K - mean rounded in fp16 moves
+    an INT8 step, its LSE as of the e4m3 row sums -> the op's output."""
+    assert len(kernels_named(lambda: sm90_fp8_op(q, k, v, layout, causal, gran), "kv_stream_kernel")) == 1
+    out, lse, mean = sm90_fp8_op(q, k, v, layout, causal, gran)
+    want = sm90_fp8_reference(q, k, v, layout, causal, gran)
+    assert torch.equal(mean, want[2])
+    assert_out_matches_reference(core.KERNELS["sm90_fp8"], out, want[0])
+    assert_lse_of_e4m3_row_sums(lse, want[1])
+    return out
+
+
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("layout", [0, 1])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -348,20 +361,14 @@ def sm90_fp8_reference(q, k, v, layout, causal, gran="per_thread", smooth=True):
 def test_sm90_fp8_streamed_kv_matches_reference_op(causal, layout, dtype, gran):
     """Persistent e4m3 hd64 grids take K and V from kv_stream_kernel while the attention kernel
     runs (csrc/quant/kv_stream.cuh): the op against its reference, GQA, a length off the 64-key
-    chunks. Its K mean is the reference's exactly (the sample mean rounded to K's dtype); its
-    output differs from the reference only where K - mean rounded in fp16 moves an INT8 step."""
+    chunks."""
     if "sm90_fp8" not in kernels():
         pytest.skip("sm90_fp8 does not run on this GPU/build")
     d = 64
     q, k, v = make_qkv(b=4, hq=16, hkv=4, nq=1000, nk=1000 if causal else 1100, d=d, dtype=dtype,
                        layout=["HND", "NHD"][layout], device=DEV)
     assert 4 * 16 * -(-1000 // 128) >= 2 * torch.cuda.get_device_properties(0).multi_processor_count
-    assert len(kernels_named(lambda: sm90_fp8_op(q, k, v, layout, causal, gran), "kv_stream_kernel")) == 1
-    out, lse, mean = sm90_fp8_op(q, k, v, layout, causal, gran)
-    want = sm90_fp8_reference(q, k, v, layout, causal, gran)
-    assert torch.equal(mean, want[2])
-    assert_out_matches_reference(core.KERNELS["sm90_fp8"], out, want[0])
-    assert_lse_of_e4m3_row_sums(lse, want[1])
+    out = assert_streamed_op_matches_reference(q, k, v, layout, causal, gran)
     assert_accurate(out, ref32(q, k, v, ["HND", "NHD"][layout], causal=causal), L1_FP8_PV)
 
 
@@ -420,12 +427,7 @@ def test_sm90_fp8_streamed_kv_over_many_rounds():
     q, k, v = make_qkv(b=4, hq=16, nq=1000, nk=1100, d=64, device=DEV)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     assert 4 * 16 * 36 > 4 * sms * 4  # chunks > the first round's: 4 workers an SM, 4 chunks each
-    assert len(kernels_named(lambda: sm90_fp8_op(q, k, v, 0, False), "kv_stream_kernel")) == 1
-    out, lse, mean = sm90_fp8_op(q, k, v, 0, False)
-    want = sm90_fp8_reference(q, k, v, 0, False)
-    assert torch.equal(mean, want[2])
-    assert_out_matches_reference(core.KERNELS["sm90_fp8"], out, want[0])
-    assert_lse_of_e4m3_row_sums(lse, want[1])
+    assert_streamed_op_matches_reference(q, k, v)
 
 
 def test_sm90_fp8_streamed_kv_with_tail_split():
@@ -440,11 +442,7 @@ def test_sm90_fp8_streamed_kv_with_tail_split():
     b = next(b for b in range(1, 64)
              if b * per_seq >= 2 * sms and sm90_tail_split(b * per_seq, sms, key_blocks, False)[1] >= 2)
     q, k, v = make_qkv(b=b, hq=hq, hkv=2, nq=nq, nk=nk, d=64, device=DEV)
-    assert len(kernels_named(lambda: sm90_fp8_op(q, k, v, 0, False), "kv_stream_kernel")) == 1
-    out, lse, _ = sm90_fp8_op(q, k, v, 0, False)
-    want = sm90_fp8_reference(q, k, v, 0, False)
-    assert_out_matches_reference(core.KERNELS["sm90_fp8"], out, want[0])
-    assert_lse_of_e4m3_row_sums(lse, want[1])
+    assert_streamed_op_matches_reference(q, k, v)
 
 
 def test_sm90_fp8_streamed_kv_without_the_kernel_beside(tmp_path):
