@@ -39,6 +39,11 @@ __device__ __forceinline__ void bulk_load(uint32_t dst, const void* src, uint32_
                "l"(src), "r"(bytes), "r"(bar)
                : "memory");
 }
+// Asks L2 for `bytes` (a multiple of 16, `src` 16-aligned) of global memory. A hint: it reads
+// nothing into any thread or shared memory, so it changes no value any later access sees.
+__device__ __forceinline__ void bulk_prefetch_l2(const void* src, uint32_t bytes) {
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(src), "r"(bytes) : "memory");
+}
 // TMA: shared memory at `src` -> the box of `map` at the given coordinates (innermost
 // first), in the map's swizzle; what falls outside the tensor is not written. Joins the
 // thread's current bulk group (bulk_commit closes it).
