@@ -140,9 +140,7 @@ def bench_ms(fns: dict, warmup: int, reps: int, min_ms: float, settle_ms: float 
     return {label: statistics.median(t) for label, t in times.items()}
 
 
-def tflops(b, h, n, d, causal, ms):
-    flops = 4 * b * h * n * n * d / (2 if causal else 1)
-    return flops / (ms * 1e-3) / 1e12
+tflops = bench_cli.tflops
 
 
 # ---------------------------------------------------------------------------------- paths

@@ -1,6 +1,7 @@
 """A/B of two builds from bench_attention.py JSON files: per shape and path, base -> new
 TFLOPS and their ratio, then per path a summary over every pair given. bench_quant.py files
-compare alike, by each op's GB/s (its minimum bytes over its time).
+compare alike, by each op's GB/s (its minimum bytes over its time), and bench_clocks.py files by
+each path's TFLOPS at its steady time per call.
 
     python bench/compare.py BASE.json NEW.json [BASE2.json NEW2.json ...] [--labels L ...] [--json OUT]
 
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_cli  # noqa: E402
 
 STEADY = 0.999  # a ratio at least this high counts as "not slower"
-KINDS = ("bench_attention.py", "bench_quant.py")
+KINDS = ("bench_attention.py", "bench_quant.py", "bench_clocks.py")
 # What a run measured, beyond its shapes: its rows' batch and heads and these env fields. Where
 # and from what a run imported sageattention (sageattention_file, extension, commit, version)
 # differs between the two sides of an A/B by design (wheel_ab.sh), and is not compared.
@@ -76,6 +77,13 @@ def _shapes(kind: str, rows: list) -> dict:
         for r in rows:
             shapes.setdefault((r["N"], r["D"], None), {})[r["op"]] = {"tflops": r["min_bytes_gbps"]}
         return shapes
+    if kind == "bench_clocks.py":
+        shapes = {}
+        for r in rows:
+            ms = r["summary"]["steady_ms"]
+            shapes.setdefault((r["N"], r["D"], bool(r["causal"])), {})[r["path"]] = {
+                "tflops": bench_cli.tflops(r["B"], r["H"], r["N"], r["D"], r["causal"], ms)}
+        return shapes
     return {(r["N"], r["D"], bool(r["causal"])): r["results"] for r in rows}
 
 
@@ -90,13 +98,11 @@ def load(path: Path) -> Run:
     data = bench_cli.read_json(path)
     kind = bench_cli.json_kind(data)
     if kind is None:
-        raise ValueError(f"{path}: not a bench_attention.py or bench_quant.py JSON file "
-                         "(no rows with N, D and causal and results, or op and min_bytes_gbps)")
-    if kind not in KINDS:
-        raise ValueError(f"{path}: a {kind} JSON file, not a bench_attention.py or bench_quant.py one")
+        raise ValueError(f"{path}: not a bench_attention.py, bench_quant.py or bench_clocks.py JSON file "
+                         "(no rows with N, D and causal and results, or op and min_bytes_gbps, or path and windows)")
     try:
         return Run(path, kind, _measured(data), _shapes(kind, data["rows"]))
-    except TypeError:  # a value of another type: a list for N, say
+    except (TypeError, KeyError):  # a value of another type (a list for N, say), or no steady time
         raise ValueError(f"{path}: a {kind} JSON file with a malformed row") from None
 
 
@@ -144,7 +150,7 @@ def format_summary(s: Summary) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("files", nargs="+", type=Path, help="pairs of bench_attention.py (or bench_quant.py) --out files: base, new, ...")
+    p.add_argument("files", nargs="+", type=Path, help="pairs of bench_attention.py (or bench_quant.py, bench_clocks.py) --out files: base, new, ...")
     p.add_argument("--labels", nargs="+", help="only these paths (e.g. kernel_sm90_fp16 sageattn)")
     p.add_argument("--json", type=bench_cli.output_path, help="also write every ratio and the summary here")
     p.add_argument("--allow-mismatch", action="store_true",

@@ -9,18 +9,21 @@
 # Each wheel is installed into a folder of its own (pip --target, no dependencies: torch is
 # the machine's), and the tests and benchmarks run from a copy outside the checkout, so that
 # neither side can pick up an in-place build. Environment:
-#   STAGES="test quant attention"   which stages (default: all three; empty: install and import only)
+#   STAGES="test quant attention"   which stages (default: these three; empty: install and import only)
 #     test       the GPU tests (pytest -m gpu) against each candidate
 #     quant      bench/bench_quant.py $QUANT_ARGS, REPS times each
 #     attention  bench/bench_attention.py $ATTN_ARGS, REPS times each
+#     clocks     bench/bench_clocks.py $CLOCKS_ARGS, REPS times each (not by default): each path's
+#                steady time per call, alone after an idle GPU, compared as TFLOPS
 #   REPS=3  QUANT_ARGS="--n 1024 4096 16384"  ATTN_ARGS="--n 4096 16384 --no-sdpa --settle-ms 0"
 #   (quick turns, ~5x shorter than settled samples: both wheels are timed alike; figures to
 #   quote against SDPA come from settled runs, bench_attention.py's default)
+#   CLOCKS_ARGS="--n 4096 --paths sage_sm90_fp8 --seconds 1 --idle 1"
 #   BASE_COMMIT, NEW_COMMIT, NEW2_COMMIT ...   recorded in the JSON (bench_attention.environment's
 #     SAGE_COMMIT; default: the side's name)
 #   STEP_TIMEOUT=1800   seconds each test or benchmark run may take (bench/installed.sh)
-#   OUT=./ab-out   JSON, logs and the compare.py tables (quant-ab.txt, attention-ab.txt against NEW;
-#     quant-ab-new2.txt ... against the others)
+#   OUT=./ab-out   JSON, logs and the compare.py tables (quant-ab.txt, attention-ab.txt,
+#     clocks-ab.txt against NEW; quant-ab-new2.txt ... against the others)
 # Exits non-zero if a stage failed.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -30,7 +33,7 @@ help_and_exit "${1-}"
 check_wheels "bash bench/wheel_ab.sh BASE.whl NEW.whl [NEW2.whl ...]" 2+ "$@"
 STAGES=${STAGES-test quant attention}
 REPS=${REPS:-3}
-check_stages test quant attention
+check_stages test quant attention clocks
 check_count REPS "$REPS"
 STEP_TIMEOUT=${STEP_TIMEOUT:-1800}
 check_count STEP_TIMEOUT "$STEP_TIMEOUT"
@@ -92,5 +95,8 @@ if [[ " $STAGES " == *" quant "* ]]; then
 fi
 if [[ " $STAGES " == *" attention "* ]]; then
   ab attention bench_attention.py "${ATTN_ARGS:---n 4096 16384 --no-sdpa --settle-ms 0}" || rc=1
+fi
+if [[ " $STAGES " == *" clocks "* ]]; then
+  ab clocks bench_clocks.py "${CLOCKS_ARGS:---n 4096 --paths sage_sm90_fp8 --seconds 1 --idle 1}" || rc=1
 fi
 exit $rc

@@ -329,6 +329,24 @@ def test_compare_quant_files_by_bandwidth(tmp_path, capsys):
     assert "N= 4096 hd128 quant_int8_smooth    1000 ->   1000  1.000x" in out
 
 
+def test_compare_clocks_files_by_their_steady_time(tmp_path, capsys):
+    compare = load_script(ROOT / "bench" / "compare.py")
+    files = []
+    for name, ms in [("base", 0.6036), ("new", 0.6020)]:
+        rows = [{"path": "sage_sm90_fp8", "B": 4, "H": 32, "N": 4096, "D": 64, "causal": True, "windows": [],
+                 "summary": {"first_ms": 0.61, "steady_ms": ms}}]
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps({"env": {}, "rows": rows}))
+    assert compare.main([str(f) for f in files]) == 0
+    # 4 B H N^2 D / 2 flops: 274.9 GFLOP a call
+    assert "N= 4096 hd 64 causal sage_sm90_fp8         455 ->    457  1.003x" in capsys.readouterr().out
+    rows[0]["summary"] = {}  # a run whose windows gave no steady time
+    files[1].write_text(json.dumps({"env": {}, "rows": rows}))
+    with pytest.raises(SystemExit) as e:
+        compare.main([str(f) for f in files])
+    assert e.value.code == 2 and "new.json: a bench_clocks.py JSON file with a malformed row" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("script, usage, count", [("wheel_ab", "BASE.whl NEW.whl [NEW2.whl ...]", 2),
                                                   ("wheel_check", "WHEEL.whl", 1)])
 def test_wheel_scripts_reject_bad_arguments(tmp_path, script, usage, count):
@@ -379,7 +397,7 @@ FAKE_PYTHON = """#!/usr/bin/env bash
 case "$1" in
   -m) [ "$2" = pytest ] && [ -n "${FAKE_HANG-}" ] && exec sleep 60
     exec "$REAL_PYTHON" "$@" ;;
-  bench/bench_attention.py | bench/bench_quant.py)
+  bench/bench_attention.py | bench/bench_quant.py | bench/bench_clocks.py)
     echo "bench $1 side=$(basename "$PYTHONPATH") commit=$SAGE_COMMIT" >> "$FAKE_LOG"
     while [ $# -gt 0 ]; do [ "$1" = --out ] && : > "$2"; shift; done ;;
   */bench/compare.py) shift; echo "compare $*" >> "$FAKE_LOG"; echo "== summary over all pairs" ;;
@@ -417,6 +435,15 @@ def test_wheel_ab_interleaves_every_side_and_compares_each_candidate_with_base(t
     assert "== new against base" in p.stdout and "== new2 against base" in p.stdout
 
 
+def test_wheel_ab_clocks_stage_times_each_side_alone_and_compares(tmp_path):
+    p = wheel_ab_with(FAKE_PYTHON, 2, tmp_path, STAGES="clocks", REPS="2", CLOCKS_ARGS="--n 4096 --hd 64")
+    out, log = tmp_path / "out", tmp_path / "calls.log"
+    assert p.returncode == 0, p.stderr
+    pairs = " ".join(f"{out}/clocks-{s}-{r}.json" for r in (1, 2) for s in ("base", "new"))
+    assert log.read_text().splitlines() == [f"bench bench/bench_clocks.py side={s} commit={s}"
+                                            for s in ("base", "new")] * 2 + [f"compare {pairs} --json {out}/clocks-ab.json"]
+
+
 def test_wheel_ab_ends_a_hanging_step_and_goes_on(tmp_path):
     p = wheel_ab_with(FAKE_PYTHON, 2, tmp_path, STAGES="test attention", REPS="1", STEP_TIMEOUT="2", FAKE_HANG="1")
     assert p.returncode == 124 and "gpu tests (new): timed out after 2 s" in p.stdout, p.stdout + p.stderr
@@ -433,7 +460,7 @@ def test_compare_rejects_bad_input(tmp_path, capsys):
     (tmp_path / "broken.json").write_text("{")
     for args, message in [([good], "files come in pairs (base, new), got 1"),
                           ([good, tmp_path / "missing.json"], "missing.json: No such file or directory"),
-                          ([good, tmp_path / "bad.json"], "bad.json: not a bench_attention.py or bench_quant.py JSON file"),
+                          ([good, tmp_path / "bad.json"], "bad.json: not a bench_attention.py, bench_quant.py or bench_clocks.py JSON file"),
                           ([good, tmp_path / "broken.json"], "broken.json: not JSON")]:
         with pytest.raises(SystemExit) as e:
             compare.main([str(a) for a in args])

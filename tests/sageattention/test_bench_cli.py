@@ -49,7 +49,8 @@ def quant_json(path: Path) -> Path:
 
 def clocks_json(path: Path) -> Path:
     path.write_text(json.dumps({"env": {}, "rows": [
-        {"B": 4, "H": 32, "N": 4096, "D": 128, "causal": False, "path": "sageattn", "windows": []}]}))
+        {"B": 4, "H": 32, "N": 4096, "D": 128, "causal": False, "path": "sageattn", "windows": [],
+         "summary": {"steady_ms": 1.0}}]}))
     return path
 
 
@@ -309,8 +310,9 @@ def test_compare_refuses_files_of_different_kinds(tmp_path, capsys):
     base, new = attention_json(tmp_path / "a.json"), quant_json(tmp_path / "q.json")
     err = refused(compare.main, [base, new, "--allow-mismatch"], capsys)
     assert f"{new} vs {base}: the kinds differ: base bench_attention.py, new bench_quant.py" in err
-    err = refused(compare.main, [clocks_json(tmp_path / "c.json"), new], capsys)
-    assert "c.json: a bench_clocks.py JSON file, not a bench_attention.py or bench_quant.py one" in err
+    clocks = clocks_json(tmp_path / "c.json")
+    err = refused(compare.main, [clocks, new], capsys)
+    assert f"{new} vs {clocks}: the kinds differ: base bench_clocks.py, new bench_quant.py" in err
 
 
 # ------------------------------------------------------------------- sm90_phases.py
