@@ -1,7 +1,7 @@
 """What the bench/ scripts share at their edges: argument types that refuse bad values before
 any GPU time is spent, reading the JSON the benchmarks write, and writing outputs so that a
 run killed mid-write never leaves a truncated file. No torch here: report.py and compare.py
-run without it; nor do the shared formulas (tflops)."""
+run without it. And the formulas they share (tflops)."""
 
 from __future__ import annotations
 
@@ -53,13 +53,14 @@ def output_path(text: str) -> Path:
     return path
 
 
-# ----------------------------------------------------------------------------- JSON in
+# ---------------------------------------------------------------------------- formulas
 def tflops(b, h, n, d, causal, ms):
     """Attention's TFLOPS: 4 B H N^2 D flops (halved for causal) in ``ms`` milliseconds."""
     flops = 4 * b * h * n * n * d / (2 if causal else 1)
     return flops / (ms * 1e-3) / 1e12
 
 
+# ----------------------------------------------------------------------------- JSON in
 def read_json(path: Path):
     """The JSON in ``path``; ValueError('PATH: problem') where it cannot be read or parsed."""
     try:
