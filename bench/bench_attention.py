@@ -140,9 +140,6 @@ def bench_ms(fns: dict, warmup: int, reps: int, min_ms: float, settle_ms: float 
     return {label: statistics.median(t) for label, t in times.items()}
 
 
-tflops = bench_cli.tflops
-
-
 # ---------------------------------------------------------------------------------- paths
 def available_kernels() -> list[str]:
     cap = torch.cuda.get_device_capability()
@@ -244,7 +241,7 @@ def run_shape(args, b, h, n, d, causal, dtype):
                 row["results"][f"kernel_{name}"] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
     try:
         for label, ms in bench_ms(timed, args.warmup, args.reps, args.min_ms, args.settle_ms).items():
-            row["results"][label] = {"ms": ms, "tflops": tflops(b, h, n, d, causal, ms), **row["results"][label]}
+            row["results"][label] = {"ms": ms, "tflops": bench_cli.tflops(b, h, n, d, causal, ms), **row["results"][label]}
     except Exception as e:  # (out of memory, say) every timed path of the shape lacks its time
         for label in timed:
             row["results"][label] = {"error": f"timing: {type(e).__name__}: {str(e).splitlines()[0][:200]}"}

@@ -8,7 +8,7 @@
 // The rule every kernel launched this way keeps: it touches no global memory before
 // wait_prior_grids() (not even its inputs: their buffers may still be read or written by
 // the previous kernel, the caching allocator having reused them; an L2 prefetch, which reads
-// nothing into the kernel, may: kv_stream.cuh's prefetch_sample). wait_prior_grids() then
+// nothing into the kernel, may: kv_stream.cuh's prefetch_sample_row). wait_prior_grids() then
 // lets the next kernel launch.
 #pragma once
 #include <c10/cuda/CUDAException.h>

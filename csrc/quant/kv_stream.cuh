@@ -77,20 +77,15 @@ struct KvStreamParams {
   int clear_count;
 };
 
-// The sampled rows of K (threads 0 .. kTokens) and V (the next kTokens) of one head into L2.
-// This kernel's CTAs become resident on the SMs the previous attention kernel's tail frees and
-// wait there (launch_after); these prefetches run during that wait, so that the loads after it
-// find the rows in L2 instead of DRAM. They may precede the wait: a prefetch accesses nothing
+// Sampled row `row` of a head (`head`: its token 0, `stride` elements a token) into L2.
+// kv_stats_kernel's CTAs become resident on the SMs the previous attention kernel's tail frees
+// and wait there (launch_after); these prefetches run during that wait, so that the loads after
+// it find the rows in L2 instead of DRAM. They may precede the wait: a prefetch accesses nothing
 // (common/launch.cuh's rule), and L2 is where every SM's writes to the rows meet.
 template <typename T, int D>
-__device__ void prefetch_sample(const KvStreamParams& p, const token_sample::Sample& sample, int batch, int head) {
+__device__ void prefetch_sample_row(const token_sample::Sample& sample, const T* head, int64_t stride, int row) {
   static_assert(D * sizeof(T) % 16 == 0, "rows of whole 16-byte pieces");
-  const int row = threadIdx.x % token_sample::kTokens, kind = threadIdx.x / token_sample::kTokens;
-  if (row >= sample.count || kind > 1 || (kind == 0 && p.k_mean == nullptr)) return;
-  const T* base = static_cast<const T*>(kind == 0 ? p.k : p.v);
-  const int64_t offset = kind == 0 ? batch * p.k_stride_b + head * p.k_stride_h + sample.tokens[row] * p.k_stride_n
-                                   : batch * p.v_stride_b + head * p.v_stride_h + sample.tokens[row] * p.v_stride_n;
-  sm90::bulk_prefetch_l2(base + offset, D * sizeof(T));
+  if (row < sample.count) sm90::bulk_prefetch_l2(head + sample.tokens[row] * stride, D * sizeof(T));
 }
 
 // Before kv_stream_kernel, one CTA a (head, batch), from the head's token sample
@@ -103,11 +98,16 @@ __global__ void __launch_bounds__(token_sample::SampleTile<T, D>::kThreads)
     kv_stats_kernel(const __grid_constant__ KvStreamParams p, const __grid_constant__ token_sample::Sample sample) {
   __shared__ __align__(16) token_sample::SampleTile<T, D> k_tile, v_tile;
   const int head = blockIdx.x, batch = blockIdx.y, bh = batch * p.heads + head;
-  prefetch_sample<T, D>(p, sample, batch, head);
+  const T* k = static_cast<const T*>(p.k) + batch * p.k_stride_b + head * p.k_stride_h;
+  const T* v = static_cast<const T*>(p.v) + batch * p.v_stride_b + head * p.v_stride_h;
+  // K's rows by threads 0 .. kTokens, V's by the next kTokens.
+  const bool of_k = threadIdx.x < token_sample::kTokens;
+  if (of_k ? p.k_mean != nullptr : threadIdx.x < 2 * token_sample::kTokens)
+    prefetch_sample_row<T, D>(sample, of_k ? k : v, of_k ? p.k_stride_n : p.v_stride_n,
+                              threadIdx.x % token_sample::kTokens);
   ptx::wait_prior_grids();  // (launch_after)
-  if (p.k_mean != nullptr)
-    k_tile.load(sample, static_cast<const T*>(p.k) + batch * p.k_stride_b + head * p.k_stride_h, p.k_stride_n);
-  v_tile.load(sample, static_cast<const T*>(p.v) + batch * p.v_stride_b + head * p.v_stride_h, p.v_stride_n);
+  if (p.k_mean != nullptr) k_tile.load(sample, k, p.k_stride_n);
+  v_tile.load(sample, v, p.v_stride_n);
   if (bh == 0)
     for (int i = threadIdx.x; i < p.clear_count; i += blockDim.x) p.clear[i] = 0;
   if (threadIdx.x == 0) {

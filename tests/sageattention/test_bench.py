@@ -34,12 +34,6 @@ def test_defaults_are_the_issue_grid(bench):
     assert args.n == [4096] and args.hd == [128] and args.causal == "true" and args.out == Path("x.json")
 
 
-def test_tflops_counts_causal_as_half(bench):
-    full = bench.tflops(4, 32, 4096, 128, False, 1.0)
-    assert full == pytest.approx(4 * 4 * 32 * 4096 * 4096 * 128 / 1e-3 / 1e12)
-    assert bench.tflops(4, 32, 4096, 128, True, 1.0) == pytest.approx(full / 2)
-
-
 def test_bench_ms_samples_the_paths_in_turns(bench):
     # A clock that slows down sample by sample: paths timed in turns see the same drift, so two
     # labels of one function measure the same median. Rounds take the paths in varying orders.

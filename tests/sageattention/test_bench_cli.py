@@ -47,6 +47,13 @@ def quant_json(path: Path) -> Path:
     return path
 
 
+
+def test_tflops_counts_causal_as_half():
+    tflops = script("bench_cli").tflops
+    full = tflops(4, 32, 4096, 128, False, 1.0)
+    assert full == pytest.approx(4 * 4 * 32 * 4096 * 4096 * 128 / 1e-3 / 1e12)
+    assert tflops(4, 32, 4096, 128, True, 1.0) == pytest.approx(full / 2)
+
 def clocks_json(path: Path) -> Path:
     path.write_text(json.dumps({"env": {}, "rows": [
         {"B": 4, "H": 32, "N": 4096, "D": 128, "causal": False, "path": "sageattn", "windows": [],
