@@ -2,7 +2,7 @@
 
     python bench/sm90_phases.py patch TREE      # instrument a copy of the repository at TREE
     (cd TREE && python setup.py build_ext --inplace)   # or build TREE's wheel (sagebuild build, in TREE)
-    python bench/sm90_phases.py run BUILD > raw.txt   # on an H100/H200
+    python bench/sm90_phases.py run BUILD [--hd 64] > raw.txt   # on an H100/H200
     python bench/sm90_phases.py summary raw.txt [--json phases.json]
 
 BUILD is TREE built in place, or the folder its wheel was installed into
@@ -101,12 +101,14 @@ def patch(tree: pathlib.Path) -> None:
     print(f"instrumented {src}")
 
 
-def run(build: pathlib.Path) -> None:
+def run(build: pathlib.Path, head_dims: list[int] | None = None) -> None:
     sys.path[:0] = [str(build), str(ROOT / "bench")]
     import torch
     import bench_attention as ba
 
     for path, d, n, causal in SHAPES:
+        if head_dims and d not in head_dims:
+            continue
         q, k, v = ba.random_qkv(4, 32, n, d, torch.float16)
         tag = f"{path} hd{d} N={n} {'causal' if causal else 'full'}"
         calls = {tag: ba.kernel_only(path, "per_thread", causal, q, k, v)}
@@ -190,8 +192,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("patch").add_argument("tree", type=tree, help="a copy of the repository (never this one)")
-    sub.add_parser("run").add_argument(
-        "build", type=built, help="the patched copy built in place, or the folder its wheel was installed into")
+    r = sub.add_parser("run")
+    r.add_argument("build", type=built, help="the patched copy built in place, or the folder its wheel was installed into")
+    r.add_argument("--hd", type=int, nargs="+", choices=sorted({s[1] for s in SHAPES}),
+                   help="only the shapes of these head dims (default: all)")
     s = sub.add_parser("summary")
     s.add_argument("raw", type=pathlib.Path, help="what `run` printed")
     s.add_argument("--json", type=bench_cli.output_path)
@@ -201,7 +205,7 @@ def main(argv=None) -> int:
             ap.error(f"{args.tree} is this repository: patch a copy of it (the counters cost registers and time)")
         patch(args.tree)
     elif args.cmd == "run":
-        run(args.build)
+        run(args.build, args.hd)
     else:
         try:
             out = summarize(args.raw)

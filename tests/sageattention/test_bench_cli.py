@@ -352,11 +352,13 @@ def test_sm90_phases_needs_a_copy_of_the_repository(tmp_path, monkeypatch, capsy
 def test_sm90_phases_run_needs_an_importable_build(tmp_path, monkeypatch, capsys):
     phases = script("sm90_phases")
     ran = []
-    monkeypatch.setattr(phases, "run", ran.append)
+    monkeypatch.setattr(phases, "run", lambda build, head_dims: ran.append((build, head_dims)))
     (tmp_path / "csrc" / "sm90").mkdir(parents=True)
     (tmp_path / "csrc" / "sm90" / "attn_sm90.cuh").write_text("")  # a tree, but nothing built or installed
     err = refused(phases.main, ["run", tmp_path], capsys)
     assert "argument build: " in err and "no sageattention package there" in err and "--target" in err
     (tmp_path / "sageattention").mkdir()
     (tmp_path / "sageattention" / "__init__.py").write_text("")  # what pip --target leaves
-    assert phases.main(["run", str(tmp_path)]) == 0 and ran == [tmp_path]
+    assert phases.main(["run", str(tmp_path)]) == 0 and ran == [(tmp_path, None)]
+    assert phases.main(["run", str(tmp_path), "--hd", "64"]) == 0 and ran[-1] == (tmp_path, [64])
+    assert "argument --hd: invalid choice: 32" in refused(phases.main, ["run", tmp_path, "--hd", "32"], capsys)
