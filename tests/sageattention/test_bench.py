@@ -487,7 +487,8 @@ def test_sm90_phases_patch_refuses_a_changed_kernel(tmp_path):
     phases = load_script(PHASES)
     src = _copy_kernel(tmp_path)
     text = src.read_text()
-    changed = text.replace("store(p, sm, x, tid, st);", "store(p, sm, x, tid, st); ")
+    anchor = phases.EDITS[-1][0]  # one of the source lines the patch instruments, altered
+    changed = text.replace(anchor, anchor.replace("(", "( ", 1))
     assert changed != text
     src.write_text(changed)
     with pytest.raises(SystemExit, match="expected one occurrence"):
