@@ -78,8 +78,8 @@ EDITS = [
      "    key_loop(p, x.c, sm, tid, x.kb, first, st, ph);\n    store(p, sm, x, tid, st);\n    ph.mark(5);\n    ph.acc[8] += 1;\n"),
     ("    const int tid = consumer_tid();\n    for (int n = 0, first = 0;; ++n) {",
      "    const int tid = consumer_tid();\n    Phases ph;\n    ph.start();\n    for (int n = 0, first = 0;; ++n) {"),
-    ("      if (item < 0) return finish_o_stores(tid);",
-     "      if (item < 0) {\n        finish_o_stores(tid);\n        if (tid % 128 == 0)\n"
+    ("      if (x.part == kNoWork) return finish_o_stores(tid);",
+     "      if (x.part == kNoWork) {\n        finish_o_stores(tid);\n        if (tid % 128 == 0)\n"
      '          printf("PH %d %d %lld %lld %lld %lld %lld %lld %lld %lld %lld\\n", int(blockIdx.x), tid / 128,\n'
      "                 ph.acc[0], ph.acc[1], ph.acc[2], ph.acc[3], ph.acc[4], ph.acc[5], ph.acc[6], ph.acc[7], ph.acc[8]);\n"
      "        return;\n      }"),

@@ -26,6 +26,7 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <cstring>
 #include <type_traits>
 
 #include "attention/softmax.cuh"
@@ -174,12 +175,13 @@ struct Sm90Traits {
   static constexpr int kStageBytes = (kKBytes + kVBytes + kScaleBytes + 1023) / 1024 * 1024;
   static constexpr int kStages = 4;  // (5 ran the fp8 hd128 kernel 2% slower on H100)
   // A persistent grid streams each tile's 16-bit Q through the stage ring, and hands
-  // tile numbers from the producer to the consumers through kTileSlots slots: the
+  // work items from the producer to the consumers through kTileSlots slots: the
   // producer claims the next tile while the consumers finish the current one.
   static constexpr int kQRawBytes = kCtaQ * kHeadDim * 2;
   static_assert(kQRawBytes <= kKBytes + kVTmaBytes,
                 "a stage holds a 16-bit Q tile (clear of the ones rows)");
   static constexpr int kTileSlots = 2;
+  static constexpr int kSlotBytes = 48;  // Sm90Kernel::Work
   // The 16-bit hd64 kernel's O leaves through shared memory and TMA stores: the consumers
   // write it with stmatrix and go on to the next tile while the TMA unit stores it. The
   // others' lanes store their rows themselves (store_quad_row). Measured on H100 (kernel
@@ -194,8 +196,10 @@ struct Sm90Traits {
   static constexpr int kBarriersAt = kQBytes + kStages * kStageBytes + kOBytes;
   static constexpr int kSmemBytes = 1024 /* alignment slack */ + kBarriersAt + 2 * kStages * 8 +
                                     2 * kCtaQ * 4 /* Q group amax, two tiles' */ +
-                                    kTileSlots * (2 * 8 /* mbarriers */ + 4 /* tile number */);
+                                    kTileSlots * (2 * 8 /* mbarriers */ + kSlotBytes);
   static_assert(kSmemBytes <= 227 * 1024, "shared memory");
+  static_assert((kBarriersAt + 2 * kStages * 8 + 2 * kCtaQ * 4 + 2 * kTileSlots * 8) % 16 == 0,
+                "the slots are 16-byte aligned (their v4 accesses)");
 };
 
 // kPersistent: one CTA an SM claims tiles until none are left; otherwise one CTA a tile.
@@ -262,8 +266,10 @@ struct Sm90Kernel {
   struct Work {
     Coord c;
     typename Coord::KeyBlocks kb;
-    int part;  // the chunk's part (Sm90Params::part_o), or -1: the whole tile
+    int part;  // the chunk's part (Sm90Params::part_o), or -1: the whole tile (kNoWork: none left)
   };
+  static constexpr int kNoWork = -2;
+  static_assert(sizeof(Work) == Tr::kSlotBytes && sizeof(Work) % 16 == 0, "a slot is whole 16-byte words");
   __device__ static int num_work(const Sm90Params& p) {
     return p.tail_first + (num_tiles(p) - p.tail_first) * p.tail_chunks;
   }
@@ -297,9 +303,9 @@ struct Sm90Kernel {
     uint32_t full;        // mbarriers [kStages]: the load landed
     uint32_t empty;       // mbarriers [kStages]: every consumer warp is done with the load
     float* q_amax;        // [2][kCtaQ]: Q's group maxima by group within the tile; tile n's in half n % 2
-    uint32_t tile_full;   // persistent: mbarriers [kTileSlots]: the slot holds a tile number
+    uint32_t tile_full;   // persistent: mbarriers [kTileSlots]: the slot holds a work item
     uint32_t tile_empty;  // persistent: mbarriers [kTileSlots]: every consumer warp has read it
-    uint32_t slots;       // persistent: [kTileSlots] tile numbers (-1: none left)
+    uint32_t slots;       // persistent: [kTileSlots] work items (16-byte aligned)
     __device__ uint32_t k(LoadNo b) const { return stages + (b % Tr::kStages) * Tr::kStageBytes; }
     __device__ uint32_t v(LoadNo b) const { return k(b) + Tr::kKBytes; }
     __device__ uint32_t scales(LoadNo b) const { return v(b) + Tr::kVBytes; }
@@ -308,7 +314,29 @@ struct Sm90Kernel {
     __device__ float* amax(int n) const { return q_amax + n % 2 * Tr::kCtaQ; }
     __device__ uint32_t tile_full_bar(int n) const { return tile_full + n % Tr::kTileSlots * 8; }
     __device__ uint32_t tile_empty_bar(int n) const { return tile_empty + n % Tr::kTileSlots * 8; }
-    __device__ uint32_t slot(int n) const { return slots + n % Tr::kTileSlots * 4; }
+    __device__ uint32_t slot(int n) const { return slots + n % Tr::kTileSlots * Tr::kSlotBytes; }
+    // The producer's lane 0 writes tile n's item into its slot, every consumer warp reads it.
+    __device__ void put_work(int n, const Work& x) const {
+      uint4 w[sizeof(Work) / 16];
+      memcpy(w, &x, sizeof(Work));
+#pragma unroll
+      for (int i = 0; i < int(sizeof(Work) / 16); ++i)
+        asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(slot(n) + 16 * i), "r"(w[i].x), "r"(w[i].y),
+                     "r"(w[i].z), "r"(w[i].w)
+                     : "memory");
+    }
+    __device__ Work get_work(int n) const {
+      uint4 w[sizeof(Work) / 16];
+#pragma unroll
+      for (int i = 0; i < int(sizeof(Work) / 16); ++i)
+        asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(w[i].x), "=r"(w[i].y), "=r"(w[i].z), "=r"(w[i].w)
+                     : "r"(slot(n) + 16 * i)
+                     : "memory");
+      Work x;
+      memcpy(&x, w, sizeof(Work));
+      return x;
+    }
     __device__ void wait_full(LoadNo b) const { ptx::mbar_wait(full_bar(b), (b / Tr::kStages) & 1); }
     __device__ void wait_empty(int b) const {  // the producer, before stage load b
       if (b >= Tr::kStages) ptx::mbar_wait(empty_bar(b), (b / Tr::kStages - 1) & 1);
@@ -365,18 +393,19 @@ struct Sm90Kernel {
   }
 
   // Persistent grids: claims work items until none are left. Per item: its tile's 16-bit
-  // Q as a stage load (rows past the sequence arrive as zeros); its number in its slot (-1
-  // once none are left); its key blocks. The next item is claimed once this one's last
-  // block is issued, when the consumers are at most kStages blocks from its end: claimed
-  // earlier, under a causal mask short tiles went to CTAs still busy with long ones
-  // (eb2cfaf on H200: up to a third slower).
+  // Q as a stage load (rows past the sequence arrive as zeros); the item in its slot (part
+  // kNoWork once none are left), so that the consumers need not redo work()'s runtime
+  // divisions, a dependent chain at every tile start; its key blocks. The next item is
+  // claimed once this one's last block is issued, when the consumers are at most kStages
+  // blocks from its end: claimed earlier, under a causal mask short tiles went to CTAs
+  // still busy with long ones (eb2cfaf on H200: up to a third slower).
   __device__ static void produce(const Sm90Params& p, const Smem& sm) {
     const int lane = threadIdx.x % 32;
     const int items = num_work(p);
     int item = blockIdx.x, first = 0;
     for (int n = 0;; ++n) {
       const bool valid = item < items;
-      const Work x = work(p, valid ? item : 0);
+      Work x = work(p, valid ? item : 0);
       const Coord& c = x.c;
       if (valid) {
         sm.wait_empty(first);
@@ -387,7 +416,8 @@ struct Sm90Kernel {
         ptx::mbar_arrive(sm.full_bar(first));
       }
       if (n >= Tr::kTileSlots) ptx::mbar_wait(sm.tile_empty_bar(n), (n / Tr::kTileSlots - 1) & 1);
-      if (lane == 0) asm volatile("st.shared.s32 [%0], %1;\n" ::"r"(sm.slot(n)), "r"(valid ? item : -1) : "memory");
+      if (!valid) x.part = kNoWork;
+      if (lane == 0) sm.put_work(n, x);
       ptx::mbar_arrive(sm.tile_full_bar(n));
       if (!valid) return;
       if (p.kv_ready != nullptr) wait_kv_ready(p.kv_ready + c.bkv);
@@ -1015,16 +1045,14 @@ struct Sm90Kernel {
 
   // Persistent: the work items the producer hands over, one after the other (the next
   // one's Q and first key blocks stream in while this one finishes). A consumer warp gives
-  // an item's slot back once it has read the number.
+  // an item's slot back once it has read the item.
   __device__ static void consume_tiles(const Sm90Params& p, const Smem& sm) {
     const int tid = consumer_tid();
     for (int n = 0, first = 0;; ++n) {
       ptx::mbar_wait(sm.tile_full_bar(n), (n / Tr::kTileSlots) & 1);
-      int item;
-      asm volatile("ld.shared.s32 %0, [%1];\n" : "=r"(item) : "r"(sm.slot(n)) : "memory");
+      const Work x = sm.get_work(n);
       sm.release_slot(n, threadIdx.x % 32);
-      if (item < 0) return finish_o_stores(tid);
-      const Work x = work(p, item);
+      if (x.part == kNoWork) return finish_o_stores(tid);
       QRegs q_raw;
       read_q(sm, first, tid, q_raw);
       run_tile(p, x, sm, n, first + 1, q_raw);
