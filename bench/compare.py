@@ -27,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_cli  # noqa: E402
 
 STEADY = 0.999  # a ratio at least this high counts as "not slower"
-KINDS = ("bench_attention.py", "bench_quant.py", "bench_clocks.py")
 # What a run measured, beyond its shapes: its rows' batch and heads and these env fields. Where
 # and from what a run imported sageattention (sageattention_file, extension, commit, version)
 # differs between the two sides of an A/B by design (wheel_ab.sh), and is not compared.
@@ -66,7 +65,7 @@ class Summary:
 @dataclass(frozen=True)
 class Run:
     path: Path
-    kind: str  # one of KINDS
+    kind: str  # a bench_cli.ROW_KEYS name: every benchmark that writes rows compares
     measured: dict  # the MEASURED_ROWS (their values over the rows) and MEASURED_ENV the file records
     shapes: dict  # (N, D, causal) -> label -> {"tflops": ...}
 
