@@ -16,9 +16,12 @@ warpgroup's first warp adds up, over its tiles, the cycles from one mark to the 
     tile wait   the tile's number and its 16-bit Q stage (consume_tiles, read_q)
     quantize_q  Q to INT8 and the row scales
     first block Q K^T and softmax of key block 0 (nothing overlaps them)
-    steps       key blocks 1 .. n-1, FA3's software pipeline (of which: waits for loads)
+    steps       key blocks 1 .. n-1, FA3's software pipeline (of which: waits for loads, with
+                the first block's wait for block 1)
     drain       the last P V and its fold
     store       O and the LSE to global memory
+
+and, inside the first block, its wait for key block 0's load (the tile's first stage after Q).
 
 and printf's them when the CTA runs out of tiles. `run` launches kernel-only calls
 (pre-quantized K and V, as bench_attention.py's kernel rows), and at e4m3 hd64 also the
@@ -47,8 +50,8 @@ SHAPES = [  # (path, head dim, N, causal), B=4 H=32 fp16
 ]
 
 PHASES_STRUCT = """
-struct Phases {  // (sm90_phases.py) cycles per phase; acc[6] load waits in steps, [7] blocks, [8] tiles
-  long long t = 0, acc[9] = {};
+struct Phases {  // (sm90_phases.py) cycles per phase; acc[6] load waits in steps, [7] blocks, [8] tiles,
+  long long t = 0, acc[10] = {};  // [9] the first block's wait for block 0
   __device__ void start() { t = clock64(); }
   __device__ void mark(int i) { const long long u = clock64(); acc[i] += u - t; t = u; }
 };
@@ -66,6 +69,8 @@ EDITS = [
     ("      const int next = min(j + 1, n_blocks - 1);\n      wait_full(next);",
      "      const int next = min(j + 1, n_blocks - 1);\n"
      "      { const long long w0 = clock64(); wait_full(next); ph.acc[6] += clock64() - w0; }"),
+    ("    wait_full(0);\n    take_turn();\n",
+     "    { const long long w0 = clock64(); wait_full(0); ph.acc[9] += clock64() - w0; }\n    take_turn();\n"),
     ("\n    int j = 1;\n", "\n    ph.mark(2);\n    int j = 1;\n"),
     ("    take_turn();\n    issue_block_pv(n_blocks - 1);\n",
      "    ph.mark(3);\n    ph.acc[7] += n_blocks;\n    take_turn();\n    issue_block_pv(n_blocks - 1);\n"),
@@ -80,8 +85,9 @@ EDITS = [
      "    const int tid = consumer_tid();\n    Phases ph;\n    ph.start();\n    for (int n = 0, first = 0;; ++n) {"),
     ("      if (x.part == kNoWork) return finish_o_stores(tid);",
      "      if (x.part == kNoWork) {\n        finish_o_stores(tid);\n        if (tid % 128 == 0)\n"
-     '          printf("PH %d %d %lld %lld %lld %lld %lld %lld %lld %lld %lld\\n", int(blockIdx.x), tid / 128,\n'
-     "                 ph.acc[0], ph.acc[1], ph.acc[2], ph.acc[3], ph.acc[4], ph.acc[5], ph.acc[6], ph.acc[7], ph.acc[8]);\n"
+     '          printf("PH %d %d %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld\\n", int(blockIdx.x), tid / 128,\n'
+     "                 ph.acc[0], ph.acc[1], ph.acc[2], ph.acc[3], ph.acc[4], ph.acc[5], ph.acc[6], ph.acc[7], ph.acc[8],\n"
+     "                 ph.acc[9]);\n"
      "        return;\n      }"),
     ("      read_q(sm, first, tid, q_raw);\n      run_tile(p, x, sm, n, first + 1, q_raw);",
      "      read_q(sm, first, tid, q_raw);\n      ph.mark(0);\n      run_tile(p, x, sm, n, first + 1, q_raw, ph);"),
@@ -126,10 +132,10 @@ def run(build: pathlib.Path, head_dims: list[int] | None = None) -> None:
 
 
 def ph_counts(line: str) -> list[int]:
-    """The 9 counters of a line `PH block warpgroup c0 .. c8` (the patch's printf); ValueError else."""
+    """The 10 counters of a line `PH block warpgroup c0 .. c9` (the patch's printf); ValueError else."""
     words = line.split()
-    if len(words) != 12 or not all(w.isdigit() for w in words[1:]):
-        raise ValueError(f"malformed PH line (want PH, block, warpgroup and 9 counts): {line.strip()!r}")
+    if len(words) != 13 or not all(w.isdigit() for w in words[1:]):
+        raise ValueError(f"malformed PH line (want PH, block, warpgroup and 10 counts): {line.strip()!r}")
     return [int(w) for w in words[3:]]
 
 
@@ -154,7 +160,7 @@ def summarize(raw: pathlib.Path) -> dict:
                          "on a patched build?")
     out = {}
     for tag, wgs in launches.items():
-        mean = [sum(w[i] for w in wgs) / len(wgs) for i in range(9)]
+        mean = [sum(w[i] for w in wgs) / len(wgs) for i in range(10)]
         tiles, blocks, total = mean[8], mean[7], sum(mean[:6])
         if not tiles or not total:
             raise ValueError(f"{raw}: {tag}: its warpgroups count no tiles or no cycles")
@@ -162,11 +168,13 @@ def summarize(raw: pathlib.Path) -> dict:
         out[shape] = {"warpgroups": len(wgs), "tiles": tiles, "key_blocks": blocks,
                       "cycles_per_tile": {name: mean[i] / tiles for i, name in enumerate(PHASES)},
                       "load_wait_cycles_per_tile": mean[6] / tiles,
+                      "first_load_wait_cycles_per_tile": mean[9] / tiles,
                       "share": {name: mean[i] / total for i, name in enumerate(PHASES)}}
         print(f"== {shape}: {len(wgs)} consumer warpgroups, {tiles:.1f} tiles and {blocks:.0f} key blocks each")
         for i, name in enumerate(PHASES):
             print(f"  {name:12s} {mean[i] / total * 100:5.1f}%  {mean[i] / tiles:8.0f} cycles a tile")
         print(f"  {'(load waits in steps)':22s} {mean[6] / tiles:8.0f} cycles a tile")
+        print(f"  {'(first block: block 0)':22s} {mean[9] / tiles:8.0f} cycles a tile")
     return out
 
 
