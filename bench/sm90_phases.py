@@ -21,8 +21,7 @@ warpgroup's first warp adds up, over its tiles, the cycles from one mark to the 
     drain       the last P V and its fold
     store       O and the LSE to global memory
 
-and, inside the first block, its wait for key block 0's load (the tile's first stage after Q).
-
+and, inside the first block, its wait for key block 0's load (the tile's first stage after Q),
 and printf's them when the CTA runs out of tiles. `run` launches kernel-only calls
 (pre-quantized K and V, as bench_attention.py's kernel rows), and at e4m3 hd64 also the
 end-to-end call, where the kernel runs beside kv_stream_kernel; it prints a marker before
