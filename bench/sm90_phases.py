@@ -48,12 +48,13 @@ SHAPES = [  # (path, head dim, N, causal), B=4 H=32 fp16
     ("sm90_fp16", 64, 4096, True), ("sm90_fp8", 64, 4096, False), ("sm90_fp8", 64, 4096, True),
 ]
 
-PHASES_STRUCT = """
-struct Phases {  // (sm90_phases.py) cycles per phase; acc[6] load waits in steps, [7] blocks, [8] tiles,
-  long long t = 0, acc[10] = {};  // [9] the first block's wait for block 0
-  __device__ void start() { t = clock64(); }
-  __device__ void mark(int i) { const long long u = clock64(); acc[i] += u - t; t = u; }
-};
+COUNTERS = 10  # Phases::acc, each printed on the PH line
+PHASES_STRUCT = f"""
+struct Phases {{  // (sm90_phases.py) cycles per phase; acc[6] load waits in steps, [7] blocks, [8] tiles,
+  long long t = 0, acc[{COUNTERS}] = {{}};  // [9] the first block's wait for block 0
+  __device__ void start() {{ t = clock64(); }}
+  __device__ void mark(int i) {{ const long long u = clock64(); acc[i] += u - t; t = u; }}
+}};
 """
 
 # (anchor, replacement) pairs applied in order; each anchor must occur exactly once.
@@ -84,9 +85,8 @@ EDITS = [
      "    const int tid = consumer_tid();\n    Phases ph;\n    ph.start();\n    for (int n = 0, first = 0;; ++n) {"),
     ("      if (x.part == kNoWork) return finish_o_stores(tid);",
      "      if (x.part == kNoWork) {\n        finish_o_stores(tid);\n        if (tid % 128 == 0)\n"
-     '          printf("PH %d %d %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld\\n", int(blockIdx.x), tid / 128,\n'
-     "                 ph.acc[0], ph.acc[1], ph.acc[2], ph.acc[3], ph.acc[4], ph.acc[5], ph.acc[6], ph.acc[7], ph.acc[8],\n"
-     "                 ph.acc[9]);\n"
+     f'          printf("PH %d %d{" %lld" * COUNTERS}\\n", int(blockIdx.x), tid / 128,\n'
+     f"                 {', '.join(f'ph.acc[{i}]' for i in range(COUNTERS))});\n"
      "        return;\n      }"),
     ("      read_q(sm, first, tid, q_raw);\n      run_tile(p, x, sm, n, first + 1, q_raw);",
      "      read_q(sm, first, tid, q_raw);\n      ph.mark(0);\n      run_tile(p, x, sm, n, first + 1, q_raw, ph);"),
@@ -131,10 +131,10 @@ def run(build: pathlib.Path, head_dims: list[int] | None = None) -> None:
 
 
 def ph_counts(line: str) -> list[int]:
-    """The 10 counters of a line `PH block warpgroup c0 .. c9` (the patch's printf); ValueError else."""
+    """The COUNTERS counters of a line `PH block warpgroup c0 ..` (the patch's printf); ValueError else."""
     words = line.split()
-    if len(words) != 13 or not all(w.isdigit() for w in words[1:]):
-        raise ValueError(f"malformed PH line (want PH, block, warpgroup and 10 counts): {line.strip()!r}")
+    if len(words) != 3 + COUNTERS or not all(w.isdigit() for w in words[1:]):
+        raise ValueError(f"malformed PH line (want PH, block, warpgroup and {COUNTERS} counts): {line.strip()!r}")
     return [int(w) for w in words[3:]]
 
 
@@ -159,7 +159,7 @@ def summarize(raw: pathlib.Path) -> dict:
                          "on a patched build?")
     out = {}
     for tag, wgs in launches.items():
-        mean = [sum(w[i] for w in wgs) / len(wgs) for i in range(10)]
+        mean = [sum(w[i] for w in wgs) / len(wgs) for i in range(COUNTERS)]
         tiles, blocks, total = mean[8], mean[7], sum(mean[:6])
         if not tiles or not total:
             raise ValueError(f"{raw}: {tag}: its warpgroups count no tiles or no cycles")
