@@ -22,7 +22,9 @@ warpgroup's first warp adds up, over its tiles, the cycles from one mark to the 
     store       O and the LSE to global memory
 
 and, inside the first block, its wait for key block 0's load (the tile's first stage after Q),
-and printf's them when the CTA runs out of tiles. `run` launches kernel-only calls
+over all tiles and for the warpgroup's first tile alone (at the kernel's start, where the
+end-to-end call's first heads may not be quantized yet), and printf's them when the CTA runs
+out of tiles. `run` launches kernel-only calls
 (pre-quantized K and V, as bench_attention.py's kernel rows), and at e4m3 hd64 also the
 end-to-end call, where the kernel runs beside kv_stream_kernel; it prints a marker before
 each, so that `summary` can attribute the lines; it reports the second launch of each shape.
@@ -48,10 +50,10 @@ SHAPES = [  # (path, head dim, N, causal), B=4 H=32 fp16
     ("sm90_fp16", 64, 4096, True), ("sm90_fp8", 64, 4096, False), ("sm90_fp8", 64, 4096, True),
 ]
 
-COUNTERS = 10  # Phases::acc, each printed on the PH line
+COUNTERS = 11  # Phases::acc, each printed on the PH line
 PHASES_STRUCT = f"""
 struct Phases {{  // (sm90_phases.py) cycles per phase; acc[6] load waits in steps, [7] blocks, [8] tiles,
-  long long t = 0, acc[{COUNTERS}] = {{}};  // [9] the first block's wait for block 0
+  long long t = 0, acc[{COUNTERS}] = {{}};  // [9] the first block's wait for block 0, [10] of the first tile
   __device__ void start() {{ t = clock64(); }}
   __device__ void mark(int i) {{ const long long u = clock64(); acc[i] += u - t; t = u; }}
 }};
@@ -70,7 +72,8 @@ EDITS = [
      "      const int next = min(j + 1, n_blocks - 1);\n"
      "      { const long long w0 = clock64(); wait_full(next); ph.acc[6] += clock64() - w0; }"),
     ("    wait_full(0);\n    take_turn();\n",
-     "    { const long long w0 = clock64(); wait_full(0); ph.acc[9] += clock64() - w0; }\n    take_turn();\n"),
+     "    { const long long w0 = clock64(); wait_full(0); const long long w = clock64() - w0;\n"
+     "      ph.acc[9] += w; if (ph.acc[8] == 0) ph.acc[10] += w; }\n    take_turn();\n"),
     ("\n    int j = 1;\n", "\n    ph.mark(2);\n    int j = 1;\n"),
     ("    take_turn();\n    issue_block_pv(n_blocks - 1);\n",
      "    ph.mark(3);\n    ph.acc[7] += n_blocks;\n    take_turn();\n    issue_block_pv(n_blocks - 1);\n"),
@@ -168,12 +171,13 @@ def summarize(raw: pathlib.Path) -> dict:
                       "cycles_per_tile": {name: mean[i] / tiles for i, name in enumerate(PHASES)},
                       "load_wait_cycles_per_tile": mean[6] / tiles,
                       "first_load_wait_cycles_per_tile": mean[9] / tiles,
+                      "first_tile_load_wait_cycles": mean[10],
                       "share": {name: mean[i] / total for i, name in enumerate(PHASES)}}
         print(f"== {shape}: {len(wgs)} consumer warpgroups, {tiles:.1f} tiles and {blocks:.0f} key blocks each")
         for i, name in enumerate(PHASES):
             print(f"  {name:12s} {mean[i] / total * 100:5.1f}%  {mean[i] / tiles:8.0f} cycles a tile")
         print(f"  {'(load waits in steps)':22s} {mean[6] / tiles:8.0f} cycles a tile")
-        print(f"  {'(first block: block 0)':22s} {mean[9] / tiles:8.0f} cycles a tile")
+        print(f"  {'(first block: block 0)':22s} {mean[9] / tiles:8.0f} cycles a tile, {mean[10]:.0f} in the first tile")
     return out
 
 

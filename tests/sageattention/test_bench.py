@@ -481,6 +481,7 @@ def test_sm90_phases_patch_instruments_every_phase(tmp_path):
     for i in range(6):  # every phase has its mark
         assert f"ph.mark({i});" in after, i
     assert after.count('printf("PH ') == 1 and "ph.acc[8] += 1;" in after and "ph.acc[9] +=" in after
+    assert "if (ph.acc[8] == 0) ph.acc[10] +=" in after  # the first tile's wait: before its tile is counted
 
 
 def test_sm90_phases_patch_refuses_a_changed_kernel(tmp_path):
@@ -500,15 +501,15 @@ def test_sm90_phases_summary_reports_the_second_launch_per_tile(tmp_path, capsys
     # Two warpgroups, 2 tiles and 10 key blocks each; the first launch and unmarked lines are ignored.
     raw = tmp_path / "raw.txt"
     raw.write_text("\n".join([
-        "PH 0 0 9 9 9 9 9 9 9 9 9 9",
+        "PH 0 0 9 9 9 9 9 9 9 9 9 9 9",
         "SHAPE sm90_fp8 hd128 N=4096 full launch0",
-        "PH 0 0 1 1 1 1 1 1 1 1 1 1",
+        "PH 0 0 1 1 1 1 1 1 1 1 1 1 1",
         "END",
         "SHAPE sm90_fp8 hd128 N=4096 full launch1",
-        "PH 0 0 100 200 300 1000 50 150 40 10 2 30",
-        "PH 0 1 300 400 500 3000 150 250 60 10 2 10",
+        "PH 0 0 100 200 300 1000 50 150 40 10 2 30 24",
+        "PH 0 1 300 400 500 3000 150 250 60 10 2 10 6",
         "END",
-        "PH 1 0 7 7 7 7 7 7 7 7 7 7",
+        "PH 1 0 7 7 7 7 7 7 7 7 7 7 7",
     ]))
     out = phases.summarize(raw)
     assert list(out) == ["sm90_fp8 hd128 N=4096 full"]
@@ -517,6 +518,7 @@ def test_sm90_phases_summary_reports_the_second_launch_per_tile(tmp_path, capsys
     assert s["cycles_per_tile"] == {"tile wait": 100, "quantize_q": 150, "first block": 200, "steps": 1000,
                                     "drain": 50, "store": 100}
     assert s["load_wait_cycles_per_tile"] == 25 and s["first_load_wait_cycles_per_tile"] == 10
+    assert s["first_tile_load_wait_cycles"] == 15
     assert sum(s["share"].values()) == pytest.approx(1.0)
     assert "quantize_q" in capsys.readouterr().out
     phases.main(["summary", str(raw), "--json", str(tmp_path / "p.json")])

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(not (BENCH / "bench_attention.py").exists(), rea
 
 NCU_PAGE = ('"Address","Source","Warp Stall Sampling (All Samples)","Instructions Executed"\n'
             '"0x0","FFMA R1, R2, R3, R4","5","10"\n')
-PH_RAW = "SHAPE sm90_fp8 hd128 N=4096 full launch1\nPH 0 0 1 1 1 1 1 1 1 10 2 1\nEND\n"
+PH_RAW = "SHAPE sm90_fp8 hd128 N=4096 full launch1\nPH 0 0 1 1 1 1 1 1 1 10 2 1 1\nEND\n"
 
 
 def script(name: str):
@@ -324,11 +324,11 @@ def test_compare_refuses_files_of_different_kinds(tmp_path, capsys):
 
 # ------------------------------------------------------------------- sm90_phases.py
 @pytest.mark.parametrize("raw, message", [
-    ("SHAPE a launch1\nPH 0 0 1 2\nEND\n", "raw.txt:2: malformed PH line (want PH, block, warpgroup and 10 counts)"),
-    ("SHAPE a launch1\nPH 0 0 1 1 1 1 1 1 1 1 1 x\nEND\n", "raw.txt:2: malformed PH line"),
-    ("SHAPE a launch1\nPH 0 0 0 0 0 0 0 0 0 0 0 0\nEND\n", "raw.txt: a launch1: its warpgroups count no tiles"),
+    ("SHAPE a launch1\nPH 0 0 1 2\nEND\n", "raw.txt:2: malformed PH line (want PH, block, warpgroup and 11 counts)"),
+    ("SHAPE a launch1\nPH 0 0 1 1 1 1 1 1 1 1 1 1 x\nEND\n", "raw.txt:2: malformed PH line"),
+    ("SHAPE a launch1\nPH 0 0 0 0 0 0 0 0 0 0 0 0 0\nEND\n", "raw.txt: a launch1: its warpgroups count no tiles"),
     ("no markers here\n", "raw.txt: no PH lines between a 'SHAPE ... launch1' and its END"),
-    ("SHAPE a launch0\nPH 0 0 1 1 1 1 1 1 1 10 2 1\nEND\n", "raw.txt: no PH lines between"),
+    ("SHAPE a launch0\nPH 0 0 1 1 1 1 1 1 1 10 2 1 1\nEND\n", "raw.txt: no PH lines between"),
     (None, "raw.txt: No such file or directory"),
 ], ids=["short PH line", "PH count not a number", "no tiles", "no markers", "no launch1", "missing file"])
 def test_sm90_phases_summary_rejects_what_run_did_not_print(raw, message, tmp_path, capsys):
